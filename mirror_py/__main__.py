@@ -1,0 +1,3 @@
+from mirror_py.cli import main
+
+main()

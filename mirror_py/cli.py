@@ -1,0 +1,80 @@
+"""The ``mirror-py`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import click
+
+from . import __version__
+from .config import FLAG_KEYS, FLAG_VARIABLES, ConfigError, flag_source, load_config
+from .errors import MirrorError
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("mirror-py: %(message)s"))
+    root = logging.getLogger("mirror_py")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _fail(message: str) -> None:
+    click.echo(f"mirror-py: error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="mirror-py")
+def main() -> None:
+    """Run local Python code in the context of a pod: its network, DNS and environment."""
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-t", "--target", envvar=FLAG_VARIABLES["target"], help="pid/PID, netns/NAME, docker/NAME, podman/NAME")
+@click.option("-n", "--namespace", envvar=FLAG_VARIABLES["namespace"], help="Kubernetes namespace of the target")
+@click.option("-f", "--config", "config_file", envvar=FLAG_VARIABLES["config"], help="configuration file (TOML or JSON)")
+@click.option("--agent-python", envvar=FLAG_VARIABLES["agent_python"], help="python interpreter in the target")
+@click.option(
+    "--agent-startup-timeout", type=float, envvar=FLAG_VARIABLES["agent_startup_timeout"],
+    help="seconds to wait for the agent to start",
+)
+@click.option("--env-file", envvar=FLAG_VARIABLES["env_file"], help="dotenv file whose values override the target's")
+@click.option("--outgoing/--no-outgoing", default=None, envvar=FLAG_VARIABLES["outgoing"],
+              help="send outgoing connections through the target")
+@click.option("--dns/--no-dns", default=None, envvar=FLAG_VARIABLES["dns"], help="resolve names in the target")
+@click.option("--env/--no-env", default=None, envvar=FLAG_VARIABLES["env"], help="take the target's environment")
+@click.option("-v", "--verbose", count=True, help="-v progress, -vv debug")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+@click.pass_context
+def exec(ctx: click.Context, config_file: str | None, verbose: int, command: tuple[str, ...], **flags: object) -> None:  # noqa: A001
+    """Run COMMAND with its network, DNS and environment from the target.
+
+    Example: mirror-py exec --target pid/4242 -- python app.py
+    """
+    _setup_logging(verbose)
+    overrides = {FLAG_KEYS[name]: value for name, value in flags.items() if name in FLAG_KEYS}
+    sources = {}
+    for name in flags:
+        if name in FLAG_KEYS and flags[name] is not None:
+            from_env = ctx.get_parameter_source(name) == click.core.ParameterSource.ENVIRONMENT
+            sources[FLAG_KEYS[name]] = flag_source(name, from_env)
+    try:
+        cfg = load_config(config_file, overrides, override_sources=sources)
+    except ConfigError as exc:
+        _fail(str(exc))
+        return
+    from .session.session import run_command
+
+    try:
+        code = asyncio.run(run_command(cfg, list(command)))
+    except MirrorError as exc:
+        _fail(str(exc))
+        return
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,154 @@
+"""Relay endpoints: where the app's real kernel sockets connect to instead of the remote address.
+
+A tunneled TCP connection is the app's own socket connected to the session's loopback listener; the session
+knows which stream it belongs to from the socket's local address, which the shim reported (after binding the
+socket) in its connect request. No byte of the app's stream is added or changed, so TLS, select and asyncio
+work on it as on any socket.
+
+A tunneled UDP socket talks to a loopback datagram socket of the session. For a connected UDP socket the
+datagrams pass unchanged; for an unconnected one each datagram carries its far address in a small prefix that
+the shim's ``sendto``/``recvfrom`` add and remove.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+
+from mirror_py_agent import protocol as p
+from mirror_py_agent.relay import Mux, StreamEndpoint, TcpRelay
+
+log = logging.getLogger("mirror_py.session")
+
+# How long a stream waits for the app's socket to reach the relay before it is dropped.
+ATTACH_TIMEOUT = 30.0
+
+
+def _key(host: str, port: int) -> tuple[str, int]:
+    if host.startswith("::ffff:"):
+        host = host[7:]
+    return host, port
+
+
+class _Acceptor(asyncio.Protocol):
+    """Looks up which stream an accepted connection belongs to and hands the transport to its relay."""
+
+    def __init__(self, listener: TcpRelayListener) -> None:
+        self.listener = listener
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        peer = transport.get_extra_info("peername")
+        relay = self.listener.pending.pop(_key(peer[0], peer[1]), None) if peer else None
+        if relay is None:
+            log.warning("dropping an unexpected connection to the relay from %s", peer)
+            transport.close()
+            return
+        transport.set_protocol(relay)  # type: ignore[attr-defined]
+        relay.attach(transport)  # type: ignore[arg-type]
+
+
+class TcpRelayListener:
+    def __init__(self, mux: Mux) -> None:
+        self.mux = mux
+        self.pending: dict[tuple[str, int], TcpRelay] = {}
+        self.server: asyncio.AbstractServer | None = None
+        self.address: tuple[str, int] = ("127.0.0.1", 0)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: _Acceptor(self), "127.0.0.1", 0, backlog=1024)
+        self.address = self.server.sockets[0].getsockname()[:2]
+
+    def expect(self, local: tuple[str, int], sid: int) -> TcpRelay:
+        """Registers the stream before the shim connects, so the relay exists when the connection arrives;
+        the target may already be sending (a server greeting) and its bytes wait in the relay."""
+        key = _key(*local)
+        relay = TcpRelay(self.mux, sid, on_done=lambda: self.pending.pop(key, None))
+        relay.start()
+        self.pending[key] = relay
+        asyncio.get_running_loop().call_later(ATTACH_TIMEOUT, self._expire, key, relay)
+        return relay
+
+    def _expire(self, key: tuple[str, int], relay: TcpRelay) -> None:
+        if self.pending.get(key) is relay:
+            del self.pending[key]
+            self.mux.streams.pop(relay.sid, None)
+            self.mux.conn.send_close(relay.sid, "ECONNABORTED", "the app never used the connection")
+            self.mux.flush()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+def _normal_ip(host: str) -> str:
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+class UdpRelay(asyncio.DatagramProtocol, StreamEndpoint):
+    """The session's half of one tunneled UDP socket."""
+
+    def __init__(self, mux: Mux, sid: int, app: tuple[str, int], peer: tuple[str, int] | None) -> None:
+        self.mux = mux
+        self.sid = sid
+        self.app = _key(*app)
+        self.peer = (_normal_ip(peer[0]), peer[1]) if peer else None
+        self.transport: asyncio.DatagramTransport | None = None
+        mux.streams[sid] = self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        if _key(addr[0], addr[1]) != self.app:
+            return  # only the app's own socket may use this relay
+        if self.peer is not None:
+            self.mux.conn.send_datagram(self.sid, self.peer[0], self.peer[1], data)
+        else:
+            try:
+                host, port, off = p.decode_address(data)
+            except (ValueError, UnicodeDecodeError):
+                return
+            self.mux.conn.send_datagram(self.sid, host, port, data[off:])
+        self.mux.flush()
+
+    def on_datagram(self, host: str, port: int, data: bytes) -> None:
+        if self.transport is None:
+            return
+        if self.peer is not None:
+            if (_normal_ip(host), port) != self.peer:
+                return  # a connected socket only hears from its peer
+            self.transport.sendto(data, self.app)
+        else:
+            self.transport.sendto(p.encode_address(host, port) + data, self.app)
+
+    def on_channel_close(self, errno: str | None) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.mux.streams.pop(self.sid, None) is not None:
+            self.mux.conn.send_close(self.sid, None, "closed")
+            self.mux.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def open_udp_relay(
+    mux: Mux, sid: int, app: tuple[str, int], peer: tuple[str, int] | None
+) -> UdpRelay:
+    loop = asyncio.get_running_loop()
+    relay = UdpRelay(mux, sid, app, peer)
+    await loop.create_datagram_endpoint(lambda: relay, local_addr=("127.0.0.1", 0), family=socket.AF_INET)
+    return relay

@@ -1,0 +1,109 @@
+"""The unix-socket RPC server that shims ask before every remote operation.
+
+Framing: a 4-byte big-endian length, then a JSON object. Each shim thread has its own connection and makes
+one call at a time, so a connection is served in order while connections run concurrently.
+
+Only processes of the session's own user may use it: the socket is 0600 in a 0700 directory, and the peer's
+credentials are checked on accept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable
+from typing import Any, Callable
+
+log = logging.getLogger("mirror_py.session")
+
+MAX_REQUEST = 1 << 20
+_LEN = struct.Struct(">I")
+_PEERCRED = struct.Struct("3i")
+
+Handler = Callable[[dict], Awaitable[Any]]
+
+
+class RpcError(Exception):
+    """A call failed: sent back to the shim as ``{"err": {"errno": ..., "msg": ...}}``."""
+
+    def __init__(self, errno: str, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.message = message
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    except OSError:
+        return None
+    return _PEERCRED.unpack(creds)[1]
+
+
+class RpcServer:
+    def __init__(self, path: str, handlers: dict[str, Handler]) -> None:
+        self.path = path
+        self.handlers = handlers
+        self.server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_unix_server(self._serve, self.path)
+        os.chmod(self.path, 0o600)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in list(self._writers):
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        uid = peer_uid(sock) if sock is not None else None
+        if uid != os.getuid():
+            log.warning("refused a shim connection from uid %s", uid)
+            writer.close()
+            return
+        self._writers.add(writer)
+        try:
+            while True:
+                try:
+                    head = await reader.readexactly(4)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                (size,) = _LEN.unpack(head)
+                if size > MAX_REQUEST:
+                    await self._send(writer, {"err": {"errno": "EMSGSIZE", "msg": "request too large"}})
+                    return
+                body = await reader.readexactly(size)
+                reply = await self._call(body)
+                await self._send(writer, reply)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _call(self, body: bytes) -> dict:
+        try:
+            req = json.loads(body)
+            if not isinstance(req, dict):
+                raise ValueError("a request must be a JSON object")
+            handler = self.handlers.get(req.get("op"))
+            if handler is None:
+                return {"err": {"errno": "ENOTSUP", "msg": f"unknown operation {req.get('op')!r}"}}
+            return {"ok": await handler(req)}
+        except RpcError as exc:
+            return {"err": {"errno": exc.errno, "msg": exc.message}}
+        except (ValueError, KeyError, TypeError) as exc:
+            return {"err": {"errno": "EINVAL", "msg": f"bad request: {exc}"}}
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, reply: dict) -> None:
+        data = json.dumps(reply).encode()
+        writer.write(_LEN.pack(len(data)) + data)
+        await writer.drain()

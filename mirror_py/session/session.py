@@ -1,0 +1,218 @@
+"""A mirror-py session: one agent channel, the shim RPC server and the relay endpoints.
+
+The session is a process of its own (the ``mirror-py exec`` CLI is one): its asyncio loop does every byte of
+relaying, so the app's interpreter never runs session code and the relaying runs on another core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any, Mapping
+
+import mirror_py_agent
+from mirror_py_agent import bootstrap
+
+from .. import config as config_mod
+from ..errors import MirrorError
+from ..transport import local as local_transport
+from .agent_link import AgentLink, RemoteError
+from .relays import TcpRelayListener, UdpRelay, _key, open_udp_relay
+from .rpc_server import RpcError, RpcServer
+
+log = logging.getLogger("mirror_py.session")
+
+LIB_DIR = os.path.dirname(os.path.dirname(os.path.abspath(mirror_py_agent.__file__)))
+
+
+def _shim_dir() -> str:
+    import sitecustomize_shim
+
+    return os.path.dirname(os.path.abspath(sitecustomize_shim.__file__))
+
+
+class Session:
+    def __init__(self, cfg: config_mod.Config) -> None:
+        self.cfg = cfg
+        self.link: AgentLink | None = None
+        self.listener: TcpRelayListener | None = None
+        self.rpc: RpcServer | None = None
+        self.dir: str | None = None
+        self.remote_env: dict[str, str] = {}
+        self.udp_relays: dict[tuple[str, int], UdpRelay] = {}
+        self.target_description = ""
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        path = self.cfg.target.path
+        if not path:
+            raise MirrorError("no target given: pass --target (for example --target pid/4242) or set target.path")
+        if not local_transport.is_local(path):
+            raise MirrorError(
+                f"target {path!r} is not a local target (pid/, netns/, docker/, podman/); "
+                "Kubernetes targets need the Kubernetes transport"
+            )
+        target = local_transport.resolve(path)
+        self.target_description = target.describe()
+        argv = target.agent_argv(bootstrap.command(self.cfg.agent.python))
+        log.info("starting the agent in %s", self.target_description)
+        self.link = AgentLink(argv, self.target_description, self.cfg.agent.startup_timeout)
+        hello = await self.link.start()
+        log.info("agent ready (python %s)", hello.info.get("python"))
+        if self.cfg.env.enabled and target.env_pid is not None:
+            try:
+                self.remote_env = await self.link.request("environ", {"pid": target.env_pid})
+            except RemoteError as exc:
+                log.warning("could not read the target's environment: %s", exc.message)
+        self.listener = TcpRelayListener(self.link.mux)
+        await self.listener.start()
+        runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+        base = runtime if runtime and os.access(runtime, os.W_OK) else None
+        self.dir = tempfile.mkdtemp(prefix="mirror-py-", dir=base)  # mode 0700
+        self.rpc = RpcServer(os.path.join(self.dir, "session.sock"), self._handlers())
+        await self.rpc.start()
+
+    async def close(self) -> None:
+        if self.rpc is not None:
+            self.rpc.close()
+        if self.listener is not None:
+            self.listener.close()
+        for relay in list(self.udp_relays.values()):
+            relay.close()
+        if self.link is not None:
+            await self.link.close()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    async def __aenter__(self) -> Session:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---------------------------------------------------------------------------------------- the app
+    def app_environment(self, base: Mapping[str, str]) -> dict[str, str]:
+        """The environment for an interposed process: the target's variables merged by the env rules, plus
+        what the shim needs to find this session."""
+        assert self.rpc is not None
+        env = config_mod.merge_environment(base, self.remote_env, self.cfg.env)
+        shim = _shim_dir()
+        old = env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = shim + (os.pathsep + old if old else "")
+        env["MIRROR_PY_SESSION"] = self.rpc.path
+        env["MIRROR_PY_SHIM_LIB"] = LIB_DIR
+        env["MIRROR_PY_SHIM_SETTINGS"] = json.dumps(config_mod.shim_settings(self.cfg))
+        return env
+
+    # ---------------------------------------------------------------------------------------- handlers
+    def _handlers(self) -> dict:
+        return {
+            "connect": self._connect,
+            "udp": self._udp,
+            "release": self._release,
+            "dns": self._dns,
+            "info": self._info,
+        }
+
+    def _link(self) -> AgentLink:
+        assert self.link is not None
+        if self.link.failure is not None:
+            raise RpcError("ECONNRESET", self.link.failure)
+        return self.link
+
+    async def _connect(self, req: dict) -> dict:
+        link = self._link()
+        assert self.listener is not None
+        local = req["local"]
+        sid = link.new_stream_id()
+        self.listener.expect((str(local[0]), int(local[1])), sid)
+        args = {"sid": sid, "host": str(req["host"]), "port": int(req["port"]), "timeout": req.get("timeout")}
+        try:
+            res = await link.request("connect", args, opens_stream=sid)
+        except RemoteError as exc:
+            self.listener.pending.pop(_key(str(local[0]), int(local[1])), None)
+            link.mux.streams.pop(sid, None)
+            raise RpcError(exc.name, exc.message) from None
+        return {"relay": list(self.listener.address), "peer": res["peer"], "sock": res["sock"]}
+
+    async def _udp(self, req: dict) -> dict:
+        link = self._link()
+        local = (str(req["local"][0]), int(req["local"][1]))
+        peer = req.get("peer")
+        sid = link.new_stream_id()
+        relay = await open_udp_relay(link.mux, sid, local, (str(peer[0]), int(peer[1])) if peer else None)
+        try:
+            res = await link.request("udp_open", {"sid": sid, "family": int(req["family"])}, opens_stream=sid)
+        except RemoteError as exc:
+            relay.close()
+            raise RpcError(exc.name, exc.message) from None
+        assert relay.transport is not None
+        address = relay.transport.get_extra_info("sockname")[:2]
+        self.udp_relays[_key(*address)] = relay
+        return {"relay": list(address), "sock": res["sock"]}
+
+    async def _release(self, req: dict) -> dict:
+        relay = self.udp_relays.pop(_key(str(req["relay"][0]), int(req["relay"][1])), None)
+        if relay is not None:
+            relay.close()
+        return {}
+
+    async def _dns(self, req: dict) -> Any:
+        link = self._link()
+        args = {k: v for k, v in req.items() if k != "op"}
+        try:
+            return await link.request("dns", args)
+        except RemoteError as exc:
+            raise RpcError(exc.name, exc.message) from None
+
+    async def _info(self, req: dict) -> dict:
+        hello = self.link.hello if self.link else None
+        return {"target": self.target_description, "agent": hello.info if hello else None}
+
+
+async def run_command(cfg: config_mod.Config, command: list[str]) -> int:
+    """Runs ``command`` interposed on ``cfg``'s target and returns its exit status.
+
+    Ctrl-C in a terminal reaches the command directly (same process group); the session waits for it to end,
+    then ends the agent. A SIGTERM sent to mirror-py itself is passed on to the command.
+    """
+    import signal
+
+    session = Session(cfg)
+    try:
+        await session.start()
+        env = session.app_environment(os.environ)
+        try:
+            proc = await asyncio.create_subprocess_exec(*command, env=env)
+        except FileNotFoundError:
+            raise MirrorError(f"command not found: {command[0]}") from None
+        except PermissionError:
+            raise MirrorError(f"command is not executable: {command[0]}") from None
+        loop = asyncio.get_running_loop()
+        interactive = sys.stdin.isatty() if sys.stdin else False
+
+        def forward(sig: int) -> None:
+            if sig == signal.SIGINT and interactive:
+                return  # the terminal already delivered it to the whole foreground group
+            try:
+                proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, forward, sig)
+        try:
+            code = await proc.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        return code if code >= 0 else 128 - code
+    finally:
+        await session.close()

@@ -1,0 +1,97 @@
+"""The shim: interposes on the app's interpreter so its network and DNS go through the session.
+
+``install()`` runs from sitecustomize before the app's first line. It stays cheap: if ``socket`` is not
+imported yet, the patches are applied the moment it is (an import hook), and nothing talks to the session until
+the app's first remote operation.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+_hook: list[object] = []
+_fork_registered: list[bool] = []
+
+
+class _LoaderProxy:
+    """Runs the real loader, then patches: the module is complete before anyone can use it."""
+
+    def __init__(self, loader: object, after: object) -> None:
+        self._loader = loader
+        self._after = after
+
+    def create_module(self, spec: object) -> object:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: object) -> None:
+        self._loader.exec_module(module)
+        self._after()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._loader, name)
+
+
+class _SocketImportHook:
+    """A post-import hook for ``socket`` only: patching on first import keeps start-up free of the cost of
+    importing socket in programs that never use the network."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> object:
+        if name != "socket":
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        _remove_hook()
+        spec.loader = _LoaderProxy(spec.loader, _patch)
+        return spec
+
+
+def _remove_hook() -> None:
+    while _hook:
+        hook = _hook.pop()
+        if hook in sys.meta_path:
+            sys.meta_path.remove(hook)
+
+
+def _patch() -> None:
+    from . import patches
+
+    patches.install()
+
+
+def _after_fork_in_child() -> None:
+    rpc = sys.modules.get(__name__ + ".rpc")
+    if rpc is not None:
+        rpc.reset_after_fork()
+
+
+def install() -> None:
+    """Interposes now (socket already imported) or when socket is first imported."""
+    if not _fork_registered:
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork_registered.append(True)
+    if "socket" in sys.modules:
+        _patch()
+    elif not _hook:
+        hook = _SocketImportHook()
+        _hook.append(hook)
+        sys.meta_path.insert(0, hook)
+
+
+def uninstall() -> None:
+    """Restores every patched name exactly as it was."""
+    _remove_hook()
+    patches = sys.modules.get(__name__ + ".patches")
+    if patches is not None:
+        patches.uninstall()
+        sys.modules[__name__ + ".net"].forget_all()
+
+
+def active() -> bool:
+    patches = sys.modules.get(__name__ + ".patches")
+    return bool(_hook) or (patches is not None and patches.is_installed())

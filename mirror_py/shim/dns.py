@@ -1,0 +1,166 @@
+"""Name lookups answered by the target's resolver.
+
+Numeric hosts, ``localhost`` and this machine's own hostname stay local: resolving them remotely would break
+code that asks for its own address, and they mean the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Callable
+
+from . import errors, rpc, settings
+
+# Names learned from remote answers, so an outgoing filter written with a hostname matches a connect by IP.
+_names: dict[str, str] = {}
+_MAX_NAMES = 4096
+_hostname_cache: list[str] = []
+_LOCAL_NAMES = frozenset(("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"))
+_local_hostname: list[str] = []
+
+
+def name_for(ip: str) -> str | None:
+    return _names.get(ip)
+
+
+def _remember(ip: str, name: str) -> None:
+    if len(_names) >= _MAX_NAMES:
+        _names.clear()
+    _names[ip] = name
+
+
+def is_ip(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+        return True
+    except OSError:
+        pass
+    try:
+        socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])
+        return True
+    except OSError:
+        return False
+
+
+def _own_hostname() -> str:
+    if not _local_hostname:
+        import _socket
+
+        _local_hostname.append(_socket.gethostname().lower())
+    return _local_hostname[0]
+
+
+def remote_name(host: Any, port: Any = None, flags: int = 0) -> str | None:
+    """The name to resolve remotely, or None when this lookup stays local."""
+    st = settings.get()
+    if not st.dns_enabled or host is None:
+        return None
+    if isinstance(host, (bytes, bytearray)):
+        try:
+            host = bytes(host).decode("idna")
+        except UnicodeError:
+            return None
+    if not isinstance(host, str) or not host or flags & socket.AI_NUMERICHOST or is_ip(host):
+        return None
+    low = host.lower().rstrip(".")
+    if low in _LOCAL_NAMES or low.endswith(".localhost") or low == _own_hostname():
+        return None
+    if not st.dns_filter.is_remote(low, port if isinstance(port, int) else None):
+        return None
+    return host
+
+
+def _call(fn: str, **args: Any) -> Any:
+    reply = rpc.call({"op": "dns", "fn": fn, **args})
+    if "err" in reply:
+        raise errors.to_exception(reply["err"])
+    return reply["ok"]
+
+
+def _enum(cls: Any, value: int) -> Any:
+    try:
+        return cls(value)
+    except ValueError:
+        return value
+
+
+def make_getaddrinfo(orig: Callable) -> Callable:
+    def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+        name = remote_name(host, port, flags)
+        if name is None:
+            return orig(host, port, family, type, proto, flags)
+        if isinstance(port, (bytes, bytearray)):
+            port = bytes(port).decode()
+        if port is not None and not isinstance(port, (int, str)):
+            raise TypeError("getaddrinfo() argument 2 must be integer or string")
+        result = _call(
+            "getaddrinfo", host=name, port=port, family=int(family), type=int(type),
+            proto=int(proto), flags=int(flags),
+        )
+        out = []
+        for fam, kind, pr, canon, sockaddr in result:
+            _remember(sockaddr[0], name.lower().rstrip("."))
+            out.append((_enum(socket.AddressFamily, fam), _enum(socket.SocketKind, kind), pr, canon,
+                        tuple(sockaddr)))
+        return out
+
+    return getaddrinfo
+
+
+def make_gethostbyname(orig: Callable) -> Callable:
+    def gethostbyname(hostname):
+        name = remote_name(hostname)
+        if name is None:
+            return orig(hostname)
+        ip = _call("gethostbyname", host=name)
+        _remember(ip, name.lower())
+        return ip
+
+    return gethostbyname
+
+
+def make_gethostbyname_ex(orig: Callable) -> Callable:
+    def gethostbyname_ex(hostname):
+        name = remote_name(hostname)
+        if name is None:
+            return orig(hostname)
+        canon, aliases, addrs = _call("gethostbyname_ex", host=name)
+        return canon, list(aliases), list(addrs)
+
+    return gethostbyname_ex
+
+
+def make_gethostbyaddr(orig: Callable) -> Callable:
+    def gethostbyaddr(ip_address):
+        host = ip_address.decode() if isinstance(ip_address, (bytes, bytearray)) else ip_address
+        if not settings.get().dns_enabled or not isinstance(host, str):
+            return orig(ip_address)
+        if not is_ip(host) and remote_name(host) is None:
+            return orig(ip_address)
+        canon, aliases, addrs = _call("gethostbyaddr", host=host)
+        return canon, list(aliases), list(addrs)
+
+    return gethostbyaddr
+
+
+def make_getnameinfo(orig: Callable) -> Callable:
+    numeric = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+
+    def getnameinfo(sockaddr, flags):
+        if not settings.get().dns_enabled or flags & numeric == numeric or not isinstance(sockaddr, tuple):
+            return orig(sockaddr, flags)
+        host, port = _call("getnameinfo", sockaddr=list(sockaddr), flags=int(flags))
+        return host, port
+
+    return getnameinfo
+
+
+def make_gethostname(orig: Callable) -> Callable:
+    def gethostname():
+        if not settings.get().dns_enabled:
+            return orig()
+        if not _hostname_cache:
+            _hostname_cache.append(_call("gethostname"))
+        return _hostname_cache[0]
+
+    return gethostname

@@ -1,0 +1,25 @@
+"""Turning the session's symbolic errnos into the exceptions the app would get inside the pod."""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import socket
+
+
+def to_exception(err: dict) -> OSError:
+    name = str(err.get("errno", "EIO"))
+    msg = str(err.get("msg", ""))
+    if name.startswith("EAI_"):
+        code = getattr(socket, name, socket.EAI_FAIL)
+        return socket.gaierror(code, msg or name)
+    if name.startswith("H_ERRNO_"):
+        try:
+            code = int(name[8:])
+        except ValueError:
+            code = 1
+        return socket.herror(code, msg or "Unknown host")
+    num = getattr(_errno, name, None)
+    if isinstance(num, int):
+        return OSError(num, msg or os.strerror(num))
+    return OSError(_errno.EIO, f"{name}: {msg}")

@@ -1,0 +1,77 @@
+"""The shim's blocking RPC client to the session.
+
+One unix-socket connection per thread, opened on first use (never at start-up), and dropped in a forked
+child, which must not share its parent's connection.
+"""
+
+from __future__ import annotations
+
+import os
+import socket as _socket_mod
+import struct
+import threading
+
+_LEN = struct.Struct(">I")
+_local = threading.local()
+_generation = [0]
+
+
+class SessionUnavailable(OSError):
+    pass
+
+
+def _path() -> str:
+    path = os.environ.get("MIRROR_PY_SESSION")
+    if not path:
+        raise SessionUnavailable("mirror-py: no session (MIRROR_PY_SESSION is not set)")
+    return path
+
+
+def _connection() -> _socket_mod.socket:
+    conn = getattr(_local, "conn", None)
+    if conn is not None and getattr(_local, "gen", -1) == _generation[0]:
+        return conn
+    # _socket.socket: a plain AF_UNIX socket, never routed through the patched class methods.
+    sock = _socket_mod._socket.socket(_socket_mod.AF_UNIX, _socket_mod.SOCK_STREAM)  # type: ignore[attr-defined]
+    try:
+        sock.connect(_path())
+    except OSError as exc:
+        sock.close()
+        raise SessionUnavailable(
+            exc.errno or 0, f"mirror-py: the session is not running ({exc.strerror or exc}); was it stopped?"
+        ) from None
+    _local.conn = sock
+    _local.gen = _generation[0]
+    return sock
+
+
+def _recv_exact(sock: _socket_mod.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise SessionUnavailable("mirror-py: the session closed the connection")
+        buf += chunk
+    return buf
+
+
+def call(request: dict) -> dict:
+    """Sends one request and returns the raw reply: ``{"ok": ...}`` or ``{"err": {"errno", "msg"}}``."""
+    import json
+
+    sock = _connection()
+    data = json.dumps(request).encode()
+    try:
+        sock.sendall(_LEN.pack(len(data)) + data)
+        (size,) = _LEN.unpack(_recv_exact(sock, 4))
+        reply = json.loads(_recv_exact(sock, size))
+    except OSError:
+        _local.conn = None
+        sock.close()
+        raise
+    return reply
+
+
+def reset_after_fork() -> None:
+    """The child shares its parent's sockets: abandon them (without closing) and start new ones lazily."""
+    _generation[0] += 1

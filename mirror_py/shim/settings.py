@@ -1,0 +1,48 @@
+"""What the shim needs to decide local vs remote, read once from the session's environment variable.
+
+Parsed on first use, not at start-up: ``python -c pass`` under mirror-py must cost next to nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+ENV_VAR = "MIRROR_PY_SHIM_SETTINGS"
+
+
+class Settings:
+    __slots__ = ("dns_enabled", "dns_filter", "outgoing_enabled", "outgoing_filter", "tcp", "udp")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        from .rules import NameFilter, TrafficFilter
+
+        out = data.get("outgoing", {})
+        dns = data.get("dns", {})
+        self.outgoing_enabled = bool(out.get("enabled", True))
+        self.tcp = bool(out.get("tcp", True))
+        self.udp = bool(out.get("udp", True))
+        self.outgoing_filter = TrafficFilter.from_json(out.get("filter") or {})
+        self.dns_enabled = bool(dns.get("enabled", True))
+        self.dns_filter = NameFilter.from_json(dns.get("filter") or {})
+
+
+_cached: list[Settings] = []
+
+
+def get() -> Settings:
+    if _cached:
+        return _cached[0]
+    import json
+
+    raw = os.environ.get(ENV_VAR)
+    settings = Settings(json.loads(raw) if raw else {})
+    _cached.append(settings)
+    return settings
+
+
+def reset(data: dict[str, Any] | None = None) -> None:
+    """Drops the cached settings (tests, and a session that changes them)."""
+    _cached.clear()
+    if data is not None:
+        _cached.append(Settings(data))

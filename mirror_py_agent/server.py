@@ -1,0 +1,163 @@
+"""The agent's main loop: one channel on stdin/stdout, every request served concurrently.
+
+The agent exits when its channel closes (stdin EOF), closing every connection it opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import socket
+import sys
+from typing import Any
+
+from . import dns, env, net
+from . import protocol as p
+from .relay import Mux, errno_name
+
+CAPABILITIES = ["tcp", "udp", "dns", "env"]
+_F_SETPIPE_SZ = 1031
+
+
+class _ChannelWriter(asyncio.Protocol):
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def pause_writing(self) -> None:
+        self.agent.mux.pause_channel()
+
+    def resume_writing(self) -> None:
+        self.agent.mux.resume_channel()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.agent.finish()
+
+
+class _ChannelReader(asyncio.Protocol):
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def data_received(self, data: bytes) -> None:
+        self.agent.on_bytes(data)
+
+    def eof_received(self) -> bool:
+        self.agent.finish()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.agent.finish()
+
+
+class Agent:
+    def __init__(self, write: Any) -> None:
+        self.conn = p.Connection("agent", capabilities=CAPABILITIES, info=_info())
+        self.mux = Mux(self.conn, write)
+        self.done = asyncio.get_running_loop().create_future()
+        self.tasks: set[asyncio.Task] = set()
+        self.conn.send_hello()
+        self.mux.flush()
+
+    def finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def on_bytes(self, data: bytes) -> None:
+        for ev in self.conn.receive_data(data):
+            if self.mux.dispatch(ev):
+                continue
+            if isinstance(ev, p.Request):
+                task = asyncio.ensure_future(self.serve(ev))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            elif isinstance(ev, p.ConnectionFailed):
+                self.conn.send_error(None, "EPROTO", f"closing the channel: {ev.message}")
+                self.mux.flush()
+                self.finish()
+                return
+        self.mux.flush()
+
+    async def serve(self, req: p.Request) -> None:
+        try:
+            if req.op == "connect":
+                result, relay = await net.connect_tcp(req.args, self.mux)
+                self.conn.send_reply(req.id, result)
+                self.mux.flush()
+                relay.start()
+                return
+            handler = _HANDLERS.get(req.op)
+            if handler is None:
+                self.conn.send_error(req.id, "ENOTSUP", f"unknown operation {req.op!r}")
+            else:
+                self.conn.send_reply(req.id, await handler(req.args, self.mux))
+        except (KeyError, TypeError, ValueError) as exc:
+            self.conn.send_error(req.id, "EINVAL", f"bad arguments for {req.op}: {exc}")
+        except OSError as exc:
+            self.conn.send_error(req.id, errno_name(exc), exc.strerror or str(exc))
+        except asyncio.TimeoutError:
+            self.conn.send_error(req.id, "ETIMEDOUT", "timed out")
+        except Exception as exc:  # an agent bug must fail one request, never the channel
+            self.conn.send_error(req.id, "EIO", f"agent error in {req.op}: {exc!r}")
+        self.mux.flush()
+
+
+async def _resolve(args: dict, mux: Mux) -> Any:
+    return await dns.resolve(args)
+
+
+async def _environ(args: dict, mux: Mux) -> dict:
+    return env.read_environ(args)
+
+
+async def _ping(args: dict, mux: Mux) -> dict:
+    return {}
+
+
+_HANDLERS = {
+    "dns": _resolve,
+    "environ": _environ,
+    "udp_open": net.open_udp,
+    "noop": _ping,
+}
+
+
+def _info() -> dict:
+    return {
+        "python": ".".join(map(str, sys.version_info[:3])),
+        "pid": os.getpid(),
+        "hostname": socket.gethostname(),
+    }
+
+
+async def _serve(in_fd: int, out_fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    for fd in (in_fd, out_fd):
+        try:
+            fcntl.fcntl(fd, _F_SETPIPE_SZ, 1 << 20)
+        except OSError:
+            pass
+    out_pipe = os.fdopen(out_fd, "wb", buffering=0)
+    in_pipe = os.fdopen(in_fd, "rb", buffering=0)
+    writer = _ChannelWriter(None)  # type: ignore[arg-type]
+    writer_transport, _ = await loop.connect_write_pipe(lambda: writer, out_pipe)
+    agent = Agent(writer_transport.write)
+    writer.agent = agent
+    await loop.connect_read_pipe(lambda: _ChannelReader(agent), in_pipe)
+    await agent.done
+    agent.mux.close_all()
+    for task in list(agent.tasks):
+        task.cancel()
+    try:
+        writer_transport.close()
+    except Exception:
+        pass
+
+
+def main() -> None:
+    """Serves the channel on stdin/stdout; anything else printed goes to stderr, never into the channel."""
+    out_fd = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        asyncio.run(_serve(0, out_fd))
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,1 @@
+"""Holds sitecustomize.py, the directory mirror-py puts on an interposed process's PYTHONPATH."""
