@@ -51,7 +51,7 @@ def main() -> None:
 @click.option("-v", "--verbose", count=True, help="-v progress, -vv debug")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 @click.pass_context
-def exec(ctx: click.Context, config_file: str | None, verbose: int, command: tuple[str, ...], **flags: object) -> None:  # noqa: A001
+def exec(ctx: click.Context, config_file: str | None, verbose: int, command: tuple[str, ...], **flags: object) -> None:
     """Run COMMAND with its network, DNS and environment from the target.
 
     Example: mirror-py exec --target pid/4242 -- python app.py

@@ -124,12 +124,8 @@ class AgentConfig(_Section):
 class FilterConfig(_Section):
     """Either ``local`` (these stay local, the rest is remote) or ``remote`` (only these are remote)."""
 
-    local: list[_Rule] | None = Field(
-        None, description="Rules for what stays local; everything else is remote."
-    )
-    remote: list[_Rule] | None = Field(
-        None, description="Rules for what is remote; everything else is local."
-    )
+    local: list[_Rule] | None = Field(None, description="Rules for what stays local; everything else is remote.")
+    remote: list[_Rule] | None = Field(None, description="Rules for what is remote; everything else is local.")
 
     @model_validator(mode="after")
     def _one_list(self) -> FilterConfig:
@@ -262,7 +258,10 @@ def load_config(
     each override came from (see :func:`flag_source`); by default the matching flag is named.
     Raises :class:`ConfigError` for anything wrong, never another exception.
     """
-    base = Path(cwd) if cwd is not None else Path.cwd()
+    try:
+        base = Path(cwd) if cwd is not None else Path.cwd()
+    except (OSError, TypeError) as exc:
+        raise ConfigError(f"cannot tell where to look for a configuration file: {exc}")
     data: dict[str, Any] = {}
     file_label: str | None = None
     file_path: Path | None = None
@@ -606,9 +605,7 @@ def _describe(error: Mapping[str, Any], sources: Mapping[str, str], file_label: 
     ctx = error.get("ctx") or {}
     if kind == "greater_than":
         bound = ctx.get("gt")
-        expected = (
-            f"must be greater than {bound:g}" if isinstance(bound, float) else f"must be greater than {bound}"
-        )
+        expected = f"must be greater than {bound:g}" if isinstance(bound, float) else f"must be greater than {bound}"
     elif kind == "string_too_short":
         expected = "must not be empty"
     elif kind == "value_error":
@@ -674,9 +671,7 @@ def is_never_from_target(name: str) -> bool:
     return name in _NEVER or name.startswith(NEVER_FROM_TARGET_PREFIXES)
 
 
-def merge_environment(
-    local_env: Mapping[str, str], remote_env: Mapping[str, str], cfg: EnvConfig
-) -> dict[str, str]:
+def merge_environment(local_env: Mapping[str, str], remote_env: Mapping[str, str], cfg: EnvConfig) -> dict[str, str]:
     """The app's environment: local, then the target's (filtered), then ``env_file``, then ``override``.
 
     Local variables the target does not set survive, so the laptop's interpreter keeps working; the
@@ -735,9 +730,7 @@ def parse_env_file(text: str, filename: str = "<env file>") -> dict[str, str]:
         name, eq, rest = line.partition("=")
         name = name.strip()
         if not eq:
-            raise ConfigError(
-                f"{filename}, line {lineno}: expected KEY=VALUE, got {_show(lines[i - 1].strip())}"
-            )
+            raise ConfigError(f"{filename}, line {lineno}: expected KEY=VALUE, got {_show(lines[i - 1].strip())}")
         if (
             not name
             or not (name[0].isalpha() or name[0] == "_")
@@ -761,9 +754,7 @@ def parse_env_file(text: str, filename: str = "<env file>") -> dict[str, str]:
                 body = "\n" + lines[i]
                 i += 1
             if trailer and not trailer.startswith("#"):
-                raise ConfigError(
-                    f"{filename}, line {lineno}: unexpected {_show(trailer)} after the quoted value"
-                )
+                raise ConfigError(f"{filename}, line {lineno}: unexpected {_show(trailer)} after the quoted value")
             raw = "".join(chunks)
             value = _unescape(raw) if quote == '"' else raw
         else:
@@ -819,9 +810,7 @@ def shim_settings(cfg: Config) -> dict:
     outgoing = TrafficFilter(
         local=out_filter.local if out_filter else None, remote=out_filter.remote if out_filter else None
     )
-    dns = NameFilter(
-        local=dns_filter.local if dns_filter else None, remote=dns_filter.remote if dns_filter else None
-    )
+    dns = NameFilter(local=dns_filter.local if dns_filter else None, remote=dns_filter.remote if dns_filter else None)
     return {
         "outgoing": {
             "enabled": cfg.network.outgoing.enabled,

@@ -13,7 +13,8 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import mirror_py_agent
 from mirror_py_agent import bootstrap

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+
 _hook: list[object] = []
 _fork_registered: list[bool] = []
 

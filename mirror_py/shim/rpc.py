@@ -14,6 +14,12 @@ import threading
 _LEN = struct.Struct(">I")
 _local = threading.local()
 _generation = [0]
+_open: list[_socket_mod.socket] = []
+
+
+def _close_all() -> None:
+    while _open:
+        _open.pop().close()
 
 
 class SessionUnavailable(OSError):
@@ -42,6 +48,11 @@ def _connection() -> _socket_mod.socket:
         ) from None
     _local.conn = sock
     _local.gen = _generation[0]
+    if not _open:
+        import atexit
+
+        atexit.register(_close_all)
+    _open.append(sock)
     return sock
 
 
@@ -75,3 +86,4 @@ def call(request: dict) -> dict:
 def reset_after_fork() -> None:
     """The child shares its parent's sockets: abandon them (without closing) and start new ones lazily."""
     _generation[0] += 1
+    _open.clear()

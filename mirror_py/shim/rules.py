@@ -7,7 +7,7 @@ A rule is ``[proto://][host|ip|cidr][:port]``::
 
 The shim consults these filters on every ``connect()``, ``sendto()`` and name lookup, and it imports this
 module inside the user's interpreter at start-up. So the module is standard-library only, imports nothing
-costly at import time (``socket`` and ``fnmatch`` are imported the first time a rule needs them), and does
+costly at import time (``socket``, ``fnmatch`` and ``re`` come the first time a rule needs them), and does
 all splitting and compiling once, in :meth:`AddressRule.parse`; matching is a few comparisons per rule.
 """
 
@@ -154,8 +154,7 @@ class AddressRule:
             if not tail.startswith(":"):
                 raise RuleError(
                     text,
-                    f"unexpected {tail!r} after ']'; a prefix length goes inside the "
-                    "brackets, as in [fd00::/8]:80",
+                    f"unexpected {tail!r} after ']'; a prefix length goes inside the brackets, as in [fd00::/8]:80",
                 )
             if tail == ":":
                 raise RuleError(text, "':' without a port")
@@ -252,9 +251,7 @@ class AddressRule:
         name = _norm_name(hostname) if hostname else None
         return self._match(proto, key, port, name)
 
-    def _match(
-        self, proto: str | None, key: tuple[int, int] | None, port: int | None, name: str | None
-    ) -> bool:
+    def _match(self, proto: str | None, key: tuple[int, int] | None, port: int | None, name: str | None) -> bool:
         # proto None means "either" (DNS lookups have no protocol).
         if self.proto is not None and proto is not None and proto != self.proto:
             return False
@@ -341,9 +338,7 @@ class _Filter:
     def rules(self) -> tuple[AddressRule, ...]:
         return self._rules or ()
 
-    def _decide(
-        self, proto: str | None, key: tuple[int, int] | None, port: int | None, name: str | None
-    ) -> bool:
+    def _decide(self, proto: str | None, key: tuple[int, int] | None, port: int | None, name: str | None) -> bool:
         rules = self._rules
         if rules is None:
             return True

@@ -1,0 +1,99 @@
+"""A sandbox pod with real servers, and a helper that runs probes natively in it or through mirror-py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.sandbox.netpod import Network, Pod, PodSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = str(Path(__file__).with_name("probe.py"))
+MIRROR_PY = [sys.executable, "-m", "mirror_py"]
+
+POD_ENV = {
+    "DATABASE_URL": "postgres://db.pod.internal/app",
+    "POD_ONLY": "from-the-pod",
+    "SECRET_TOKEN": "s3cr3t",
+    "HOME": "/pod-home",
+    "PYTHONPATH": "/pod/python",
+}
+POD_HOSTS = {"secure.pod.internal": "127.0.0.1", "api.pod.internal": "127.0.0.1"}
+
+
+@pytest.fixture(scope="session")
+def network():
+    if os.geteuid() != 0:
+        pytest.fail("the end-to-end tests build namespaces and must run as root")
+    with Network.create() as net:
+        yield net
+
+
+@pytest.fixture(scope="session")
+def pod(network: Network) -> Pod:
+    return network.add_pod(
+        PodSpec(
+            name="api",
+            env=POD_ENV,
+            hosts=POD_HOSTS,
+            hostname="api-7d9f",
+            # Name lookups from files only: an unknown name fails at once with EAI_NONAME, as with a pod
+            # whose cluster DNS answers NXDOMAIN.
+            files={"/etc/nsswitch.conf": "hosts: files\n"},
+            servers=True,
+        )
+    )
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> dict:
+        lines = [line for line in self.stdout.splitlines() if line.startswith("{")]
+        assert lines, f"no JSON on stdout (exit {self.code}); stderr:\n{self.stderr}"
+        return json.loads(lines[-1])
+
+
+def run_mirror(target: str, argv: list[str], *, extra: list[str] | None = None, env: dict | None = None,
+               timeout: float = 120, cwd: str | None = None) -> Result:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), full_env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [*MIRROR_PY, "exec", "--target", target, *(extra or []), "--", *argv],
+        capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or str(ROOT),
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def through(pod: Pod):
+    """Runs a probe from the host through mirror-py with the pod as target."""
+
+    def run(name: str, *args: str, extra: list[str] | None = None, env: dict | None = None) -> dict:
+        res = run_mirror(f"pid/{pod.pid}", [sys.executable, PROBE, name, *args], extra=extra, env=env)
+        assert res.code == 0, f"mirror-py exited {res.code}: {res.stderr}"
+        return res.json
+
+    return run
+
+
+@pytest.fixture
+def native(pod: Pod):
+    """Runs the same probe inside the pod itself: what the app would see if it were deployed there."""
+
+    def run(name: str, *args: str) -> dict:
+        out = pod.exec_output([sys.executable, PROBE, name, *args])
+        return json.loads(out.strip().splitlines()[-1])
+
+    return run

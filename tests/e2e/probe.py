@@ -1,0 +1,371 @@
+"""Client-side probes: each subcommand does one thing the way an app would and prints a JSON result.
+
+The same probe runs natively inside a sandbox pod and, through ``mirror-py exec``, from the host: the two
+results must match (parity), and the host run alone proves nothing leaked past the shim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import json
+import os
+import select
+import selectors
+import socket
+import ssl
+import subprocess
+import sys
+import time
+
+PROBES = {}
+
+
+def probe(fn):
+    PROBES[fn.__name__] = fn
+    return fn
+
+
+def _err(exc: BaseException) -> dict:
+    return {"error": type(exc).__name__, "errno": getattr(exc, "errno", None)}
+
+
+@probe
+def http_requests(url: str, ca: str | None = None) -> dict:
+    import requests
+
+    r = requests.get(url, timeout=10, verify=ca or True)
+    return {"status": r.status_code, "body": r.json()}
+
+
+@probe
+def http_httpx(url: str) -> dict:
+    import httpx
+
+    with httpx.Client(timeout=10) as client:
+        r = client.get(url)
+    return {"status": r.status_code, "body": r.json()}
+
+
+@probe
+def http_httpx_async(url: str) -> dict:
+    import httpx
+
+    async def main() -> dict:
+        async with httpx.AsyncClient(timeout=10) as client:
+            r = await client.get(url)
+            return {"status": r.status_code, "body": r.json()}
+
+    return asyncio.run(main())
+
+
+@probe
+def http_aiohttp(url: str) -> dict:
+    import aiohttp
+
+    async def main() -> dict:
+        async with aiohttp.ClientSession() as s, s.get(url) as r:
+            return {"status": r.status, "body": await r.json()}
+
+    return asyncio.run(main())
+
+
+@probe
+def redis_get(host: str, port: str, key: str) -> dict:
+    import redis
+
+    r = redis.Redis(host=host, port=int(port), socket_timeout=10)
+    r.set("probe:written", "yes")
+    return {"value": r.get(key).decode(), "written": r.get("probe:written").decode()}
+
+
+@probe
+def asyncio_echo(host: str, port: str) -> dict:
+    async def main() -> dict:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"hello over asyncio")
+        await writer.drain()
+        writer.write_eof()
+        data = await reader.read()
+        peer = writer.get_extra_info("peername")
+        writer.close()
+        return {"echo": data.decode(), "peer": list(peer[:2])}
+
+    return asyncio.run(main())
+
+
+@probe
+def socket_echo(host: str, port: str) -> dict:
+    s = socket.create_connection((host, int(port)), timeout=10)
+    peer = s.getpeername()
+    s.sendall(b"x" * 100000)
+    s.shutdown(socket.SHUT_WR)  # the server sees EOF; its echo must still arrive
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    return {"received": len(data), "peer": list(peer[:2])}
+
+
+@probe
+def tls(host: str, port: str, ca: str) -> dict:
+    ctx = ssl.create_default_context(cafile=ca)
+    with socket.create_connection((host, int(port)), timeout=10) as raw, ctx.wrap_socket(
+        raw, server_hostname=host
+    ) as s:
+        cert = s.getpeercert()
+        peer = s.getpeername()
+        s.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    names = [v for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
+    return {"body": body, "san": names, "peer": list(peer[:2])}
+
+
+@probe
+def tls_wrong_name(host: str, port: str, ca: str) -> dict:
+    ctx = ssl.create_default_context(cafile=ca)
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as raw, ctx.wrap_socket(
+            raw, server_hostname="wrong.example"
+        ):
+            return {"verified": True}
+    except ssl.SSLCertVerificationError as exc:
+        return {"verified": False, "reason": exc.verify_code}
+
+
+@probe
+def connect_error(host: str, port: str) -> dict:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(20)
+    try:
+        s.connect((host, int(port)))
+        return {"connected": True}
+    except OSError as exc:
+        return _err(exc)
+    finally:
+        s.close()
+
+
+@probe
+def resolve(name: str) -> dict:
+    try:
+        infos = socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)
+        return {"addresses": sorted({i[4][0] for i in infos})}
+    except socket.gaierror as exc:
+        return {"error": "gaierror", "errno": exc.errno, "is_noname": exc.errno == socket.EAI_NONAME}
+
+
+@probe
+def names(ip: str) -> dict:
+    out = {"hostname": socket.gethostname(), "fqdn": socket.getfqdn()}
+    try:
+        out["byaddr"] = socket.gethostbyaddr(ip)[0]
+    except OSError as exc:
+        out["byaddr"] = _err(exc)
+    out["byname"] = socket.gethostbyname("localhost")
+    out["nameinfo"] = list(socket.getnameinfo((ip, 8080), socket.NI_NUMERICSERV))
+    return out
+
+
+@probe
+def nonblocking(host: str, port: str) -> dict:
+    s = socket.socket()
+    s.setblocking(False)
+    rc = s.connect_ex((host, int(port)))
+    _, writable, _ = select.select([], [s], [], 10)
+    so_error = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    sel = selectors.DefaultSelector()
+    s.sendall(b"ping")
+    s.shutdown(socket.SHUT_WR)
+    sel.register(s, selectors.EVENT_READ)
+    data = b""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if sel.select(1):
+            chunk = s.recv(100)
+            if not chunk:
+                break
+            data += chunk
+    s.close()
+    return {"rc_ok": rc in (0, errno.EINPROGRESS), "writable": bool(writable), "so_error": so_error,
+            "echo": data.decode()}
+
+
+@probe
+def udp(host: str, port: str) -> dict:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(10)
+    s.sendto(b"one", (host, int(port)))
+    data, addr = s.recvfrom(1024)
+    buf = bytearray(1024)
+    s.sendto(b"two", (host, int(port)))
+    n, addr2 = s.recvfrom_into(buf)
+    s.close()
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c.settimeout(10)
+    c.connect((host, int(port)))
+    c.send(b"three")
+    data3 = c.recv(1024)
+    peer = c.getpeername()
+    c.close()
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        got = loop.create_future()
+
+        class P(asyncio.DatagramProtocol):
+            def datagram_received(self, d: bytes, a: tuple) -> None:
+                if not got.done():
+                    got.set_result(d)
+
+        transport, _ = await loop.create_datagram_endpoint(P, remote_addr=(host, int(port)))
+        transport.sendto(b"four")
+        d = await asyncio.wait_for(got, 10)
+        transport.close()
+        return d.decode()
+
+    return {"one": data.decode(), "from": list(addr[:2]), "two": bytes(buf[:n]).decode(),
+            "from2": list(addr2[:2]), "three": data3.decode(), "peer": list(peer[:2]),
+            "four": asyncio.run(main())}
+
+
+@probe
+def env(*names_: str) -> dict:
+    return {n: os.environ.get(n) for n in names_}
+
+
+@probe
+def child_process(url: str) -> dict:
+    code = (
+        "import urllib.request, json, os;"
+        f"print(json.dumps({{'body': json.loads(urllib.request.urlopen({url!r}, timeout=10).read()),"
+        "'env': os.environ.get('POD_ONLY')}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    return {"child": json.loads(out.stdout) if out.returncode == 0 else out.stderr[-500:]}
+
+
+@probe
+def forked(url: str) -> dict:
+    import urllib.request
+
+    first = json.loads(urllib.request.urlopen(url, timeout=10).read())  # the parent's RPC connection exists
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            body = json.loads(urllib.request.urlopen(url, timeout=10).read())
+            os.write(w, json.dumps(body).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    data = b""
+    while True:
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.waitpid(pid, 0)
+    again = json.loads(urllib.request.urlopen(url, timeout=10).read())
+    return {"parent": first["server"], "child": json.loads(data)["server"], "after": again["server"]}
+
+
+@probe
+def user_sitecustomize() -> dict:
+    return {"marker": os.environ.get("USER_SITECUSTOMIZE_RAN"), "module": sys.modules["sitecustomize"].__file__}
+
+
+@probe
+def sink(host: str, port: str, megabytes: str) -> dict:
+    total = int(megabytes) << 20
+    block = os.urandom(1 << 20)
+    digest = hashlib.sha256()
+    s = socket.create_connection((host, int(port)), timeout=60)
+    start = time.perf_counter()
+    sent = 0
+    while sent < total:
+        s.sendall(block)
+        digest.update(block)
+        sent += len(block)
+    s.shutdown(socket.SHUT_WR)
+    reply = b""
+    while True:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
+    elapsed = time.perf_counter() - start
+    s.close()
+    remote_hex, count = reply.decode().split()
+    return {"match": remote_hex == digest.hexdigest(), "count": int(count), "sent": sent,
+            "mb_per_s": sent / elapsed / 1e6}
+
+
+@probe
+def many_streams(host: str, port: str, count: str, kilobytes: str) -> dict:
+    n, size = int(count), int(kilobytes) * 1024
+
+    async def one(i: int) -> bool:
+        payload = hashlib.sha256(str(i).encode()).digest() * (size // 32)
+        reader, writer = await asyncio.open_connection(host, int(port))
+
+        async def send() -> None:
+            writer.write(payload)
+            await writer.drain()
+            writer.write_eof()
+
+        sender = asyncio.ensure_future(send())
+        echoed = await reader.read(-1)
+        await sender
+        writer.close()
+        return hashlib.sha256(echoed).digest() == hashlib.sha256(payload).digest()
+
+    async def main() -> list[bool]:
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+    results = asyncio.run(main())
+    return {"ok": sum(results), "total": n}
+
+
+@probe
+def stalled(host: str, slow_port: str, sink_port: str, megabytes: str) -> dict:
+    """Fills one stream whose server never reads, then times a transfer on another stream."""
+    slow = socket.create_connection((host, int(slow_port)), timeout=10)
+    slow.setblocking(False)
+    stuck = 0
+    chunk = b"s" * 65536
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            stuck += slow.send(chunk)
+        except BlockingIOError:
+            if not select.select([], [slow], [], 0.5)[1]:
+                break
+    result = sink(host, sink_port, megabytes)
+    slow.close()
+    result["stuck_bytes"] = stuck
+    return result
+
+
+def main() -> None:
+    name, *args = sys.argv[1:]
+    try:
+        result = PROBES[name](*args)
+    except Exception as exc:
+        result = {"exception": type(exc).__name__, "message": str(exc), **_err(exc)}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
