@@ -37,7 +37,9 @@ def main() -> None:
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("-t", "--target", envvar=FLAG_VARIABLES["target"], help="pid/PID, netns/NAME, docker/NAME, podman/NAME")
 @click.option("-n", "--namespace", envvar=FLAG_VARIABLES["namespace"], help="Kubernetes namespace of the target")
-@click.option("-f", "--config", "config_file", envvar=FLAG_VARIABLES["config"], help="configuration file (TOML or JSON)")
+@click.option(
+    "-f", "--config", "config_file", envvar=FLAG_VARIABLES["config"], help="configuration file (TOML or JSON)"
+)
 @click.option("--agent-python", envvar=FLAG_VARIABLES["agent_python"], help="python interpreter in the target")
 @click.option(
     "--agent-startup-timeout", type=float, envvar=FLAG_VARIABLES["agent_startup_timeout"],

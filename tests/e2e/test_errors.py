@@ -1,0 +1,77 @@
+"""Bad targets and broken agents: one clear line and a non-zero exit, never a traceback or a hang."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from .conftest import run_mirror
+
+CMD = [sys.executable, "-c", "print('app ran')"]
+
+
+def _assert_clean_failure(res, *fragments: str) -> None:
+    assert res.code != 0
+    assert "app ran" not in res.stdout
+    assert "Traceback" not in res.stderr, res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("mirror-py: error:"), res.stderr
+    for fragment in fragments:
+        assert fragment in line, line
+
+
+def test_dead_pid():
+    proc = subprocess.Popen(["sleep", "0"])
+    proc.wait()
+    res = run_mirror(f"pid/{proc.pid}", CMD, timeout=30)
+    _assert_clean_failure(res, f"no process with PID {proc.pid}")
+
+
+def test_unknown_target_kind():
+    res = run_mirror("vm/thing", CMD, timeout=30)
+    _assert_clean_failure(res, "vm/thing")
+
+
+def test_unknown_netns():
+    res = run_mirror("netns/does-not-exist", CMD, timeout=30)
+    _assert_clean_failure(res, "does-not-exist", "does not exist")
+
+
+def test_target_without_python(pod):
+    res = run_mirror(f"pid/{pod.pid}", CMD, extra=["--agent-python", "/nonexistent/python3"], timeout=30)
+    _assert_clean_failure(res, "/nonexistent/python3", "agent.python")
+
+
+def test_bad_config_value(pod, tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[network.outgoing]\nfilter = { local = ["tcp://10.0.0.0/99"] }\n')
+    res = run_mirror(f"pid/{pod.pid}", CMD, extra=["--config", str(cfg)], timeout=30)
+    _assert_clean_failure(res, "network.outgoing.filter.local")
+
+
+def test_agent_killed_mid_session_fails_operations_cleanly(pod):
+    # The agent is the session's only child besides the app: find it from the app via /proc.
+    script = (
+        "import os, signal, socket, time\n"
+        "session = os.getppid()\n"
+        "children = open(f'/proc/{session}/task/{session}/children').read().split()\n"
+        "agent = [int(c) for c in children if int(c) != os.getpid()][0]\n"
+        "s = socket.create_connection(('127.0.0.1', 7000), timeout=5)\n"
+        "os.kill(agent, signal.SIGKILL)\n"
+        "time.sleep(1)\n"
+        "try:\n"
+        "    s.sendall(b'x'); data = s.recv(10)\n"
+        "    print('stream', 'eof' if data == b'' else data)\n"
+        "except OSError as e:\n"
+        "    print('stream', type(e).__name__)\n"
+        "try:\n"
+        "    socket.create_connection(('127.0.0.1', 7000), timeout=5)\n"
+        "    print('connect ok')\n"
+        "except OSError as e:\n"
+        "    print('connect', type(e).__name__, e)\n"
+    )
+    res = run_mirror(f"pid/{pod.pid}", [sys.executable, "-c", script], timeout=60)
+    assert res.code == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] in ("stream ConnectionResetError", "stream eof"), res.stdout
+    assert lines[1].startswith("connect ConnectionResetError") and "agent" in lines[1], res.stdout
