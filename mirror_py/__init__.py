@@ -1,3 +1,11 @@
 """mirror-py: run a local Python process in the context of a Kubernetes pod."""
 
 __version__ = "0.1.0"
+
+
+def connect(target: str | None = None, **options: object) -> object:
+    """Interposes on this interpreter: its network, DNS and environment come from ``target`` until the
+    returned session is closed (it is a context manager)."""
+    from .api import connect as _connect
+
+    return _connect(target, **options)  # type: ignore[arg-type]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from typing import Callable, NoReturn
 
 import click
 
 from . import __version__
-from .config import FLAG_KEYS, FLAG_VARIABLES, ConfigError, flag_source, load_config
+from .config import FLAG_KEYS, FLAG_VARIABLES, Config, ConfigError, flag_source, load_config
 from .errors import MirrorError
 
 
@@ -23,7 +24,7 @@ def _setup_logging(verbose: int) -> None:
     root.propagate = False
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"mirror-py: error: {message}", err=True)
     sys.exit(1)
 
@@ -34,23 +35,47 @@ def main() -> None:
     """Run local Python code in the context of a pod: its network, DNS and environment."""
 
 
+def _target_options(fn: Callable) -> Callable:
+    """The target and session flags, shared by exec and _serve."""
+    options = [
+        click.option("-t", "--target", envvar=FLAG_VARIABLES["target"],
+                     help="pid/PID, netns/NAME, docker/NAME, podman/NAME"),
+        click.option("-n", "--namespace", envvar=FLAG_VARIABLES["namespace"], help="Kubernetes namespace"),
+        click.option("-f", "--config", "config_file", envvar=FLAG_VARIABLES["config"],
+                     help="configuration file (TOML or JSON)"),
+        click.option("--agent-python", envvar=FLAG_VARIABLES["agent_python"],
+                     help="python interpreter in the target"),
+        click.option("--agent-startup-timeout", type=float, envvar=FLAG_VARIABLES["agent_startup_timeout"],
+                     help="seconds to wait for the agent to start"),
+        click.option("--env-file", envvar=FLAG_VARIABLES["env_file"],
+                     help="dotenv file whose values override the target's"),
+        click.option("--outgoing/--no-outgoing", default=None, envvar=FLAG_VARIABLES["outgoing"],
+                     help="send outgoing connections through the target"),
+        click.option("--dns/--no-dns", default=None, envvar=FLAG_VARIABLES["dns"], help="resolve names in the target"),
+        click.option("--env/--no-env", default=None, envvar=FLAG_VARIABLES["env"],
+                     help="take the target's environment"),
+        click.option("-v", "--verbose", count=True, help="-v progress, -vv debug"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _load(ctx: click.Context, config_file: str | None, flags: dict) -> Config:
+    overrides = {FLAG_KEYS[name]: value for name, value in flags.items() if name in FLAG_KEYS}
+    sources = {}
+    for name in flags:
+        if name in FLAG_KEYS and flags[name] is not None:
+            from_env = ctx.get_parameter_source(name) == click.core.ParameterSource.ENVIRONMENT
+            sources[FLAG_KEYS[name]] = flag_source(name, from_env)
+    try:
+        return load_config(config_file, overrides, override_sources=sources)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("-t", "--target", envvar=FLAG_VARIABLES["target"], help="pid/PID, netns/NAME, docker/NAME, podman/NAME")
-@click.option("-n", "--namespace", envvar=FLAG_VARIABLES["namespace"], help="Kubernetes namespace of the target")
-@click.option(
-    "-f", "--config", "config_file", envvar=FLAG_VARIABLES["config"], help="configuration file (TOML or JSON)"
-)
-@click.option("--agent-python", envvar=FLAG_VARIABLES["agent_python"], help="python interpreter in the target")
-@click.option(
-    "--agent-startup-timeout", type=float, envvar=FLAG_VARIABLES["agent_startup_timeout"],
-    help="seconds to wait for the agent to start",
-)
-@click.option("--env-file", envvar=FLAG_VARIABLES["env_file"], help="dotenv file whose values override the target's")
-@click.option("--outgoing/--no-outgoing", default=None, envvar=FLAG_VARIABLES["outgoing"],
-              help="send outgoing connections through the target")
-@click.option("--dns/--no-dns", default=None, envvar=FLAG_VARIABLES["dns"], help="resolve names in the target")
-@click.option("--env/--no-env", default=None, envvar=FLAG_VARIABLES["env"], help="take the target's environment")
-@click.option("-v", "--verbose", count=True, help="-v progress, -vv debug")
+@_target_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 @click.pass_context
 def exec(ctx: click.Context, config_file: str | None, verbose: int, command: tuple[str, ...], **flags: object) -> None:
@@ -59,17 +84,7 @@ def exec(ctx: click.Context, config_file: str | None, verbose: int, command: tup
     Example: mirror-py exec --target pid/4242 -- python app.py
     """
     _setup_logging(verbose)
-    overrides = {FLAG_KEYS[name]: value for name, value in flags.items() if name in FLAG_KEYS}
-    sources = {}
-    for name in flags:
-        if name in FLAG_KEYS and flags[name] is not None:
-            from_env = ctx.get_parameter_source(name) == click.core.ParameterSource.ENVIRONMENT
-            sources[FLAG_KEYS[name]] = flag_source(name, from_env)
-    try:
-        cfg = load_config(config_file, overrides, override_sources=sources)
-    except ConfigError as exc:
-        _fail(str(exc))
-        return
+    cfg = _load(ctx, config_file, flags)
     from .session.session import run_command
 
     try:
@@ -80,3 +95,19 @@ def exec(ctx: click.Context, config_file: str | None, verbose: int, command: tup
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
+
+
+@main.command("_serve", hidden=True)
+@_target_options
+@click.pass_context
+def serve(ctx: click.Context, config_file: str | None, verbose: int, **flags: object) -> None:
+    """Runs a session for mirror_py.connect(): prints the app's environment as one JSON line, then serves
+    until stdin closes."""
+    _setup_logging(verbose)
+    cfg = _load(ctx, config_file, flags)
+    from .session.session import serve_until_stdin_closes
+
+    try:
+        asyncio.run(serve_until_stdin_closes(cfg))
+    except MirrorError as exc:
+        _fail(str(exc))

@@ -1,0 +1,70 @@
+"""mirror_py.connect(): interposition for a block of code, undone exactly on exit."""
+
+from __future__ import annotations
+
+import sys
+
+from .conftest import ROOT
+
+SCRIPT = r"""
+import json, os, socket, sys, urllib.request, _socket
+import mirror_py
+
+names = ("connect", "connect_ex", "getpeername", "getsockname", "sendto", "recvfrom", "recvfrom_into",
+         "recvmsg", "_real_close")
+before_cls = {n: socket.socket.__dict__.get(n) for n in names}
+before_mod = {n: getattr(socket, n) for n in ("getaddrinfo", "gethostbyname", "gethostname")}
+env_before = os.environ.get("POD_ONLY")
+with mirror_py.connect(sys.argv[1]) as session:
+    inside = {
+        "server": json.loads(urllib.request.urlopen("http://api.pod.internal:8081/", timeout=5).read())["server"],
+        "env": os.environ.get("POD_ONLY"),
+        "hostname": socket.gethostname(),
+        "target": session.target,
+    }
+after = {
+    "cls_restored": all(socket.socket.__dict__.get(n) is before_cls[n] for n in names),
+    "inherited_again": socket.socket.connect is _socket.socket.connect,
+    "mod_restored": all(getattr(socket, n) is f for n, f in before_mod.items()),
+    "env": os.environ.get("POD_ONLY"),
+    "env_was": env_before,
+}
+try:
+    socket.getaddrinfo("api.pod.internal", 80)
+    after["resolves_after"] = True
+except socket.gaierror:
+    after["resolves_after"] = False
+print(json.dumps({"inside": inside, "after": after}))
+"""
+
+
+def test_connect_interposes_then_restores_everything(pod):
+    import json
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("POD_ONLY", None)
+    out = subprocess.run([sys.executable, "-c", SCRIPT, f"pid/{pod.pid}"], capture_output=True, text=True,
+                         timeout=60, env=env, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["inside"] == {"server": "loopback", "env": "from-the-pod", "hostname": "api-7d9f",
+                                "target": f"pid/{pod.pid}"}
+    assert result["after"] == {"cls_restored": True, "inherited_again": True, "mod_restored": True,
+                               "env": None, "env_was": None, "resolves_after": False}
+
+
+def test_connect_to_a_missing_target_raises_a_clear_error():
+    import os
+    import subprocess
+
+    code = (
+        "import mirror_py\n"
+        "try:\n    mirror_py.connect('pid/999999999')\n"
+        "except Exception as e:\n    print(type(e).__name__, e)"
+    )
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.stdout.startswith("MirrorError no process with PID 999999999"), out
