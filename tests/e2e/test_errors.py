@@ -75,3 +75,30 @@ def test_agent_killed_mid_session_fails_operations_cleanly(pod):
     lines = res.stdout.splitlines()
     assert lines[0] in ("stream ConnectionResetError", "stream eof"), res.stdout
     assert lines[1].startswith("connect ConnectionResetError") and "agent" in lines[1], res.stdout
+
+
+def test_ctrl_c_stops_the_app_session_and_agent(pod, tmp_path):
+    import os
+    import signal
+    import time
+
+    from .conftest import MIRROR_PY, ROOT
+
+    ready = tmp_path / "ready"
+    app = f"import pathlib, time; pathlib.Path({str(ready)!r}).write_text('x'); time.sleep(60)"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([*MIRROR_PY, "exec", "--target", f"pid/{pod.pid}", "--", sys.executable, "-c", app],
+                            env=env, cwd=str(ROOT), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready.exists()
+    with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+        children = [int(c) for c in f.read().split()]
+    assert len(children) == 2  # the agent and the app
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    proc.wait(15)
+    assert proc.returncode != 0
+    for child in children:
+        assert not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split()[2] == "Z"

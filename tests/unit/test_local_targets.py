@@ -1,0 +1,47 @@
+"""Local target resolution: the agent command line for each kind, and clear errors for bad names."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from mirror_py.errors import MirrorError
+from mirror_py.transport import local
+from mirror_py_agent import bootstrap
+
+
+@pytest.mark.parametrize("engine", ["docker", "podman"])
+def test_container_targets_exec_the_agent_with_stdin_attached(engine, monkeypatch):
+    monkeypatch.setattr(local.shutil, "which", lambda name: f"/usr/bin/{name}")
+    target = local.resolve(f"{engine}/api")
+    argv = target.agent_argv(bootstrap.command("python3"))
+    assert argv[:4] == [f"/usr/bin/{engine}", "exec", "-i", "api"]
+    assert argv[4:6] == ["python3", "-c"]
+    assert target.env_pid == 1
+
+
+def test_container_engine_missing(monkeypatch):
+    monkeypatch.setattr(local.shutil, "which", lambda name: None)
+    with pytest.raises(MirrorError, match="podman is not installed"):
+        local.resolve("podman/api")
+
+
+def test_pid_target_enters_net_mount_and_uts_namespaces():
+    target = local.resolve(f"pid/{os.getpid()}")
+    assert target.argv_prefix[1:] == ("-t", str(os.getpid()), "-n", "-m", "-u", "--")
+    assert target.env_pid == os.getpid()
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("pid/abc", "is not a process ID"),
+        ("pid/", "has no name"),
+        ("netns/../x", "invalid network namespace name"),
+        ("vm/x", "unknown target kind 'vm'"),
+    ],
+)
+def test_bad_targets(path, message):
+    with pytest.raises(MirrorError, match=message):
+        local.resolve(path)
