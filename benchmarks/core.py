@@ -292,8 +292,9 @@ def table(cfg: dict[str, int], c: dict[str, Any], s: dict[str, Any]) -> list[str
                  _signed(m - d, 1)))
     for pct in ("50", "99"):
         d, m = c[f"conn{pct}_direct"], c[f"conn{pct}_mirror"]
-        rows.append((f"connect() p{pct} (us)", _num(d, 1), _num(m, 1), f"{m / d:.0f}x",
-                     f"aim <= {AIM_CONNECT_US:.0f} us: {_ok(m <= AIM_CONNECT_US)}", _signed(m - d, 1)))
+        # The aim is on the median; the tail is shown for information.
+        aim = f"aim <= {AIM_CONNECT_US:.0f} us: {_ok(m <= AIM_CONNECT_US)}" if pct == "50" else "(no aim)"
+        rows.append((f"connect() p{pct} (us)", _num(d, 1), _num(m, 1), f"{m / d:.0f}x", aim, _signed(m - d, 1)))
     d, m = s["wall_ms_plain"], s["wall_ms_shim"]
     rows.append(("`python -c pass` wall, median (ms); shim off / on", _num(d, 1), _num(m, 1), f"{m / d:.2f}x",
                  f"aim <= {AIM_STARTUP_RATIO}x: {_ok(m / d <= AIM_STARTUP_RATIO)}", _signed(m - d, 1)))

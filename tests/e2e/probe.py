@@ -27,6 +27,15 @@ def probe(fn):
     return fn
 
 
+def _read_to_eof(s: socket.socket, size: int = 65536) -> bytes:
+    data = b""
+    while True:
+        chunk = s.recv(size)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def _err(exc: BaseException) -> dict:
     return {"error": type(exc).__name__, "errno": getattr(exc, "errno", None)}
 
@@ -101,12 +110,7 @@ def socket_echo(host: str, port: str) -> dict:
     peer = s.getpeername()
     s.sendall(b"x" * 100000)
     s.shutdown(socket.SHUT_WR)  # the server sees EOF; its echo must still arrive
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
+    data = _read_to_eof(s)
     s.close()
     return {"received": len(data), "peer": list(peer[:2])}
 
@@ -120,12 +124,7 @@ def tls(host: str, port: str, ca: str) -> dict:
         cert = s.getpeercert()
         peer = s.getpeername()
         s.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = _read_to_eof(s)
     body = json.loads(data.split(b"\r\n\r\n", 1)[1])
     names = [v for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
     return {"body": body, "san": names, "peer": list(peer[:2])}
@@ -299,12 +298,7 @@ def sink(host: str, port: str, megabytes: str) -> dict:
         digest.update(block)
         sent += len(block)
     s.shutdown(socket.SHUT_WR)
-    reply = b""
-    while True:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        reply += chunk
+    reply = _read_to_eof(s, 4096)
     elapsed = time.perf_counter() - start
     s.close()
     remote_hex, count = reply.decode().split()
