@@ -12,7 +12,8 @@ def main() -> None:
     print(f"DATABASE_URL  {os.environ.get('DATABASE_URL', '(not set)')}")
     try:
         body = json.loads(urllib.request.urlopen("http://api.pod.internal:8081/hello", timeout=5).read())
-        print(f"internal API  answered by pod {body['pod']!r} ({body['server']} server, saw client {body['client'][0]})")
+        print(f"internal API  answered by pod {body['pod']!r} "
+              f"({body['server']} server, saw client {body['client'][0]})")
     except OSError as exc:
         print(f"internal API  unreachable: {exc}")
     try:
