@@ -29,6 +29,7 @@ PROTOCOL_VERSION = 1
 MIN_PROTOCOL_VERSION = 1
 MAX_PAYLOAD = 1 << 20
 DEFAULT_WINDOW = 1 << 20
+MAX_ERROR_MESSAGE = 4096  # an error quotes what the peer sent: keep it well inside a frame
 
 HEADER = struct.Struct(">BII")
 _U32 = struct.Struct(">I")
@@ -204,6 +205,8 @@ class Connection:
         self._control({"t": "ok", "id": rid, "res": result})
 
     def send_error(self, rid: int | None, errno: str, message: str) -> None:
+        if len(message) > MAX_ERROR_MESSAGE:
+            message = message[:MAX_ERROR_MESSAGE] + "..."
         self._control({"t": "err", "id": rid, "errno": errno, "msg": message})
 
     def send_ping(self, token: int) -> None:
@@ -373,26 +376,32 @@ class Connection:
         try:
             msg = cbor2.loads(payload)
         except Exception as exc:  # any decoding failure of a well-framed message is recoverable
+            if self.peer_hello is None:
+                self._fail(events, f"expected hello first, got an undecodable control message: {exc}")
+                return
             self.send_error(None, "EPROTO", f"undecodable control message: {exc}")
             return
         if not isinstance(msg, dict):
+            if self.peer_hello is None:
+                self._fail(events, "expected hello first, got a control message that is not a map")
+                return
             self.send_error(None, "EPROTO", "control message is not a map")
             return
         kind = msg.get("t")
         if self.peer_hello is None:
             if kind != "hello":
-                self._fail(events, f"expected hello first, got {kind!r}")
+                self._fail(events, f"expected hello first, got {_describe(kind)}")
                 return
             self._on_hello(events, msg)
             return
         try:
             handler = _CONTROL_HANDLERS.get(kind) if isinstance(kind, str) else None
             if handler is None:
-                self.send_error(_request_id(msg), "ENOTSUP", f"unknown message type {kind!r}")
+                self.send_error(_request_id(msg), "ENOTSUP", f"unknown message type {_describe(kind)}")
                 return
             handler(self, events, msg)
         except (KeyError, TypeError, ValueError) as exc:
-            self.send_error(_request_id(msg), "EINVAL", f"malformed {kind!r} message: {exc!r}")
+            self.send_error(_request_id(msg), "EINVAL", f"malformed {_describe(kind)} message: {exc!r}")
 
     def _on_hello(self, events: list[Event], msg: dict) -> None:
         version = msg.get("v")
@@ -406,7 +415,7 @@ class Connection:
             self._fail(events, f"peer speaks protocol {version}, the oldest supported is {MIN_PROTOCOL_VERSION}")
             return
         if not isinstance(window, int) or isinstance(window, bool) or not 1024 <= window <= 1 << 30:
-            self._fail(events, f"hello with an invalid window {window!r}")
+            self._fail(events, f"hello with an invalid window {_describe(window)}")
             return
         if not isinstance(caps, list) or not isinstance(info, dict):
             self._fail(events, "hello with malformed capabilities or info")
@@ -442,11 +451,12 @@ class Connection:
         sid = msg["sid"]
         if not _is_int(sid):
             raise ValueError("sid must be an integer")
+        errno = msg.get("errno")
+        closed = StreamClosed(sid, str(errno) if errno is not None else None, str(msg.get("msg", "")))
         if self._streams.pop(sid, None) is None:
             self.dropped_frames += 1
             return
-        errno = msg.get("errno")
-        events.append(StreamClosed(sid, str(errno) if errno is not None else None, str(msg.get("msg", ""))))
+        events.append(closed)
 
     def _on_ping(self, events: list[Event], msg: dict) -> None:
         tok = msg.get("tok", 0)
@@ -459,6 +469,16 @@ class Connection:
 
     def _on_second_hello(self, events: list[Event], msg: dict) -> None:
         self.send_error(None, "EPROTO", "hello was already received")
+
+
+def _describe(value: object) -> str:
+    """A short repr of a value the peer sent, for error messages: never huge, never raising (an integer of
+    more than 4300 digits cannot be printed)."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _is_int(value: object) -> bool:

@@ -99,7 +99,7 @@ class RpcServer:
             return {"ok": await handler(req)}
         except RpcError as exc:
             return {"err": {"errno": exc.errno, "msg": exc.message}}
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: too deeply nested JSON
             return {"err": {"errno": "EINVAL", "msg": f"bad request: {exc}"}}
 
     @staticmethod
