@@ -1,13 +1,11 @@
 """The session's one channel to its agent: start it, handshake, requests and stream bookkeeping.
 
-The channel here is a local process's pipes (nsenter, ip netns exec, docker exec); the protocol on it is the
-same for every transport.
+The channel may be a local process's pipes or a Kubernetes exec websocket; the protocol on it is the same.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import itertools
 import logging
 from typing import Any
@@ -17,9 +15,9 @@ from mirror_py_agent import protocol as p
 from mirror_py_agent.relay import Mux
 
 from ..errors import MirrorError
+from ..transport.channel import Channel
 
 log = logging.getLogger("mirror_py.session")
-_F_SETPIPE_SZ = 1031
 
 
 class RemoteError(OSError):
@@ -31,37 +29,16 @@ class RemoteError(OSError):
         self.message = message
 
 
-class _AgentProcessProtocol(asyncio.SubprocessProtocol):
-    def __init__(self, link: AgentLink) -> None:
-        self.link = link
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        if fd == 1:
-            self.link.on_bytes(data)
-        else:
-            self.link.on_stderr(data)
-
-    def pause_writing(self) -> None:
-        self.link.mux.pause_channel()
-
-    def resume_writing(self) -> None:
-        self.link.mux.resume_channel()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        # Called once the process has exited and all its pipes are drained, so stderr is complete.
-        self.link.on_exit()
-
-
 class AgentLink:
-    def __init__(self, argv: list[str], description: str, startup_timeout: float = 30.0) -> None:
-        self.argv = argv
-        self.description = description
+    """Speaks the protocol over a :class:`~mirror_py.transport.channel.Channel` to one agent."""
+
+    def __init__(self, channel: Channel, startup_timeout: float = 30.0) -> None:
+        self.channel = channel
+        self.description = channel.description
         self.startup_timeout = startup_timeout
         self.conn = p.Connection("session")
-        self.mux = Mux(self.conn, self._write)
+        self.mux = Mux(self.conn, channel.write)
         self.hello: p.Hello | None = None
-        self._transport: asyncio.SubprocessTransport | None = None
-        self._stdin: asyncio.WriteTransport | None = None
         self._pending: dict[int, asyncio.Future] = {}
         self._hello_waiter: asyncio.Future | None = None
         self._sids = itertools.count(1, 2)  # odd ids: the session opens streams; the agent may use even ones
@@ -73,27 +50,8 @@ class AgentLink:
     async def start(self) -> p.Hello:
         loop = asyncio.get_running_loop()
         self._hello_waiter = loop.create_future()
-        try:
-            self._transport, _ = await loop.subprocess_exec(
-                lambda: _AgentProcessProtocol(self),
-                *self.argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,  # Ctrl-C reaches the app; the session ends the agent itself
-            )
-        except OSError as exc:
-            raise MirrorError(f"could not start the agent for {self.description}: {exc}") from None
-        self._stdin = self._transport.get_pipe_transport(0)  # type: ignore[assignment]
-        for fd in (0, 1):
-            pipe = self._transport.get_pipe_transport(fd)
-            fileobj = pipe.get_extra_info("pipe") if pipe is not None else None
-            if fileobj is not None:
-                try:
-                    fcntl.fcntl(fileobj.fileno(), _F_SETPIPE_SZ, 1 << 20)
-                except OSError:
-                    pass
-        self._write(bootstrap.bundle())
+        await self.channel.open(self)
+        self.channel.write(bootstrap.bundle())
         self.conn.send_hello()
         self.mux.flush()
         try:
@@ -104,6 +62,9 @@ class AgentLink:
                 f"the agent for {self.description} did not answer within {self.startup_timeout:g} s"
                 f"{self._stderr_hint()}; raise agent.startup_timeout if the target is slow"
             ) from None
+        except MirrorError:
+            await self.close()
+            raise
         self.hello = hello
         return hello
 
@@ -113,20 +74,20 @@ class AgentLink:
 
     async def close(self) -> None:
         """Ends the channel: stdin EOF makes the agent close its connections and exit."""
-        if self._stdin is not None and not self._stdin.is_closing():
-            self._stdin.close()
-        if self._transport is not None:
-            try:
-                await asyncio.wait_for(self.closed.wait(), 5)
-            except asyncio.TimeoutError:
-                self._transport.kill()
-                await self.closed.wait()
-            self._transport.close()
+        self.channel.close_input()
+        if not await self.channel.wait_closed(5):
+            self.channel.kill()
+            await self.channel.wait_closed(5)
+        release = getattr(self.channel, "release", None)
+        if release is not None:
+            release()
 
     # ------------------------------------------------------------------------------------------ channel
-    def _write(self, data: bytes) -> None:
-        if self._stdin is not None and not self._stdin.is_closing():
-            self._stdin.write(data)
+    def on_pause(self) -> None:
+        self.mux.pause_channel()
+
+    def on_resume(self) -> None:
+        self.mux.resume_channel()
 
     def on_stderr(self, data: bytes) -> None:
         self._stderr += data
@@ -152,33 +113,31 @@ class AgentLink:
                 if self._hello_waiter is not None and not self._hello_waiter.done():
                     self._hello_waiter.set_result(ev)
             elif isinstance(ev, p.ConnectionFailed):
-                self._fail(f"the agent sent bytes that are not mirror-py protocol: {ev.message}")
-                if self._stdin is not None:
-                    self._stdin.close()
+                self._fail(
+                    f"the agent for {self.description} sent bytes that are not mirror-py protocol ({ev.message})"
+                    f"{self._stderr_hint()}"
+                )
+                self.channel.close_input()
                 return
         self.mux.flush()
 
-    def on_exit(self) -> None:
-        code = self._transport.get_returncode() if self._transport else None
-        self._fail(self._exit_message(code))
+    def on_closed(self, exit_code: int | None, reason: str | None) -> None:
+        self._fail(self._exit_message(exit_code, reason))
         self.closed.set()
 
-    def _exit_message(self, code: int | None) -> str:
-        text = self._stderr.decode("utf-8", "replace")
+    def _exit_message(self, code: int | None, reason: str | None) -> str:
+        text = self._stderr.decode("utf-8", "replace") + (reason or "")
+        said = f" ({reason})" if reason else self._stderr_hint()
         if self.hello is None:
-            if code == 127 or ("No such file or directory" in text and "python" in text.lower()):
+            missing = "No such file or directory" in text or "not found" in text
+            if code == 127 or (missing and "python" in text.lower()):
                 return (
-                    f"the target {self.description} has no {self.argv_python()!r} to run the agent"
-                    " (exit code 127); point agent.python at an interpreter that exists in the target"
+                    f"the target {self.description} has no {self.channel.python!r} to run the agent"
+                    f" (exit code {code}); point agent.python (--agent-python) at an interpreter that exists"
+                    " in the target, or use an agent mode that brings its own"
                 )
-            return f"the agent for {self.description} exited during start-up (exit code {code}){self._stderr_hint()}"
-        return f"the agent for {self.description} exited (exit code {code}){self._stderr_hint()}"
-
-    def argv_python(self) -> str:
-        try:
-            return self.argv[self.argv.index("-c") - 1]
-        except ValueError:
-            return "python3"
+            return f"the agent for {self.description} exited during start-up (exit code {code}){said}"
+        return f"the agent for {self.description} exited (exit code {code}){said}"
 
     def _fail(self, message: str) -> None:
         if self.failure is None:
@@ -191,6 +150,7 @@ class AgentLink:
         self._pending.clear()
         if self._hello_waiter is not None and not self._hello_waiter.done():
             self._hello_waiter.set_exception(MirrorError(self.failure))
+            self._hello_waiter.exception()  # start() may already have failed: never log it as unretrieved
 
     # ---------------------------------------------------------------------------------------- requests
     def new_stream_id(self) -> int:

@@ -22,6 +22,7 @@ from mirror_py_agent import bootstrap
 from .. import config as config_mod
 from ..errors import MirrorError
 from ..transport import local as local_transport
+from ..transport.process import ProcessChannel
 from .agent_link import AgentLink, RemoteError
 from .relays import TcpRelayListener, UdpRelay, _key, open_udp_relay
 from .rpc_server import RpcError, RpcServer
@@ -62,7 +63,8 @@ class Session:
         self.target_description = target.describe()
         argv = target.agent_argv(bootstrap.command(self.cfg.agent.python))
         log.info("starting the agent in %s", self.target_description)
-        self.link = AgentLink(argv, self.target_description, self.cfg.agent.startup_timeout)
+        channel = ProcessChannel(argv, self.target_description, self.cfg.agent.python)
+        self.link = AgentLink(channel, self.cfg.agent.startup_timeout)
         hello = await self.link.start()
         log.info("agent ready (python %s)", hello.info.get("python"))
         if self.cfg.env.enabled and target.env_pid is not None:

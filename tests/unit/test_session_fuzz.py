@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from mirror_py.errors import MirrorError
 from mirror_py.session.agent_link import AgentLink, RemoteError
 from mirror_py.session.rpc_server import MAX_REQUEST, RpcError, RpcServer
+from mirror_py.transport.process import ProcessChannel
 
 STARTUP_TIMEOUT = 3.0
 
@@ -97,7 +98,7 @@ def run_link(argv: list[str], body, timeout: float = STARTUP_TIMEOUT):
         loop = asyncio.get_running_loop()
         escaped: list[dict] = []
         loop.set_exception_handler(lambda _loop, ctx: escaped.append(ctx))
-        link = AgentLink(argv, "the fake target", startup_timeout=timeout)
+        link = AgentLink(ProcessChannel(argv, "the fake target", "python3"), startup_timeout=timeout)
         try:
             result = await asyncio.wait_for(body(link), 20)
         finally:
@@ -421,7 +422,7 @@ def _client_as(uid: int, path: str, request: bytes) -> int:
                 try:
                     s.sendall(request)
                     code = 0 if s.recv(100) == b"" else 1
-                except ConnectionResetError:
+                except (ConnectionResetError, BrokenPipeError):  # refused before or while sending
                     code = 0
                 except socket.timeout:
                     code = 2
