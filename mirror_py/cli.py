@@ -22,6 +22,8 @@ def _setup_logging(verbose: int) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # Choices mirror-py made for the user (which pod, which container) are shown unless -q.
+    logging.getLogger("mirror_py.progress").setLevel(logging.INFO if verbose >= 0 else logging.WARNING)
 
 
 def _fail(message: str) -> NoReturn:
@@ -39,8 +41,11 @@ def _target_options(fn: Callable) -> Callable:
     """The target and session flags, shared by exec and _serve."""
     options = [
         click.option("-t", "--target", envvar=FLAG_VARIABLES["target"],
-                     help="pid/PID, netns/NAME, docker/NAME, podman/NAME"),
+                     help="deploy/NAME, pod/NAME[/container/C], sts/, rs/, ds/, job/, svc/; or pid/PID, netns/NAME, "
+                     "docker/NAME, podman/NAME"),
         click.option("-n", "--namespace", envvar=FLAG_VARIABLES["namespace"], help="Kubernetes namespace"),
+        click.option("--kubeconfig", envvar=FLAG_VARIABLES["kubeconfig"], help="kubeconfig file"),
+        click.option("--context", envvar=FLAG_VARIABLES["context"], help="kubeconfig context"),
         click.option("-f", "--config", "config_file", envvar=FLAG_VARIABLES["config"],
                      help="configuration file (TOML or JSON)"),
         click.option("--agent-python", envvar=FLAG_VARIABLES["agent_python"],

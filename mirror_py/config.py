@@ -110,6 +110,10 @@ class TargetConfig(_Section):
         '"deploy/NAME", "pod/NAME", "pod/NAME/container/NAME".',
     )
     namespace: str | None = Field(None, min_length=1, description="Kubernetes namespace of the target.")
+    kubeconfig: str | None = Field(
+        None, min_length=1, description="Kubeconfig file(s), ':'-separated; default KUBECONFIG, then ~/.kube/config."
+    )
+    context: str | None = Field(None, min_length=1, description="Kubeconfig context; default the current one.")
 
 
 class AgentConfig(_Section):
@@ -206,6 +210,8 @@ FLAG_VARIABLES: dict[str, str] = {
     "config": "MIRROR_PY_CONFIG",
     "target": "MIRROR_PY_TARGET",
     "namespace": "MIRROR_PY_NAMESPACE",
+    "kubeconfig": "MIRROR_PY_KUBECONFIG",
+    "context": "MIRROR_PY_CONTEXT",
     "agent_python": "MIRROR_PY_AGENT_PYTHON",
     "agent_startup_timeout": "MIRROR_PY_AGENT_STARTUP_TIMEOUT",
     "outgoing": "MIRROR_PY_OUTGOING",
@@ -218,6 +224,8 @@ FLAG_VARIABLES: dict[str, str] = {
 FLAG_KEYS: dict[str, str] = {
     "target": "target.path",
     "namespace": "target.namespace",
+    "kubeconfig": "target.kubeconfig",
+    "context": "target.context",
     "agent_python": "agent.python",
     "agent_startup_timeout": "agent.startup_timeout",
     "outgoing": "network.outgoing.enabled",

@@ -6,6 +6,9 @@ import os
 
 
 def read_environ(args: dict) -> dict:
+    if args.get("own"):
+        # Exec'd into the target container: the runtime gave this process the container's environment.
+        return dict(os.environ)
     pid = args.get("pid")
     if pid is None:
         return {}

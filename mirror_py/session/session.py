@@ -22,12 +22,14 @@ from mirror_py_agent import bootstrap
 from .. import config as config_mod
 from ..errors import MirrorError
 from ..transport import local as local_transport
+from ..transport.channel import Channel
 from ..transport.process import ProcessChannel
 from .agent_link import AgentLink, RemoteError
 from .relays import TcpRelayListener, UdpRelay, _key, open_udp_relay
 from .rpc_server import RpcError, RpcServer
 
 log = logging.getLogger("mirror_py.session")
+progress = logging.getLogger("mirror_py.progress")  # shown at default verbosity: what mirror-py chose
 
 LIB_DIR = os.path.dirname(os.path.dirname(os.path.abspath(mirror_py_agent.__file__)))
 
@@ -53,23 +55,19 @@ class Session:
     async def start(self) -> None:
         path = self.cfg.target.path
         if not path:
-            raise MirrorError("no target given: pass --target (for example --target pid/4242) or set target.path")
-        if not local_transport.is_local(path):
-            raise MirrorError(
-                f"target {path!r} is not a local target (pid/, netns/, docker/, podman/); "
-                "Kubernetes targets need the Kubernetes transport"
-            )
-        target = local_transport.resolve(path)
-        self.target_description = target.describe()
-        argv = target.agent_argv(bootstrap.command(self.cfg.agent.python))
+            raise MirrorError("no target given: pass --target (for example --target deploy/api or pid/4242)")
+        if local_transport.is_local(path):
+            channel, env_args = self._local_channel(path)
+        else:
+            channel, env_args = await self._kube_channel(path)
+        self.target_description = channel.description
         log.info("starting the agent in %s", self.target_description)
-        channel = ProcessChannel(argv, self.target_description, self.cfg.agent.python)
         self.link = AgentLink(channel, self.cfg.agent.startup_timeout)
         hello = await self.link.start()
         log.info("agent ready (python %s)", hello.info.get("python"))
-        if self.cfg.env.enabled and target.env_pid is not None:
+        if self.cfg.env.enabled and env_args is not None:
             try:
-                self.remote_env = await self.link.request("environ", {"pid": target.env_pid})
+                self.remote_env = await self.link.request("environ", env_args)
             except RemoteError as exc:
                 log.warning("could not read the target's environment: %s", exc.message)
         self.listener = TcpRelayListener(self.link.mux)
@@ -79,6 +77,29 @@ class Session:
         self.dir = tempfile.mkdtemp(prefix="mirror-py-", dir=base)  # mode 0700
         self.rpc = RpcServer(os.path.join(self.dir, "session.sock"), self._handlers())
         await self.rpc.start()
+
+    def _local_channel(self, path: str) -> tuple[Channel, dict | None]:
+        target = local_transport.resolve(path)
+        argv = target.agent_argv(bootstrap.command(self.cfg.agent.python))
+        channel = ProcessChannel(argv, target.describe(), self.cfg.agent.python)
+        return channel, ({"pid": target.env_pid} if target.env_pid is not None else None)
+
+    async def _kube_channel(self, path: str) -> tuple[Channel, dict | None]:
+        from ..kube import api as kube_api
+        from ..kube import targets
+        from ..transport.k8s_exec import ExecChannel
+
+        t = self.cfg.target
+        ref = targets.parse(path)
+        kube = await asyncio.to_thread(kube_api.load, t.kubeconfig, t.context, t.namespace)
+        resolved = await asyncio.to_thread(targets.resolve, kube, ref)
+        progress.info("target %s: %s, container %r (chosen by %s)", ref, f"pod {resolved.namespace}/{resolved.pod}",
+                      resolved.container, resolved.container_choice)
+        channel = ExecChannel(kube.configuration, resolved.namespace, resolved.pod, resolved.container,
+                              bootstrap.command(self.cfg.agent.python), resolved.describe(), self.cfg.agent.python,
+                              open_timeout=self.cfg.agent.startup_timeout)
+        # exec'd into the container, the agent's own environment is the container's
+        return channel, {"own": True}
 
     async def close(self) -> None:
         if self.rpc is not None:

@@ -1,0 +1,113 @@
+"""Reaching the Kubernetes API as kubectl would: the same kubeconfig, context and namespace rules.
+
+The official client is synchronous; the session calls it from worker threads. Its errors are turned into one
+line the user can act on, as kubectl prints them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import MirrorError
+
+
+@dataclass
+class KubeContext:
+    api_client: Any  # kubernetes.client.ApiClient
+    configuration: Any  # kubernetes.client.Configuration
+    namespace: str
+    context: str
+
+    def core(self) -> Any:
+        from kubernetes import client
+
+        return client.CoreV1Api(self.api_client)
+
+    def apps(self) -> Any:
+        from kubernetes import client
+
+        return client.AppsV1Api(self.api_client)
+
+    def batch(self) -> Any:
+        from kubernetes import client
+
+        return client.BatchV1Api(self.api_client)
+
+
+def load(kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None) -> KubeContext:
+    """``--kubeconfig`` or ``KUBECONFIG`` (several files joined by ':'), else ~/.kube/config, else in-cluster;
+    the namespace is ``-n``, else the context's, else ``default``."""
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+
+    path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    files = [p for p in path.split(os.pathsep) if p]
+    existing = [p for p in files if os.path.exists(p)]
+    if not existing:
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            cfg = client.Configuration()
+            config.load_incluster_config(client_configuration=cfg)
+            ns = namespace or _incluster_namespace()
+            return KubeContext(client.ApiClient(cfg), cfg, ns, "in-cluster")
+        raise MirrorError(
+            f"no kubeconfig found at {path}; pass --kubeconfig or set KUBECONFIG (or use a local target: pid/PID)"
+        )
+    try:
+        contexts, active = config.list_kube_config_contexts(config_file=existing[0])
+    except (ConfigException, OSError, ValueError) as exc:
+        raise MirrorError(f"cannot read kubeconfig {existing[0]}: {exc}") from None
+    names = [c["name"] for c in contexts]
+    chosen = context or (active or {}).get("name")
+    if chosen not in names:
+        known = ", ".join(names) or "none"
+        what = f"context {chosen!r} is not in" if chosen else "no current context in"
+        raise MirrorError(f"{what} kubeconfig {existing[0]} (contexts: {known}); pass --context NAME")
+    ctx = next(c for c in contexts if c["name"] == chosen)
+    cfg = client.Configuration()
+    try:
+        config.load_kube_config(config_file=existing[0], context=chosen, client_configuration=cfg)
+    except (ConfigException, OSError, ValueError) as exc:
+        raise MirrorError(f"cannot use context {chosen!r} of {existing[0]}: {exc}") from None
+    ns = namespace or ctx.get("context", {}).get("namespace") or "default"
+    return KubeContext(client.ApiClient(cfg), cfg, ns, chosen)
+
+
+def _incluster_namespace() -> str:
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+            return f.read().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def explain(exc: BaseException, doing: str) -> MirrorError:
+    """An API failure as one line: the Kubernetes reason and message, as kubectl shows them."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    if isinstance(exc, ApiException):
+        message = exc.reason or ""
+        try:
+            body = json.loads(exc.body or "{}")
+            message = body.get("message") or message
+        except (ValueError, TypeError):
+            pass
+        if exc.status == 401:
+            return MirrorError(f"{doing}: the API server rejected the credentials (401 Unauthorized): {message}")
+        if exc.status == 403:
+            return MirrorError(f"{doing}: forbidden: {message}")
+        return MirrorError(f"{doing}: {message} ({exc.status})")
+    if isinstance(exc, (HTTPError, OSError)):
+        return MirrorError(f"{doing}: cannot reach the Kubernetes API server: {_short(exc)}")
+    return MirrorError(f"{doing}: {exc}")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    reason = getattr(exc, "reason", None)
+    if reason is not None:
+        text = str(reason)
+    return text if len(text) < 300 else text[:300] + "..."

@@ -1,0 +1,248 @@
+"""The Kubernetes exec websocket as a channel to the agent's stdin/stdout.
+
+Follows the API server's behaviour exactly: offers ``v5.channel.k8s.io`` then ``v4.channel.k8s.io`` in one
+header, never fragments or compresses, sends stdin as channel-0 binary frames, ends stdin with the v5 CLOSE
+frame ``[255, 0]`` (v4 has no half-close: the connection itself is closed), reads stdout (1), stderr (2) and
+the one status message (3) that carries the exit code. Never sends resize frames: with tty=false they stall
+the server's read loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from collections import deque
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from ..errors import MirrorError
+from .channel import Channel, ChannelListener
+
+log = logging.getLogger("mirror_py.session")
+
+V5 = "v5.channel.k8s.io"
+V4 = "v4.channel.k8s.io"
+STDIN, STDOUT, STDERR, STATUS, CLOSE = 0, 1, 2, 3, 255
+CHUNK = 256 * 1024
+HIGH_WATER = 4 << 20
+LOW_WATER = 1 << 20
+
+
+def exec_url(host: str, namespace: str, pod: str, container: str | None, command: list[str]) -> str:
+    """wss://HOST[/prefix]/api/v1/namespaces/NS/pods/POD/exec?command=..&...; all four stream flags sent."""
+    parts = urlsplit(host)
+    scheme = {"https": "wss", "http": "ws"}.get(parts.scheme, parts.scheme)
+    path = parts.path.rstrip("/") + f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/exec"
+    query = [("command", c) for c in command]
+    if container:
+        query.append(("container", container))
+    query += [("stdin", "true"), ("stdout", "true"), ("stderr", "true"), ("tty", "false")]
+    qs = "&".join(f"{k}={quote(v, safe='')}" for k, v in query)
+    return urlunsplit((scheme, parts.netloc, path, qs, ""))
+
+
+def parse_status(raw: bytes) -> tuple[int | None, str | None]:
+    """The exit code and, for failures other than a plain non-zero exit, the server's message."""
+    try:
+        status = json.loads(raw.decode("utf-8", "replace"))
+    except ValueError:
+        return None, raw.decode("utf-8", "replace")[:300]
+    if not isinstance(status, dict):
+        return None, None
+    if status.get("status") == "Success":
+        return 0, None
+    causes = ((status.get("details") or {}).get("causes")) or []
+    for cause in causes:
+        if isinstance(cause, dict) and cause.get("reason") == "ExitCode":
+            try:
+                return int(cause.get("message")), None
+            except (TypeError, ValueError):
+                break
+    message = status.get("message") or status.get("reason") or "unknown failure"
+    code = 127 if "executable file not found" in message or "no such file or directory" in message else None
+    return code, message
+
+
+def ssl_context(cfg: Any) -> ssl.SSLContext | None:
+    """TLS settings exactly as the kubeconfig gave them to the official client's Configuration."""
+    if not str(cfg.host).startswith("https"):
+        return None
+    ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
+    if not cfg.verify_ssl:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cfg.cert_file:
+        ctx.load_cert_chain(cfg.cert_file, cfg.key_file or None)
+    return ctx
+
+
+def auth_headers(cfg: Any) -> dict[str, str]:
+    # auth_settings() runs the refresh hook: exec plugins and expiring tokens get a fresh token here.
+    settings = cfg.auth_settings() or {}
+    token = settings.get("BearerToken") or {}
+    value = token.get("value")
+    return {"Authorization": value} if value else {}
+
+
+def describe_rejection(status_code: int, body: bytes, namespace: str, pod: str) -> str:
+    message = ""
+    try:
+        message = json.loads(body.decode("utf-8", "replace")).get("message", "")
+    except (ValueError, AttributeError):
+        message = body.decode("utf-8", "replace").strip()[:300]
+    if status_code == 403 and not message:
+        return "the API server accepted none of the exec protocols offered (v5, v4): is it older than 1.30?"
+    if status_code == 403:
+        return (f"exec into pod {namespace}/{pod} is forbidden: {message}; mirror-py's exec agent needs "
+                f"get and create on pods/exec in namespace {namespace}")
+    if status_code == 401:
+        return f"the API server rejected the credentials (401 Unauthorized): {message}"
+    if status_code == 404:
+        return f"pod {namespace}/{pod} not found: {message}"
+    return f"exec into pod {namespace}/{pod} failed ({status_code}): {message}"
+
+
+class ExecChannel(Channel):
+    def __init__(self, configuration: Any, namespace: str, pod: str, container: str | None, command: list[str],
+                 description: str, python: str = "python3", open_timeout: float = 30.0) -> None:
+        self.cfg = configuration
+        self.namespace = namespace
+        self.pod = pod
+        self.container = container
+        self.command = command
+        self.description = description
+        self.python = python
+        self.open_timeout = open_timeout
+        self.ws: Any = None
+        self.protocol: str | None = None
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._wake = asyncio.Event()
+        self._paused = False
+        self._input_closed = False
+        self._closed = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._exit: tuple[int | None, str | None] = (None, None)
+
+    async def open(self, listener: ChannelListener) -> None:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import InvalidStatus, WebSocketException
+
+        self.listener = listener
+        url = exec_url(self.cfg.host, self.namespace, self.pod, self.container, self.command)
+        kwargs: dict[str, Any] = {}
+        ctx = ssl_context(self.cfg)
+        if ctx is not None:
+            kwargs["ssl"] = ctx
+            if getattr(self.cfg, "tls_server_name", None):
+                kwargs["server_hostname"] = self.cfg.tls_server_name
+        try:
+            self.ws = await connect(
+                url,
+                subprotocols=[V5, V4],  # type: ignore[list-item]
+                additional_headers=auth_headers(self.cfg),
+                compression=None,
+                proxy=getattr(self.cfg, "proxy", None) or None,  # only the kubeconfig's proxy, never the env's
+                open_timeout=self.open_timeout,
+                ping_interval=20,
+                ping_timeout=None,  # a busy server legitimately stops answering pings; liveness is ours
+                max_size=None,
+                max_queue=64,
+                write_limit=1 << 20,
+                **kwargs,
+            )
+        except InvalidStatus as exc:
+            resp = exc.response
+            text = describe_rejection(resp.status_code, resp.body or b"", self.namespace, self.pod)
+            raise MirrorError(text) from None
+        except (OSError, asyncio.TimeoutError, WebSocketException, ssl.SSLError) as exc:
+            raise MirrorError(f"cannot open an exec stream to pod {self.namespace}/{self.pod} at "
+                              f"{self.cfg.host}: {exc}") from None
+        self.protocol = self.ws.subprotocol
+        log.info("exec stream open (%s)", self.protocol)
+        self._tasks = [asyncio.ensure_future(self._reader()), asyncio.ensure_future(self._writer())]
+
+    # -------------------------------------------------------------------------------------------- writing
+    def write(self, data: bytes) -> None:
+        if self._input_closed or not data:
+            return
+        self._queue.append(data)
+        self._queued += len(data)
+        self._wake.set()
+        if not self._paused and self._queued > HIGH_WATER:
+            self._paused = True
+            self.listener.on_pause()
+
+    async def _writer(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._queue:
+                    data = self._queue.popleft()
+                    for off in range(0, len(data), CHUNK):
+                        await self.ws.send(b"\x00" + data[off : off + CHUNK])
+                    self._queued -= len(data)
+                    if self._paused and self._queued < LOW_WATER:
+                        self._paused = False
+                        self.listener.on_resume()
+                if self._input_closed:
+                    if self.protocol == V5:
+                        await self.ws.send(bytes((CLOSE, STDIN)))
+                    else:
+                        await self.ws.close()  # v4 cannot half-close: ending the stream ends stdin
+                    return
+        except Exception as exc:  # the reader reports the closure; nothing to send on a dead socket
+            log.debug("exec writer stopped: %r", exc)
+
+    def close_input(self) -> None:
+        if not self._input_closed:
+            self._input_closed = True
+            self._wake.set()
+
+    # -------------------------------------------------------------------------------------------- reading
+    async def _reader(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        reason: str | None = None
+        try:
+            async for message in self.ws:
+                if isinstance(message, str) or not message:
+                    continue
+                channel, payload = message[0], message[1:]
+                if channel == STDOUT:
+                    if payload:
+                        self.listener.on_bytes(payload)
+                elif channel == STDERR:
+                    if payload:
+                        self.listener.on_stderr(payload)
+                elif channel == STATUS:
+                    if payload:
+                        self._exit = parse_status(payload)
+        except ConnectionClosed as exc:
+            if self._exit == (None, None) and exc.rcvd is not None and exc.rcvd.code != 1000:
+                reason = f"the exec stream closed: {exc.rcvd.code} {exc.rcvd.reason}".strip()
+        except Exception as exc:
+            reason = f"the exec stream failed: {exc!r}"
+        finally:
+            for task in self._tasks:
+                if task is not asyncio.current_task():
+                    task.cancel()
+            code, message = self._exit
+            self._closed.set()
+            self.listener.on_closed(code, message or reason)
+
+    async def wait_closed(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._closed.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def kill(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.ws is not None:
+            self._tasks.append(asyncio.ensure_future(self.ws.close()))
