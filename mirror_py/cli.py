@@ -12,6 +12,7 @@ import click
 from . import __version__
 from .config import FLAG_KEYS, FLAG_VARIABLES, Config, ConfigError, flag_source, load_config
 from .errors import MirrorError
+from .kube.api import KubeContext
 
 
 def _setup_logging(verbose: int) -> None:
@@ -116,3 +117,59 @@ def serve(ctx: click.Context, config_file: str | None, verbose: int, **flags: ob
         asyncio.run(serve_until_stdin_closes(cfg))
     except MirrorError as exc:
         _fail(str(exc))
+
+
+def _kube_options(fn: Callable) -> Callable:
+    for option in reversed([
+        click.option("-n", "--namespace", envvar=FLAG_VARIABLES["namespace"], help="Kubernetes namespace"),
+        click.option("--kubeconfig", envvar=FLAG_VARIABLES["kubeconfig"], help="kubeconfig file"),
+        click.option("--context", envvar=FLAG_VARIABLES["context"], help="kubeconfig context"),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _kube(kubeconfig: str | None, context: str | None, namespace: str | None) -> KubeContext:
+    from .kube import api
+
+    try:
+        return api.load(kubeconfig, context, namespace)
+    except MirrorError as exc:
+        _fail(str(exc))
+
+
+@main.command("ls")
+@_kube_options
+def ls(namespace: str | None, kubeconfig: str | None, context: str | None) -> None:
+    """List what can be targeted in a namespace, as --target takes it."""
+    from .kube.listing import list_targets
+
+    kube = _kube(kubeconfig, context, namespace)
+    try:
+        rows = list_targets(kube, kube.namespace)
+    except MirrorError as exc:
+        _fail(str(exc))
+    if not rows:
+        click.echo(f"nothing to target in namespace {kube.namespace}")
+        return
+    width = max(len(r[0]) for r in rows)
+    cwidth = max(len(r[1]) for r in rows)
+    click.echo(f"{'TARGET'.ljust(width)}  {'CONTAINERS'.ljust(cwidth)}  STATE   (namespace {kube.namespace})")
+    for target, containers, state in rows:
+        click.echo(f"{target.ljust(width)}  {containers.ljust(cwidth)}  {state}")
+
+
+@main.command("doctor")
+@_kube_options
+@click.option("-t", "--target", envvar=FLAG_VARIABLES["target"], help="also check this target")
+@click.option("--agent-python", default="python3", envvar=FLAG_VARIABLES["agent_python"])
+def doctor(namespace: str | None, kubeconfig: str | None, context: str | None, target: str | None,
+           agent_python: str) -> None:
+    """Check the cluster, RBAC for each agent mode, and the target; print what to fix."""
+    from .kube.doctor import run_checks
+
+    kube = _kube(kubeconfig, context, namespace)
+    checks = run_checks(kube, kube.namespace, target, agent_python)
+    for check in checks:
+        click.echo(f"{'ok ' if check.ok else 'FIX'}  {check.what}" + (f"\n     -> {check.fix}" if check.fix else ""))
+    sys.exit(0 if all(c.ok for c in checks) else 1)

@@ -1,0 +1,118 @@
+"""``mirror-py doctor``: checks what a session needs before the user runs one, and says what to fix."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from ..errors import MirrorError
+from .api import KubeContext, explain
+
+# What each agent mode asks of the API server, as (verb, resource, subresource).
+MODE_PERMISSIONS = {
+    "exec": [("get", "pods", ""), ("list", "pods", ""), ("get", "pods", "exec"), ("create", "pods", "exec")],
+    "ephemeral": [("get", "pods", ""), ("patch", "pods", "ephemeralcontainers"), ("watch", "pods", ""),
+                  ("create", "pods", "exec")],
+    "job": [("create", "jobs", ""), ("delete", "jobs", ""), ("list", "pods", ""), ("create", "pods", "exec")],
+}
+_GROUPS = {"jobs": "batch"}
+
+
+@dataclass
+class Check:
+    ok: bool
+    what: str
+    fix: str = ""
+
+
+def can_i(kube: KubeContext, namespace: str, verb: str, resource: str, subresource: str = "") -> bool:
+    from kubernetes import client
+
+    review = client.V1SelfSubjectAccessReview(
+        spec=client.V1SelfSubjectAccessReviewSpec(
+            resource_attributes=client.V1ResourceAttributes(
+                namespace=namespace, verb=verb, resource=resource, subresource=subresource or None,
+                group=_GROUPS.get(resource, ""),
+            )
+        )
+    )
+    result = client.AuthorizationV1Api(kube.api_client).create_self_subject_access_review(review)
+    return bool(result.status.allowed)
+
+
+def run_checks(kube: KubeContext, namespace: str, target: str | None, python: str) -> list[Check]:
+    from kubernetes import client
+
+    checks: list[Check] = []
+    try:
+        version = client.VersionApi(kube.api_client).get_code()
+    except Exception as exc:
+        return [Check(False, f"API server {kube.configuration.host}", str(explain(exc, "reaching it")))]
+    checks.append(Check(True, f"API server {kube.configuration.host} (context {kube.context}) answers: "
+                              f"Kubernetes {version.git_version}"))
+    minor = int("".join(ch for ch in (version.minor or "0") if ch.isdigit()) or 0)
+    major = int(version.major or 1)
+    ephemeral = (major, minor) >= (1, 25)
+    checks.append(Check(ephemeral, "ephemeral containers supported (Kubernetes 1.25 or later)",
+                        "" if ephemeral else "use --agent-mode exec or job on this cluster"))
+    for mode, perms in MODE_PERMISSIONS.items():
+        try:
+            missing = [f"{verb} {res}{'/' + sub if sub else ''}" for verb, res, sub in perms
+                       if not can_i(kube, namespace, verb, res, sub)]
+        except Exception as exc:
+            checks.append(Check(False, f"RBAC for agent mode {mode}", str(explain(exc, "asking the API server"))))
+            continue
+        fix = (f"grant {', '.join(missing)} in namespace {namespace} (k8s/rbac-{mode}.yaml)" if missing else "")
+        checks.append(Check(not missing, f"RBAC for agent mode {mode} in namespace {namespace}", fix))
+    if target:
+        checks.append(_check_target(kube, namespace, target, python))
+    return checks
+
+
+def _check_target(kube: KubeContext, namespace: str, target: str, python: str) -> Check:
+    from ..transport.k8s_exec import ExecChannel
+    from . import targets
+
+    try:
+        resolved = targets.resolve(kube, targets.parse(target), namespace)
+    except MirrorError as exc:
+        return Check(False, f"target {target}", str(exc))
+    channel = ExecChannel(kube.configuration, resolved.namespace, resolved.pod, resolved.container,
+                          [python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+                          resolved.describe(), python)
+    try:
+        code, out, reason = asyncio.run(_run(channel))
+    except MirrorError as exc:
+        return Check(False, f"target {target}: {resolved.describe()}", str(exc))
+    if code == 0 and out.strip():
+        return Check(True, f"target {target}: {resolved.describe()} has {python} {out.strip()}")
+    return Check(False, f"target {target}: {resolved.describe()} has no usable {python}",
+                 f"exit code {code}{': ' + reason if reason else ''}; use --agent-mode ephemeral (it brings its own "
+                 "python) or point --agent-python at the container's interpreter")
+
+
+async def _run(channel: object) -> tuple[int | None, str, str | None]:
+    out = bytearray()
+    done: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    class Listener:
+        def on_bytes(self, data: bytes) -> None:
+            out.extend(data)
+
+        def on_stderr(self, data: bytes) -> None:
+            pass
+
+        def on_pause(self) -> None:
+            pass
+
+        def on_resume(self) -> None:
+            pass
+
+        def on_closed(self, exit_code: int | None, reason: str | None) -> None:
+            if not done.done():
+                done.set_result((exit_code, reason))
+
+    await channel.open(Listener())  # type: ignore[attr-defined]
+    channel.close_input()  # type: ignore[attr-defined]
+    code, reason = await asyncio.wait_for(done, 30)
+    return code, out.decode("utf-8", "replace"), reason
