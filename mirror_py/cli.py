@@ -173,3 +173,47 @@ def doctor(namespace: str | None, kubeconfig: str | None, context: str | None, t
     for check in checks:
         click.echo(f"{'ok ' if check.ok else 'FIX'}  {check.what}" + (f"\n     -> {check.fix}" if check.fix else ""))
     sys.exit(0 if all(c.ok for c in checks) else 1)
+
+
+@main.group("config")
+def config_group() -> None:
+    """Validate configuration files and print the JSON Schema."""
+
+
+def _leaves(data: object, prefix: str = "") -> list[tuple[str, object]]:
+    if isinstance(data, dict) and data and prefix not in ("env.override",):
+        out: list[tuple[str, object]] = []
+        for key, value in data.items():
+            out += _leaves(value, f"{prefix}.{key}" if prefix else key)
+        return out
+    return [(prefix, data)]
+
+
+@config_group.command("check")
+@click.argument("file", required=False)
+@click.option("--show-secrets", is_flag=True, help="print env.override values instead of masking them")
+def config_check(file: str | None, show_secrets: bool) -> None:
+    """Validate FILE (or the discovered configuration) and print every effective value and its source."""
+    import json
+
+    try:
+        cfg = load_config(file)
+    except ConfigError as exc:
+        _fail(str(exc))
+    click.echo(f"configuration: {cfg.config_file or 'none found; defaults only'}")
+    sources = cfg.sources
+    for key, value in _leaves(cfg.model_dump(mode="json")):
+        if key == "env.override" and isinstance(value, dict) and not show_secrets:
+            value = {k: "***" for k in value}
+        source = sources.get(key) or next((v for k, v in sources.items() if k.startswith(key + ".")), "default")
+        click.echo(f"{key} = {json.dumps(value)}    # {source}")
+
+
+@config_group.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of the configuration (also committed as mirror-py.schema.json)."""
+    import json
+
+    from .config import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
