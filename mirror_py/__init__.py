@@ -9,3 +9,16 @@ def connect(target: str | None = None, **options: object) -> object:
     from .api import connect as _connect
 
     return _connect(target, **options)  # type: ignore[arg-type]
+
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext mirror_py`` registers ``%mirror`` and ``%%mirror_local``."""
+    from .ipython import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: object) -> None:
+    from .ipython import unload
+
+    unload(ipython)
