@@ -48,7 +48,7 @@ import mirror_py_agent.server
 mirror_py_agent.server.main()
 '''
 
-_AGENT_MODULES = ("__init__", "addresses", "protocol", "relay", "dns", "env", "net", "server")
+_AGENT_MODULES = ("__init__", "addresses", "protocol", "relay", "dns", "env", "files", "net", "server")
 _CBOR2_MODULES = ("__init__", "_types", "_encoder", "_decoder", "encoder", "decoder", "types")
 
 
@@ -77,5 +77,6 @@ def bundle() -> bytes:
 
 
 def command(python: str = "python3") -> list[str]:
-    """The argv that starts an agent, to run inside the target."""
-    return [python, "-c", BOOTSTRAP]
+    """The argv that starts an agent, to run inside the target. ``-I``: the target's (or the session's)
+    PYTHONPATH, user site and sitecustomize must not run code inside the agent."""
+    return [python, "-I", "-c", BOOTSTRAP]

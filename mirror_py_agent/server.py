@@ -12,11 +12,11 @@ import socket
 import sys
 from typing import Any
 
-from . import dns, env, net
+from . import dns, env, files, net
 from . import protocol as p
 from .relay import Mux, errno_name
 
-CAPABILITIES = ["tcp", "udp", "dns", "env"]
+CAPABILITIES = ["tcp", "udp", "dns", "env", "fs"]
 _F_SETPIPE_SZ = 1031
 
 
@@ -109,6 +109,10 @@ async def _environ(args: dict, mux: Mux) -> dict:
     return env.read_environ(args)
 
 
+async def _files(args: dict, mux: Mux) -> Any:
+    return await files.serve(args)
+
+
 async def _ping(args: dict, mux: Mux) -> dict:
     return {}
 
@@ -116,6 +120,7 @@ async def _ping(args: dict, mux: Mux) -> dict:
 _HANDLERS = {
     "dns": _resolve,
     "environ": _environ,
+    "fs": _files,
     "udp_open": net.open_udp,
     "noop": _ping,
 }
@@ -145,6 +150,7 @@ async def _serve(in_fd: int, out_fd: int) -> None:
     await loop.connect_read_pipe(lambda: _ChannelReader(agent), in_pipe)
     await agent.done
     agent.mux.close_all()
+    files.close_all()
     for task in list(agent.tasks):
         task.cancel()
     try:
