@@ -25,7 +25,7 @@ import types
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -55,6 +55,7 @@ __all__ = [
     "DnsConfig",
     "EnvConfig",
     "FilterConfig",
+    "FsConfig",
     "NetworkConfig",
     "OutgoingConfig",
     "TargetConfig",
@@ -159,6 +160,48 @@ class NetworkConfig(_Section):
     dns: DnsConfig = Field(default_factory=DnsConfig)
 
 
+def _check_regex(text: str) -> str:
+    import re
+
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from None
+    return text
+
+
+_Regex = Annotated[str, AfterValidator(_check_regex)]
+
+
+class FsConfig(_Section):
+    """The app's file operations: which paths are read (and written) in the target.
+
+    The lists are Python regular expressions searched in the absolute path (anchor them with ``^`` and
+    ``$``); ``mapping`` rewrites a path before any rule is asked.
+    """
+
+    mode: Literal["local", "read", "write"] = Field(
+        "read",
+        description='"read": paths outside the local defaults are read from the target, writes stay local; '
+        '"write": writes go to the target too; "local": files are never interposed.',
+    )
+    read_write: list[_Regex] = Field(
+        default_factory=list, description="Regexes of paths read and written in the target, whatever the mode."
+    )
+    read_only: list[_Regex] = Field(
+        default_factory=list, description="Regexes of paths read from the target; writing them stays local."
+    )
+    local: list[_Regex] = Field(default_factory=list, description="Regexes of paths that always stay local.")
+    not_found: list[_Regex] = Field(
+        default_factory=list, description="Regexes of paths that do not exist for the app (FileNotFoundError)."
+    )
+    mapping: dict[_Regex, str] = Field(
+        default_factory=dict,
+        description="Regex = replacement (re.sub syntax, \\1 for groups): rewrites a path before the rules "
+        "and the target see it; the first matching regex wins.",
+    )
+
+
 class EnvConfig(_Section):
     """The app's environment variables."""
 
@@ -186,6 +229,7 @@ class Config(_Section):
     target: TargetConfig = Field(default_factory=TargetConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
+    fs: FsConfig = Field(default_factory=FsConfig)
     env: EnvConfig = Field(default_factory=EnvConfig)
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -598,6 +642,8 @@ def _allowed_keys(loc: tuple[int | str, ...]) -> tuple[str, list[str]]:
 
 def _describe(error: Mapping[str, Any], sources: Mapping[str, str], file_label: str | None) -> str:
     loc = tuple(error.get("loc", ()))
+    if loc and loc[-1] == "[key]":  # a table's key failed (fs.mapping's regexes): name the table entry
+        loc = loc[:-1]
     key = _dotted(loc) or "(top level)"
     source = _source_for(loc, sources, file_label)
     kind = error.get("type", "")
@@ -614,6 +660,8 @@ def _describe(error: Mapping[str, Any], sources: Mapping[str, str], file_label: 
     if kind == "greater_than":
         bound = ctx.get("gt")
         expected = f"must be greater than {bound:g}" if isinstance(bound, float) else f"must be greater than {bound}"
+    elif kind == "literal_error":
+        expected = f"expected one of {ctx.get('expected', '')}".replace("'", '"')
     elif kind == "string_too_short":
         expected = "must not be empty"
     elif kind == "value_error":
@@ -827,6 +875,14 @@ def shim_settings(cfg: Config) -> dict:
             "filter": outgoing.to_json(),
         },
         "dns": {"enabled": cfg.network.dns.enabled, "filter": dns.to_json()},
+        "fs": {
+            "mode": cfg.fs.mode,
+            "read_write": list(cfg.fs.read_write),
+            "read_only": list(cfg.fs.read_only),
+            "local": list(cfg.fs.local),
+            "not_found": list(cfg.fs.not_found),
+            "mapping": [[pattern, replacement] for pattern, replacement in cfg.fs.mapping.items()],
+        },
     }
 
 

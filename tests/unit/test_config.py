@@ -267,7 +267,7 @@ def test_unknown_top_level_section(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(cwd=tmp_path)
     assert "unknown key envv" in str(info.value)
-    assert "allowed at the top level: target, agent, network, env" in str(info.value)
+    assert "allowed at the top level: target, agent, network, fs, env" in str(info.value)
     assert "did you mean 'env'?" in str(info.value)
 
 
@@ -537,6 +537,7 @@ def test_shim_settings_round_trip_through_json(tmp_path):
             "filter": {"local": ["127.0.0.1", "*.corp:443"]},
         },
         "dns": {"enabled": True, "filter": {"remote": ["*.svc.cluster.local"]}},
+        "fs": {"mode": "read", "read_write": [], "read_only": [], "local": [], "not_found": [], "mapping": []},
     }
     traffic = TrafficFilter.from_json(settings_["outgoing"]["filter"])
     assert not traffic.is_remote("tcp", "127.0.0.1", 80)
@@ -548,6 +549,7 @@ def test_shim_settings_defaults():
     assert shim_settings(Config()) == {
         "outgoing": {"enabled": True, "tcp": True, "udp": True, "filter": {}},
         "dns": {"enabled": True, "filter": {}},
+        "fs": {"mode": "read", "read_write": [], "read_only": [], "local": [], "not_found": [], "mapping": []},
     }
 
 
