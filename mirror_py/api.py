@@ -61,7 +61,7 @@ class MirrorSession:
 def connect(target: str | None = None, *, config: str | None = None, agent_python: str | None = None,
             startup_timeout: float = 60.0) -> MirrorSession:
     """Starts a session on ``target`` and interposes on this interpreter until the session is closed."""
-    argv = [sys.executable, "-m", "mirror_py", "_serve"]
+    argv = [sys.executable, "-m", "mirror_py", "_serve", "--mode", "stdin"]
     if target:
         argv += ["--target", target]
     if config:

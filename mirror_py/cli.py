@@ -105,16 +105,17 @@ def exec(ctx: click.Context, config_file: str | None, verbose: int, command: tup
 
 @main.command("_serve", hidden=True)
 @_target_options
+@click.option("--mode", type=click.Choice(["stdin", "daemon", "lease"]), default="stdin")
 @click.pass_context
-def serve(ctx: click.Context, config_file: str | None, verbose: int, **flags: object) -> None:
-    """Runs a session for mirror_py.connect(): prints the app's environment as one JSON line, then serves
-    until stdin closes."""
+def serve(ctx: click.Context, config_file: str | None, verbose: int, mode: str, **flags: object) -> None:
+    """Runs a session for mirror_py.connect(), `session start` or the shim's auto-start: prints the app's
+    environment as one JSON line, then serves (see mirror_py.session.daemon)."""
     _setup_logging(verbose)
     cfg = _load(ctx, config_file, flags)
-    from .session.session import serve_until_stdin_closes
+    from .session.daemon import serve as serve_session
 
     try:
-        asyncio.run(serve_until_stdin_closes(cfg))
+        asyncio.run(serve_session(cfg, mode))
     except MirrorError as exc:
         _fail(str(exc))
 
@@ -217,3 +218,118 @@ def config_schema() -> None:
     from .config import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
+
+
+@main.command("shim-path")
+def shim_path() -> None:
+    """Print the directory to put on PYTHONPATH: PYTHONPATH=$(mirror-py shim-path) MIRROR_PY_TARGET=... python app.py"""
+    import os
+
+    import sitecustomize_shim
+
+    click.echo(os.path.dirname(os.path.abspath(sitecustomize_shim.__file__)))
+
+
+@main.group("session")
+def session_group() -> None:
+    """A long-lived session shared by terminals and IDE run configurations (eval its exports, like ssh-agent)."""
+
+
+_EXPORTED = ("MIRROR_PY_SESSION", "MIRROR_PY_SHIM_LIB", "MIRROR_PY_SHIM_SETTINGS", "PYTHONPATH")
+
+
+@session_group.command("start")
+@_target_options
+@click.pass_context
+def session_start(ctx: click.Context, config_file: str | None, verbose: int, **flags: object) -> None:
+    """Start a session in the background and print the shell exports that join it."""
+    import json
+    import os
+    import shlex
+    import subprocess
+
+    _load(ctx, config_file, flags)  # fail here, in one line, on a bad config
+    argv = [sys.executable, "-m", "mirror_py", "_serve", "--mode", "daemon"]
+    for name, value in flags.items():
+        if value is not None and name in FLAG_VARIABLES:
+            os.environ[FLAG_VARIABLES[name]] = str(value).lower() if isinstance(value, bool) else str(value)
+    if config_file:
+        os.environ["MIRROR_PY_CONFIG"] = config_file
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    line = proc.stdout.readline()
+    if not line:
+        err = proc.stderr.read().decode("utf-8", "replace").strip()
+        proc.wait()
+        _fail(err.splitlines()[-1].removeprefix("mirror-py: error: ") if err else "the session did not start")
+    ready = json.loads(line)
+    env = ready["env"]
+    for name in _EXPORTED:
+        if name in env:
+            click.echo(f"export {name}={shlex.quote(env[name])}")
+    click.echo("export MIRROR_PY_FETCH_ENV=1")
+    click.echo(f"echo 'mirror-py: session for {ready['info']['target']} (pid {ready['info']['pid']})' >&2")
+
+
+def _session_call(request: dict) -> dict:
+    import os
+
+    if not os.environ.get("MIRROR_PY_SESSION"):
+        _fail("no session in this shell (MIRROR_PY_SESSION is not set); run: eval \"$(mirror-py session start ...)\"")
+    from .shim import rpc
+
+    try:
+        reply = rpc.call(request)
+    except OSError as exc:
+        _fail(str(exc).removeprefix("mirror-py: "))
+    if "err" in reply:
+        _fail(f"{reply['err'].get('errno')}: {reply['err'].get('msg')}")
+    return reply["ok"]
+
+
+@session_group.command("status")
+def session_status() -> None:
+    """Show the session this shell is joined to."""
+    info = _session_call({"op": "info"})
+    agent = info.get("agent") or {}
+    click.echo(f"target {info.get('target')}; agent python {agent.get('python')} (pid {agent.get('pid')})")
+
+
+@session_group.command("stop")
+def session_stop() -> None:
+    """Stop the session and print the exports that leave it."""
+    _session_call({"op": "shutdown"})
+    for name in (*_EXPORTED, "MIRROR_PY_FETCH_ENV"):
+        click.echo(f"unset {name}")
+
+
+def _hook_dir() -> str:
+    import sysconfig
+
+    return sysconfig.get_paths()["purelib"]
+
+
+@main.command("install-hook")
+def install_hook() -> None:
+    """Install a .pth hook so that interpreters started with -I (which ignore PYTHONPATH) are interposed too.
+    It does nothing unless a mirror-py session is named in the environment."""
+    import os
+
+    path = os.path.join(_hook_dir(), "mirror_py_hook.pth")
+    with open(path, "w") as f:
+        f.write("import mirror_py_pth\n")
+    click.echo(f"installed {path}")
+
+
+@main.command("uninstall-hook")
+def uninstall_hook() -> None:
+    """Remove the .pth hook."""
+    import os
+
+    path = os.path.join(_hook_dir(), "mirror_py_hook.pth")
+    if os.path.exists(path):
+        os.remove(path)
+        click.echo(f"removed {path}")
+    else:
+        click.echo("no hook installed")

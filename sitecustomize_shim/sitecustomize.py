@@ -1,33 +1,24 @@
 """mirror-py's entry into a Python process started with this directory on PYTHONPATH.
 
-Does nothing unless a mirror-py session is named in the environment, and always hands over to the next
-``sitecustomize`` on sys.path, so a user's own keeps working.
+Does nothing unless a mirror-py session is named in the environment (or a target is, for PYTHONPATH mode),
+and always hands over to the next ``sitecustomize`` on sys.path, so a user's own keeps working.
 """
 
 import os
 import sys
 
 
-def _mirror_py_install() -> None:
-    lib = os.environ.get("MIRROR_PY_SHIM_LIB")
-    added = bool(lib) and lib not in sys.path
-    if added:
-        sys.path.append(lib)  # appended, so the app's own packages always win
+def _mirror_py() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, here)
     try:
-        # Both packages are imported while their directory is on sys.path; later imports of their submodules
-        # go through the packages' own __path__, so the directory need not stay on the app's sys.path.
-        import mirror_py.shim
-        import mirror_py_agent  # noqa: F401
-
-        mirror_py.shim.install()
-    except Exception as exc:  # never stop the app from starting; say why it is not interposed
-        sys.stderr.write(f"mirror-py: could not interpose on this process: {exc!r}\n")
+        import entry as _entry  # this directory's entry.py, loaded under a private name below
     finally:
-        if added:
-            try:
-                sys.path.remove(lib)
-            except ValueError:
-                pass
+        sys.path.remove(here)
+    sys.modules.pop("entry", None)
+    sys.modules["sitecustomize_shim_entry"] = _entry
+    if _entry.wanted():
+        _entry.install()
 
 
 def _chain() -> None:
@@ -47,6 +38,6 @@ def _chain() -> None:
         sys.path[:] = saved + kept
 
 
-if os.environ.get("MIRROR_PY_SESSION"):
-    _mirror_py_install()
+if os.environ.get("MIRROR_PY_SESSION") or os.environ.get("MIRROR_PY_TARGET"):
+    _mirror_py()
 _chain()

@@ -241,18 +241,3 @@ async def run_command(cfg: config_mod.Config, command: list[str]) -> int:
     finally:
         await session.close()
 
-
-async def serve_until_stdin_closes(cfg: config_mod.Config) -> None:
-    """The session behind ``mirror_py.connect()``: the caller's process installs the shim itself."""
-    session = Session(cfg)
-    try:
-        await session.start()
-        env = session.app_environment(os.environ)
-        changed = {k: v for k, v in env.items() if os.environ.get(k) != v}
-        info = {"target": session.target_description}
-        sys.stdout.write(json.dumps({"env": changed, "info": info}) + "\n")
-        sys.stdout.flush()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, sys.stdin.buffer.read)
-    finally:
-        await session.close()

@@ -17,7 +17,7 @@ def test_container_targets_exec_the_agent_with_stdin_attached(engine, monkeypatc
     target = local.resolve(f"{engine}/api")
     argv = target.agent_argv(bootstrap.command("python3"))
     assert argv[:4] == [f"/usr/bin/{engine}", "exec", "-i", "api"]
-    assert argv[4:6] == ["python3", "-c"]
+    assert argv[4:7] == ["python3", "-I", "-c"]
     assert target.env_pid == 1
 
 

@@ -1,0 +1,105 @@
+"""Ways a session outlives or serves more than one command.
+
+- ``stdin``: behind ``mirror_py.connect()``; ends when the caller closes our stdin.
+- ``daemon``: ``mirror-py session start``; runs until ``mirror-py session stop`` (or SIGTERM).
+- ``lease``: started by the shim for ``PYTHONPATH=… MIRROR_PY_TARGET=… python app.py``; every interposed
+  process of the tree holds a connection to the lease socket, and the session ends when the last one closes.
+
+In every mode the session first prints one JSON line: the environment changes for the app and the session's
+description. The processes interposed later learn the rest from the environment they inherit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+
+from .. import config as config_mod
+from .session import Session
+
+LEASE_GRACE = 30.0  # seconds a lease-mode session waits for its first holder
+
+
+class _Leases:
+    def __init__(self) -> None:
+        self.count = 0
+        self.ever = False
+        self.changed = asyncio.Event()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.count += 1
+        self.ever = True
+        try:
+            await reader.read()  # a holder never sends anything: EOF means it exited
+        finally:
+            self.count -= 1
+            writer.close()
+            self.changed.set()
+
+
+async def serve(cfg: config_mod.Config, mode: str) -> None:
+    session = Session(cfg)
+    stop = asyncio.Event()
+    leases = _Leases()
+    try:
+        await session.start()
+        assert session.rpc is not None and session.dir is not None
+        extra: dict[str, str] = {}
+        if mode == "lease":
+            path = os.path.join(session.dir, "leases.sock")
+            await asyncio.start_unix_server(leases.serve, path)
+            os.chmod(path, 0o600)
+            extra["MIRROR_PY_LEASE"] = path
+        env = session.app_environment(os.environ)
+        env.update(extra)
+        changed = {k: v for k, v in env.items() if os.environ.get(k) != v}
+
+        async def env_handler(req: dict) -> dict:
+            return {"env": changed}
+
+        async def shutdown_handler(req: dict) -> dict:
+            asyncio.get_running_loop().call_soon(stop.set)
+            return {}
+
+        session.rpc.handlers["env"] = env_handler
+        session.rpc.handlers["shutdown"] = shutdown_handler
+        info = {"target": session.target_description, "session": session.rpc.path, "pid": os.getpid()}
+        sys.stdout.write(json.dumps({"env": changed, "info": info}) + "\n")
+        sys.stdout.flush()
+        loop = asyncio.get_running_loop()
+        if mode == "stdin":
+            await loop.run_in_executor(None, sys.stdin.buffer.read)
+            return
+        _detach(os.path.join(session.dir, "session.log"))
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, stop.set)
+        if mode == "daemon":
+            await stop.wait()
+            return
+        deadline = loop.time() + LEASE_GRACE
+        while not stop.is_set():
+            if leases.ever and leases.count == 0:
+                return
+            if not leases.ever and loop.time() > deadline:
+                return
+            leases.changed.clear()
+            try:
+                await asyncio.wait_for(leases.changed.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        await session.close()
+
+
+def _detach(log_path: str) -> None:
+    """The starter has read our one line: stop writing to its pipes, keep messages in the session's log."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.dup2(log, 2)
+    os.close(devnull)
+    os.close(log)

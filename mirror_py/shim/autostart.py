@@ -1,0 +1,82 @@
+"""PYTHONPATH mode and shared sessions: what the shim does at start-up when no ``mirror-py exec`` prepared the
+environment.
+
+- ``MIRROR_PY_TARGET`` set and no session: start one in lease mode (a process of its own, never inside this
+  interpreter), take its environment, and share it with every child through the inherited variables.
+- ``MIRROR_PY_FETCH_ENV`` set (``mirror-py session start`` exports): ask the session for the target's
+  environment, so secrets never pass through the user's shell.
+- ``MIRROR_PY_LEASE`` set: hold a connection to the session's lease socket for this process's lifetime; the
+  session ends when the last holder exits.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_lease: list[object] = []
+
+
+def _session_python(lib: str) -> str:
+    """The interpreter that has mirror-py's dependencies: the venv that holds ``lib``, else this one."""
+    path = os.path.abspath(lib)
+    for _ in range(5):
+        if os.path.exists(os.path.join(path, "pyvenv.cfg")):
+            candidate = os.path.join(path, "bin", "python")
+            if os.access(candidate, os.X_OK):
+                return candidate
+        path = os.path.dirname(path)
+    return sys.executable
+
+
+def start_session(lib: str) -> None:
+    import json
+    import subprocess
+
+    env = dict(os.environ)
+    env["MIRROR_PY_NO_AUTOSTART"] = "1"  # the session's own interpreter must not start another session
+    env["PYTHONPATH"] = lib + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.Popen(
+        [_session_python(lib), "-m", "mirror_py", "_serve", "--mode", "lease"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    line = proc.stdout.readline()
+    proc.stdout.close()
+    if not line:
+        err = proc.stderr.read().decode("utf-8", "replace").strip()
+        proc.wait()
+        raise RuntimeError(err.splitlines()[-1] if err else f"the session exited with code {proc.returncode}")
+    proc.stderr.close()
+    os.environ.update(json.loads(line)["env"])
+
+
+def fetch_environment() -> None:
+    from . import errors, rpc
+
+    reply = rpc.call({"op": "env"})
+    if "err" in reply:
+        raise errors.to_exception(reply["err"])
+    os.environ.update(reply["ok"]["env"])
+    os.environ.pop("MIRROR_PY_FETCH_ENV", None)
+
+
+def hold_lease() -> None:
+    path = os.environ.get("MIRROR_PY_LEASE")
+    if not path or _lease:
+        return
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)  # not inherited by exec'd children
+    sock.connect(path)
+    _lease.append(sock)
+
+
+def prepare(lib: str) -> None:
+    """Runs before install(): after it, MIRROR_PY_SESSION and the target's environment are in os.environ."""
+    if not os.environ.get("MIRROR_PY_SESSION"):
+        start_session(lib)
+    elif os.environ.get("MIRROR_PY_FETCH_ENV"):
+        fetch_environment()
+    hold_lease()
