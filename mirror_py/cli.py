@@ -14,17 +14,25 @@ from .config import FLAG_KEYS, FLAG_VARIABLES, Config, ConfigError, flag_source,
 from .errors import MirrorError
 from .kube.api import KubeContext
 
+_LOG_LEVELS = {"error": logging.ERROR, "warning": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG}
+
 
 def _setup_logging(verbose: int) -> None:
+    """-v and -vv, or MIRROR_PY_LOG=debug|info|warning|error. Progress lines (what mirror-py chose and how
+    long the agent took) show at the default level; -q style silence is MIRROR_PY_LOG=error."""
+    import os
+
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    named = os.environ.get("MIRROR_PY_LOG", "").strip().lower()
+    if named in _LOG_LEVELS and verbose == 0:
+        level = _LOG_LEVELS[named]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("mirror-py: %(message)s"))
     root = logging.getLogger("mirror_py")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
-    # Choices mirror-py made for the user (which pod, which container) are shown unless -q.
-    logging.getLogger("mirror_py.progress").setLevel(logging.INFO if verbose >= 0 else logging.WARNING)
+    logging.getLogger("mirror_py.progress").setLevel(min(level, logging.INFO) if level < logging.ERROR else level)
 
 
 def _fail(message: str) -> NoReturn:

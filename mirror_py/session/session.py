@@ -62,9 +62,11 @@ class Session:
             channel, env_args = await self._kube_channel(path)
         self.target_description = channel.description
         log.info("starting the agent in %s", self.target_description)
+        started = asyncio.get_running_loop().time()
         self.link = AgentLink(channel, self.cfg.agent.startup_timeout)
         hello = await self.link.start()
-        log.info("agent ready (python %s)", hello.info.get("python"))
+        progress.info("agent ready in %s (python %s, %.1f s)", self.target_description, hello.info.get("python"),
+                      asyncio.get_running_loop().time() - started)
         if self.cfg.env.enabled and env_args is not None:
             try:
                 self.remote_env = await self.link.request("environ", env_args)
