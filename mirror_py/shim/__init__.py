@@ -11,6 +11,7 @@ import os
 import sys
 
 _hook: list[object] = []
+_watch: list[object] = []
 _fork_registered: list[bool] = []
 
 
@@ -71,8 +72,22 @@ def _after_fork_in_child() -> None:
         rpc.reset_after_fork()
 
 
+def _watch_c_networking() -> None:
+    if _watch:
+        return
+    from .limits import C_NETWORKING, CNetworkingWatch
+
+    watch = CNetworkingWatch()
+    for name in C_NETWORKING:
+        if name in sys.modules:  # imported before the shim: say so now
+            watch.find_spec(name)
+    _watch.append(watch)
+    sys.meta_path.insert(0, watch)
+
+
 def install() -> None:
     """Interposes now (socket already imported) or when socket is first imported."""
+    _watch_c_networking()
     if not _fork_registered:
         os.register_at_fork(after_in_child=_after_fork_in_child)
         _fork_registered.append(True)
@@ -87,6 +102,10 @@ def install() -> None:
 def uninstall() -> None:
     """Restores every patched name exactly as it was."""
     _remove_hook()
+    while _watch:
+        watch = _watch.pop()
+        if watch in sys.meta_path:
+            sys.meta_path.remove(watch)
     patches = sys.modules.get(__name__ + ".patches")
     if patches is not None:
         patches.uninstall()

@@ -75,3 +75,12 @@ def test_nothing_is_left_behind(pod):
     assert not os.path.exists(os.path.dirname(session_socket))
     leftovers = {n for n in set(os.listdir("/tmp")) - before if n.startswith("mirror-py-")}
     assert not leftovers
+
+
+def test_c_networking_module_gets_one_warning(pod):
+    fake = str(Path(__file__).with_name("cnet"))
+    res = run_mirror(f"pid/{pod.pid}", [sys.executable, "-c", "import psycopg2; import psycopg2; print('ok')"],
+                     env={"PYTHONPATH": fake})
+    assert res.code == 0 and res.stdout.strip() == "ok", res.stderr
+    warnings = [line for line in res.stderr.splitlines() if "psycopg2 does its networking in C" in line]
+    assert len(warnings) == 1 and "asyncpg or pg8000" in warnings[0]

@@ -1,0 +1,1 @@
+"""Stands in for a C-networking driver in tests."""
