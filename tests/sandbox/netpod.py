@@ -622,13 +622,19 @@ class Pod:
         return [*prefix, *argv]
 
     def run(
-        self, argv: Sequence[str], *, extra_env: Mapping[str, str] | None = None, **popen_kwargs: Any
+        self,
+        argv: Sequence[str],
+        *,
+        extra_env: Mapping[str, str] | None = None,
+        prefix: Sequence[str] = (),
+        **popen_kwargs: Any,
     ) -> subprocess.Popen:
         """Start ``argv`` inside the pod with the pod's environment (``env=`` replaces it entirely).
 
         ``cwd=`` is a directory inside the pod (default ``/``).  The process gets its own session by
         default so ``close()`` can kill it and its children; it is killed with the pod in any case
-        because it lives in the pod's netns.
+        because it lives in the pod's netns.  ``prefix`` runs on the host before entering the pod
+        (e.g. a wrapper that moves the process into a cgroup, which the pod's /sys would not show).
         """
         if self._closed:
             raise RuntimeError(f"pod {self.name} is closed")
@@ -636,7 +642,7 @@ class Pod:
         env = dict(self.env if env is None else env)
         if extra_env:
             env.update(extra_env)
-        cmd = self.nsenter_argv(argv, popen_kwargs.pop("cwd", None))
+        cmd = [*prefix, *self.nsenter_argv(argv, popen_kwargs.pop("cwd", None))]
         popen_kwargs.setdefault("start_new_session", True)
         proc = subprocess.Popen(cmd, env=env, **popen_kwargs)
         with self._lock:
