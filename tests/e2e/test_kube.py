@@ -1,0 +1,170 @@
+"""Kubernetes targets end to end, against the sandbox cluster: the official client for the API, the exec
+websocket for the channel, real pods behind them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.sandbox.cluster import Cluster
+
+from .conftest import MIRROR_PY, PROBE, ROOT
+
+MANIFEST = ROOT / "examples" / "k8s" / "sandbox.yaml"
+
+APP = (
+    "import json, os, socket\n"
+    "out = {'hostname': socket.gethostname(), 'env': {k: os.environ.get(k) for k in "
+    "('APP_ENV', 'SECRET_API_TOKEN', 'POD_NAME', 'ISTIO_META_APP_CONTAINERS')}}\n"
+    "out['short'] = sorted({i[4][0] for i in socket.getaddrinfo('redis', 6379, socket.AF_INET)})\n"
+    "out['fqdn'] = sorted({i[4][0] for i in socket.getaddrinfo('redis.staging.svc.cluster.local', 6379, "
+    "socket.AF_INET)})\n"
+    "s = socket.create_connection(('redis', 6379), timeout=10); s.sendall(b'PING\\r\\n')\n"
+    "out['redis'] = s.recv(100).decode().strip(); s.close()\n"
+    "import urllib.request\n"
+    "out['api'] = urllib.request.urlopen('http://api:8000/app.yaml', timeout=10).read().decode().splitlines()[0]\n"
+    "out['loopback'] = urllib.request.urlopen('http://127.0.0.1:8000/app.yaml', timeout=10).status\n"
+    "print(json.dumps(out))\n"
+)
+
+
+def _run(cluster: Cluster, *args: str, app: str = APP, env: dict | None = None, timeout: float = 120):
+    full = dict(os.environ, PYTHONPATH=str(ROOT), KUBECONFIG=cluster.kubeconfig)
+    full.update(env or {})
+    return subprocess.run([*MIRROR_PY, *args, "--", sys.executable, "-c", app], capture_output=True, text=True,
+                          timeout=timeout, env=full, cwd=str(ROOT))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0:
+        pytest.fail("the sandbox cluster builds namespaces and must run as root")
+    with Cluster.start(MANIFEST) as c:
+        yield c
+
+
+def _check_app(out: subprocess.CompletedProcess, cluster: Cluster) -> dict:
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    pod = cluster.pod_names("staging", "api-")[0]
+    redis_ip = cluster.pod(cluster.pod_names("staging", "redis-")[0], "staging").ip
+    assert result["hostname"] == pod
+    assert result["env"] == {"APP_ENV": "staging", "SECRET_API_TOKEN": "tok-1234567890", "POD_NAME": pod,
+                             "ISTIO_META_APP_CONTAINERS": None}  # the app container, not the sidecar
+    assert result["short"] == [redis_ip] and result["fqdn"] == [redis_ip]
+    assert result["redis"] == "+PONG"
+    assert result["api"] == "greeting: hello from staging"
+    assert result["loopback"] == 200
+    return result
+
+
+def test_exec_agent_through_a_deployment(cluster):
+    out = _run(cluster, "exec", "--target", "deploy/api", "-n", "staging")
+    _check_app(out, cluster)
+    assert "container 'app' (chosen by the kubectl.kubernetes.io/default-container annotation)" in out.stderr
+
+
+def test_service_and_pod_targets_with_the_context_namespace(cluster):
+    # The kubeconfig's context namespace is the manifest's (staging): no -n needed.
+    _check_app(_run(cluster, "exec", "--target", "svc/api"), cluster)
+    pod = cluster.pod_names("staging", "api-")[0]
+    _check_app(_run(cluster, "exec", "--target", f"pod/{pod}/container/app"), cluster)
+
+
+def test_v4_only_api_server():
+    with Cluster.start(MANIFEST, v4_only=True) as old:
+        out = _run(old, "exec", "-v", "--target", "deploy/api")
+        _check_app(out, old)
+        assert "exec stream open (v4.channel.k8s.io)" in out.stderr
+
+
+def test_probe_parity_through_the_exec_channel(cluster):
+    pod = cluster.pod_names("staging", "api-")[0]
+    probe = open(PROBE).read().replace("name, *args = sys.argv[1:]", "name, *args = ['names', '127.0.0.1']")
+    out = _run(cluster, "exec", "--target", "deploy/api", app=probe)
+    assert out.returncode == 0, out.stderr
+    through = json.loads(out.stdout.strip().splitlines()[-1])
+    native = json.loads(cluster.pod(pod, "staging").exec_output([sys.executable, PROBE, "names", "127.0.0.1"])
+                        .strip().splitlines()[-1])
+    assert through == native
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def _assert_error(out: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr, out.stderr
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("mirror-py: error:"), out.stderr
+    for fragment in fragments:
+        assert fragment in line, line
+
+
+def test_unknown_context(cluster):
+    _assert_error(_run(cluster, "exec", "--target", "deploy/api", "--context", "nope"),
+                  "context 'nope' is not in kubeconfig", "sandbox")
+
+
+def test_unknown_namespace_suggests(cluster):
+    _assert_error(_run(cluster, "exec", "--target", "deploy/api", "-n", "stagign"),
+                  "namespace 'stagign' not found", "did you mean 'staging'")
+
+
+def test_unknown_deployment_suggests(cluster):
+    _assert_error(_run(cluster, "exec", "--target", "deploy/apii"), "deployment 'apii' not found", "'api'")
+
+
+def test_no_ready_pod(cluster):
+    pod = cluster.pod_names("staging", "redis-")[0]
+    cluster.set_ready(pod, False, "staging")
+    try:
+        _assert_error(_run(cluster, "exec", "--target", "deploy/redis"), "no Running and Ready pod",
+                      "Running but not Ready")
+    finally:
+        cluster.set_ready(pod, True, "staging")
+
+
+def test_token_without_pods_exec(cluster):
+    _assert_error(_run(cluster, "exec", "--target", "deploy/api", "--context", "sandbox-no-exec"),
+                  "forbidden", "needs get and create on pods/exec in namespace staging")
+
+
+def test_target_without_python(cluster):
+    pod = cluster.pod_names("staging", "api-")[0]
+    cluster.set_no_python(pod, "app", True, "staging")
+    try:
+        _assert_error(_run(cluster, "exec", "--target", "deploy/api"), "has no 'python3'", "agent")
+    finally:
+        cluster.set_no_python(pod, "app", False, "staging")
+
+
+def test_api_server_unreachable(cluster, tmp_path):
+    broken = tmp_path / "kubeconfig"
+    text = open(cluster.kubeconfig).read()
+    broken.write_text(text.replace(cluster.base_url.split("//")[1].split("/")[0], "127.0.0.1:1"))
+    _assert_error(_run(cluster, "exec", "--target", "deploy/api", env={"KUBECONFIG": str(broken)}),
+                  "cannot reach the Kubernetes API server")
+
+
+# ------------------------------------------------------------------------------------------ ls, doctor
+def test_ls_lists_targets_as_target_syntax(cluster):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), KUBECONFIG=cluster.kubeconfig)
+    out = subprocess.run([*MIRROR_PY, "ls"], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "deployment/api" in out.stdout and "app, istio-proxy" in out.stdout
+    assert "pod/" + cluster.pod_names("staging", "api-")[0] in out.stdout
+
+
+def test_doctor_reports_rbac_and_python(cluster):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), KUBECONFIG=cluster.kubeconfig)
+    ok = subprocess.run([*MIRROR_PY, "doctor", "--target", "deploy/api"], capture_output=True, text=True, env=env,
+                        timeout=60)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "has python3 3." in ok.stdout
+    bad = subprocess.run([*MIRROR_PY, "doctor", "--context", "sandbox-no-exec"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert bad.returncode == 1
+    assert "FIX  RBAC for agent mode exec" in bad.stdout and "create pods/exec" in bad.stdout
