@@ -1,7 +1,9 @@
 """The unix-socket RPC server that shims ask before every remote operation.
 
 Framing: a 4-byte big-endian length, then a JSON object. Each shim thread has its own connection and makes
-one call at a time, so a connection is served in order while connections run concurrently.
+one call at a time, so a connection is served in order while connections run concurrently. File content
+travels raw, never inside JSON: a message whose object has ``"bin": N`` is followed by N bytes (a request's
+arrive as ``req["data"]``; a handler returns :class:`Binary` to send its own).
 
 Only processes of the session's own user may use it: the socket is 0600 in a 0700 directory, and the peer's
 credentials are checked on accept.
@@ -21,6 +23,7 @@ from typing import Any, Callable
 log = logging.getLogger("mirror_py.session")
 
 MAX_REQUEST = 1 << 20
+MAX_BINARY = 64 << 20
 _LEN = struct.Struct(">I")
 _PEERCRED = struct.Struct("3i")
 
@@ -34,6 +37,16 @@ class RpcError(Exception):
         super().__init__(message)
         self.errno = errno
         self.message = message
+
+
+class Binary:
+    """A handler's result with raw bytes attached: ``value`` goes in the JSON, ``data`` after it."""
+
+    __slots__ = ("data", "value")
+
+    def __init__(self, value: Any, data: bytes) -> None:
+        self.value = value
+        self.data = data
 
 
 def peer_uid(sock: socket.socket) -> int | None:
@@ -80,7 +93,9 @@ class RpcServer:
                     await self._send(writer, {"err": {"errno": "EMSGSIZE", "msg": "request too large"}})
                     return
                 body = await reader.readexactly(size)
-                reply = await self._call(body)
+                reply = await self._call(body, reader)
+                if reply is None:
+                    return
                 await self._send(writer, reply)
         except (asyncio.IncompleteReadError, ConnectionError):
             return
@@ -88,11 +103,19 @@ class RpcServer:
             self._writers.discard(writer)
             writer.close()
 
-    async def _call(self, body: bytes) -> dict:
+    async def _call(self, body: bytes, reader: asyncio.StreamReader | None = None) -> dict | None:
+        """The reply to one request; None when the connection must close (its framing cannot be trusted)."""
         try:
             req = json.loads(body)
             if not isinstance(req, dict):
                 raise ValueError("a request must be a JSON object")
+            size = req.pop("bin", None)
+            if size is not None:
+                if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_BINARY:
+                    return None
+                if reader is None:
+                    raise ValueError("raw bytes are not expected here")
+                req["data"] = await reader.readexactly(size)
             handler = self.handlers.get(req.get("op"))
             if handler is None:
                 return {"err": {"errno": "ENOTSUP", "msg": f"unknown operation {req.get('op')!r}"}}
@@ -104,6 +127,13 @@ class RpcServer:
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, reply: dict) -> None:
+        result = reply.get("ok")
+        raw = b""
+        if isinstance(result, Binary):
+            reply = {"ok": result.value, "bin": len(result.data)}
+            raw = result.data
         data = json.dumps(reply).encode()
         writer.write(_LEN.pack(len(data)) + data)
+        if raw:
+            writer.write(raw)
         await writer.drain()

@@ -24,6 +24,7 @@ from ..errors import MirrorError
 from ..transport import local as local_transport
 from ..transport.channel import Channel
 from ..transport.process import ProcessChannel
+from . import files as session_files
 from .agent_link import AgentLink, RemoteError
 from .relays import TcpRelayListener, UdpRelay, _key, open_udp_relay
 from .rpc_server import RpcError, RpcServer
@@ -144,6 +145,7 @@ class Session:
             "udp": self._udp,
             "release": self._release,
             "dns": self._dns,
+            "fs": self._fs,
             "info": self._info,
         }
 
@@ -197,6 +199,10 @@ class Session:
             return await link.request("dns", args)
         except RemoteError as exc:
             raise RpcError(exc.name, exc.message) from None
+
+    async def _fs(self, req: dict) -> Any:
+        """File operations of the app, done by the agent inside the target's root (see session/files.py)."""
+        return await session_files.handle(self._link(), req)
 
     async def _info(self, req: dict) -> dict:
         hello = self.link.hello if self.link else None

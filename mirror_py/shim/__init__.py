@@ -70,6 +70,9 @@ def _after_fork_in_child() -> None:
     rpc = sys.modules.get(__name__ + ".rpc")
     if rpc is not None:
         rpc.reset_after_fork()
+    files = sys.modules.get(__name__ + ".files")
+    if files is not None:
+        files.after_fork_in_child()
 
 
 def _watch_c_networking() -> None:
@@ -85,9 +88,34 @@ def _watch_c_networking() -> None:
     sys.meta_path.insert(0, watch)
 
 
+def _install_files() -> None:
+    """The file surface goes in at once (builtins, io and os are always there) unless the session turned
+    files off; deciding reads the settings, which costs a JSON parse only when files are configured."""
+    if not _files_wanted():
+        return
+    from . import patches
+
+    patches.install(patches.FILE_SURFACE)
+
+
+def _files_wanted() -> bool:
+    # Read without parsing the JSON (start-up stays free of the json import): the session writes
+    # '"fs": {"mode": "..."' itself; anything unexpected falls back to the full parse.
+    raw = os.environ.get("MIRROR_PY_SHIM_SETTINGS", "")
+    at = raw.find('"fs": {"mode": "')
+    if at >= 0:
+        return not raw.startswith("local", at + 16)
+    if '"fs"' not in raw:
+        return False  # an older session, or settings written by hand without files
+    from . import settings
+
+    return settings.get().fs.get("mode", "read") != "local"
+
+
 def install() -> None:
-    """Interposes now (socket already imported) or when socket is first imported."""
+    """Interposes now (socket already imported) or when socket is first imported; files at once."""
     _watch_c_networking()
+    _install_files()
     if not _fork_registered:
         os.register_at_fork(after_in_child=_after_fork_in_child)
         _fork_registered.append(True)
@@ -110,6 +138,7 @@ def uninstall() -> None:
     if patches is not None:
         patches.uninstall()
         sys.modules[__name__ + ".net"].forget_all()
+        sys.modules[__name__ + ".files"].forget_all()
 
 
 def active() -> bool:

@@ -1,8 +1,9 @@
 """The interposed surface, declared as data, with symmetric install and uninstall.
 
-Each row names where a function lives and the factory that wraps the original. Installing records exactly
-what was there — including whether the attribute was the owner's own or inherited — so uninstalling puts back
-the very same objects (tested by identity).
+Each row names where a function lives and the factory that wraps the original (by name, so that installing
+one surface imports only its own modules). Installing records exactly what was there — including whether the
+attribute was the owner's own or inherited — so uninstalling puts back the very same objects (tested by
+identity).
 """
 
 from __future__ import annotations
@@ -10,34 +11,67 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable, NamedTuple
 
-from . import dns, net
-
 
 class Patch(NamedTuple):
     module: str
     owner: str | None  # a class in the module, or None for a module-level function
     name: str
-    factory: Callable[[Any], Any]
+    factory: str  # "shim_module.function" that wraps the original; imported only when the row is installed
 
 
 SOCKET_SURFACE: tuple[Patch, ...] = (
     # socket.socket inherits these from the C type, which cannot be changed: they are set on the Python class.
-    Patch("socket", "socket", "connect", net.make_connect),
-    Patch("socket", "socket", "connect_ex", net.make_connect_ex),
-    Patch("socket", "socket", "getpeername", net.make_getpeername),
-    Patch("socket", "socket", "getsockname", net.make_getsockname),
-    Patch("socket", "socket", "sendto", net.make_sendto),
-    Patch("socket", "socket", "recvfrom", net.make_recvfrom),
-    Patch("socket", "socket", "recvfrom_into", net.make_recvfrom_into),
-    Patch("socket", "socket", "recvmsg", net.make_recvmsg),
-    Patch("socket", "socket", "_real_close", net.make_real_close),
-    Patch("socket", None, "getaddrinfo", dns.make_getaddrinfo),
-    Patch("socket", None, "gethostbyname", dns.make_gethostbyname),
-    Patch("socket", None, "gethostbyname_ex", dns.make_gethostbyname_ex),
-    Patch("socket", None, "gethostbyaddr", dns.make_gethostbyaddr),
-    Patch("socket", None, "getnameinfo", dns.make_getnameinfo),
-    Patch("socket", None, "gethostname", dns.make_gethostname),
+    Patch("socket", "socket", "connect", "net.make_connect"),
+    Patch("socket", "socket", "connect_ex", "net.make_connect_ex"),
+    Patch("socket", "socket", "getpeername", "net.make_getpeername"),
+    Patch("socket", "socket", "getsockname", "net.make_getsockname"),
+    Patch("socket", "socket", "sendto", "net.make_sendto"),
+    Patch("socket", "socket", "recvfrom", "net.make_recvfrom"),
+    Patch("socket", "socket", "recvfrom_into", "net.make_recvfrom_into"),
+    Patch("socket", "socket", "recvmsg", "net.make_recvmsg"),
+    Patch("socket", "socket", "_real_close", "net.make_real_close"),
+    Patch("socket", None, "getaddrinfo", "dns.make_getaddrinfo"),
+    Patch("socket", None, "gethostbyname", "dns.make_gethostbyname"),
+    Patch("socket", None, "gethostbyname_ex", "dns.make_gethostbyname_ex"),
+    Patch("socket", None, "gethostbyaddr", "dns.make_gethostbyaddr"),
+    Patch("socket", None, "getnameinfo", "dns.make_getnameinfo"),
+    Patch("socket", None, "gethostname", "dns.make_gethostname"),
 )
+
+# Files: builtins/io/os are imported before any app code runs, so this surface is installed with the shim itself.
+# os.path.exists/isfile/isdir/getsize/getmtime/islink, os.walk, glob, pathlib and shutil call these names at
+# call time, so they follow. io.open_code (imports) is deliberately absent.
+FILE_SURFACE: tuple[Patch, ...] = (
+    Patch("builtins", None, "open", "files.make_open"),
+    Patch("io", None, "open", "files.make_open"),
+    Patch("os", None, "open", "files.make_os_open"),
+    Patch("os", None, "close", "files.make_close"),
+    Patch("os", None, "fsync", "files.make_fsync"),
+    Patch("os", None, "stat", "files.make_stat"),
+    Patch("os", None, "lstat", "files.make_lstat"),
+    Patch("os", None, "fstat", "files.make_fstat"),
+    Patch("os", None, "access", "files.make_access"),
+    Patch("os", None, "listdir", "files.make_listdir"),
+    Patch("os", None, "scandir", "files.make_scandir"),
+    Patch("os", None, "readlink", "files.make_readlink"),
+    Patch("os", None, "mkdir", "files.make_mkdir"),
+    Patch("os", None, "rmdir", "files.make_rmdir"),
+    Patch("os", None, "unlink", "files.make_unlink"),
+    Patch("os", None, "remove", "files.make_remove"),
+    Patch("os", None, "rename", "files.make_rename"),
+    Patch("os", None, "replace", "files.make_replace"),
+    Patch("os", None, "truncate", "files.make_truncate"),
+    Patch("os", None, "chmod", "files.make_chmod"),
+    Patch("os", None, "utime", "files.make_utime"),
+    Patch("os", None, "symlink", "files.make_symlink"),
+    Patch("os", None, "listxattr", "files.make_listxattr"),
+    Patch("os", None, "getxattr", "files.make_getxattr"),
+    Patch("posixpath", None, "realpath", "files.make_realpath"),
+)
+
+# shutil and others test membership of the function objects in these sets (shutil.rmtree picks its fd-based
+# walk that way): a replacement takes the original's place in each set it was in.
+_OS_SETS = ("supports_dir_fd", "supports_fd", "supports_follow_symlinks", "supports_effective_ids")
 
 _MISSING = object()
 
@@ -47,35 +81,65 @@ class _Saved(NamedTuple):
     name: str
     own: Any  # the owner's own attribute before patching, or _MISSING when it was inherited
     replacement: Any
+    sets: tuple  # the os.supports_* sets the replacement was added to
 
 
-_installed: list[_Saved] = []
+_installed: dict[int, list[_Saved]] = {}
+_order: list[int] = []
 
 
 def _owner(patch: Patch) -> Any:
-    module = sys.modules[patch.module]
+    module = sys.modules[patch.module] if patch.module in sys.modules else __import__(patch.module)
     return getattr(module, patch.owner) if patch.owner else module
 
 
+def _factory(spec: str) -> Callable[[Any], Any]:
+    # Imported at install time: the file surface goes in at start-up and must not import socket with it.
+    module, _, name = spec.rpartition(".")
+    return getattr(__import__(f"{__package__}.{module}", fromlist=[name]), name)
+
+
 def install(surface: tuple[Patch, ...] = SOCKET_SURFACE) -> None:
-    if _installed:
+    """Installs ``surface`` once; a second call for the same surface does nothing."""
+    key = id(surface)
+    if key in _installed:
         return
+    saved: list[_Saved] = []
+    _installed[key] = saved
+    _order.append(key)
     for patch in surface:
         obj = _owner(patch)
+        if not hasattr(obj, patch.name):
+            continue  # a platform without this function (listxattr on some systems)
         own = vars(obj).get(patch.name, _MISSING)
-        replacement = patch.factory(getattr(obj, patch.name))
+        original = getattr(obj, patch.name)
+        replacement = _factory(patch.factory)(original)
+        sets: list = []
+        if patch.module == "os" and patch.owner is None:
+            for set_name in _OS_SETS:
+                members = getattr(obj, set_name, None)
+                if isinstance(members, set) and original in members:
+                    members.add(replacement)
+                    sets.append(members)
         setattr(obj, patch.name, replacement)
-        _installed.append(_Saved(obj, patch.name, own, replacement))
+        saved.append(_Saved(obj, patch.name, own, replacement, tuple(sets)))
 
 
 def uninstall() -> None:
-    while _installed:
-        obj, name, own, _ = _installed.pop()
-        if own is _MISSING:
-            delattr(obj, name)
-        else:
-            setattr(obj, name, own)
+    """Puts back every original, surfaces in the reverse order of their installation."""
+    while _order:
+        saved = _installed.pop(_order.pop())
+        while saved:
+            obj, name, own, replacement, sets = saved.pop()
+            for members in sets:
+                members.discard(replacement)
+            if own is _MISSING:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, own)
 
 
-def is_installed() -> bool:
-    return bool(_installed)
+def is_installed(surface: tuple[Patch, ...] | None = None) -> bool:
+    if surface is None:
+        return bool(_installed)
+    return id(surface) in _installed

@@ -57,26 +57,51 @@ def _connection() -> _socket_mod.socket:
 
 
 def _recv_exact(sock: _socket_mod.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
+    if n <= 65536:
+        buf = b""
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            if not chunk:
+                raise SessionUnavailable("mirror-py: the session closed the connection")
+            buf += chunk
+        return buf
+    # Big bodies (file content) are received in place: no quadratic concatenation, one copy.
+    out = bytearray(n)
+    view = memoryview(out)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if not k:
             raise SessionUnavailable("mirror-py: the session closed the connection")
-        buf += chunk
-    return buf
+        got += k
+    return out  # type: ignore[return-value]
 
 
-def call(request: dict) -> dict:
-    """Sends one request and returns the raw reply: ``{"ok": ...}`` or ``{"err": {"errno", "msg"}}``."""
+def call(request: dict, data: bytes | None = None) -> dict:
+    """Sends one request and returns the raw reply: ``{"ok": ...}`` or ``{"err": {"errno", "msg"}}``.
+
+    ``data`` travels raw after the request (file content); raw bytes in the reply come back as
+    ``reply["data"]``.
+    """
     import json
 
     sock = _connection()
-    data = json.dumps(request).encode()
+    if data is not None:
+        request = dict(request, bin=len(data))
+    body = json.dumps(request).encode()
     try:
-        sock.sendall(_LEN.pack(len(data)) + data)
+        if data is None:
+            sock.sendall(_LEN.pack(len(body)) + body)
+        else:
+            sock.sendall(_LEN.pack(len(body)) + body)
+            sock.sendall(data)
         (size,) = _LEN.unpack(_recv_exact(sock, 4))
         reply = json.loads(_recv_exact(sock, size))
-    except OSError:
+        raw = reply.pop("bin", None) if isinstance(reply, dict) else None
+        if raw is not None:
+            reply["data"] = _recv_exact(sock, raw)
+    except BaseException:  # an interrupted call (Ctrl-C mid-read) leaves unread bytes: never reuse it
+
         _local.conn = None
         sock.close()
         raise

@@ -12,7 +12,7 @@ ENV_VAR = "MIRROR_PY_SHIM_SETTINGS"
 
 
 class Settings:
-    __slots__ = ("dns_enabled", "dns_filter", "outgoing_enabled", "outgoing_filter", "tcp", "udp")
+    __slots__ = ("dns_enabled", "dns_filter", "fs", "outgoing_enabled", "outgoing_filter", "tcp", "udp")
 
     def __init__(self, data: dict[str, Any]) -> None:
         from .rules import NameFilter, TrafficFilter
@@ -25,6 +25,8 @@ class Settings:
         self.outgoing_filter = TrafficFilter.from_json(out.get("filter") or {})
         self.dns_enabled = bool(dns.get("enabled", True))
         self.dns_filter = NameFilter.from_json(dns.get("filter") or {})
+        # Files: the raw section; mirror_py.shim.file_rules builds its decisions from it at first use.
+        self.fs = data.get("fs") or {"mode": "local"}
 
 
 _cached: list[Settings] = []
