@@ -121,6 +121,15 @@ class AgentConfig(_Section):
     """How the agent is started in the target."""
 
     python: str = Field("python3", min_length=1, description="The Python interpreter command in the target.")
+    mode: Literal["auto", "exec", "ephemeral", "job"] = Field(
+        "auto",
+        description="Where the agent runs on Kubernetes: exec (in the target container), ephemeral (an ephemeral "
+        "container in the target pod), job (a privileged pod on the target's node), auto (exec, or ephemeral when "
+        "the target has no python3).",
+    )
+    image: str = Field(
+        "python:3.12-slim", min_length=1, description="Image of the ephemeral, job and targetless agent containers."
+    )
     startup_timeout: float = Field(
         30.0, gt=0, allow_inf_nan=False, description="Seconds to wait for the agent to say hello."
     )
@@ -257,6 +266,8 @@ FLAG_VARIABLES: dict[str, str] = {
     "kubeconfig": "MIRROR_PY_KUBECONFIG",
     "context": "MIRROR_PY_CONTEXT",
     "agent_python": "MIRROR_PY_AGENT_PYTHON",
+    "agent_mode": "MIRROR_PY_AGENT_MODE",
+    "agent_image": "MIRROR_PY_AGENT_IMAGE",
     "agent_startup_timeout": "MIRROR_PY_AGENT_STARTUP_TIMEOUT",
     "outgoing": "MIRROR_PY_OUTGOING",
     "dns": "MIRROR_PY_DNS",
@@ -271,6 +282,8 @@ FLAG_KEYS: dict[str, str] = {
     "kubeconfig": "target.kubeconfig",
     "context": "target.context",
     "agent_python": "agent.python",
+    "agent_mode": "agent.mode",
+    "agent_image": "agent.image",
     "agent_startup_timeout": "agent.startup_timeout",
     "outgoing": "network.outgoing.enabled",
     "dns": "network.dns.enabled",

@@ -48,7 +48,9 @@ import mirror_py_agent.server
 mirror_py_agent.server.main()
 '''
 
-_AGENT_MODULES = ("__init__", "addresses", "protocol", "relay", "dns", "env", "files", "net", "server")
+_AGENT_MODULES = (
+    "__init__", "addresses", "protocol", "relay", "dns", "env", "files", "net", "placement", "server",
+)
 _CBOR2_MODULES = ("__init__", "_types", "_encoder", "_decoder", "encoder", "decoder", "types")
 
 

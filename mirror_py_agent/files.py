@@ -49,7 +49,8 @@ class Root:
     def __init__(self, path: str = "/") -> None:
         self.path = os.path.abspath(path)
         self.kernel = self.path == "/"
-        self.fd = -1 if self.kernel else os.open(self.path, _DIR_FLAGS)
+        # The root itself is followed: /proc/<pid>/root is a symlink by design; only what lies below it is not.
+        self.fd = -1 if self.kernel else os.open(self.path, _DIR_FLAGS & ~os.O_NOFOLLOW)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -304,8 +305,9 @@ def _entry_kind(mode: int) -> str:
 
 
 def _scandir(args: dict) -> list:
-    """Each entry with its lstat and, for a symlink, the stat of its target (resolved inside the root), so
-    that ``is_dir()``, ``stat()`` and friends on the app's side need no further round trip."""
+    """Each entry as ``[name, kind, lstat, target, d_ino]``: its lstat and, for a symlink, the stat of its
+    target (resolved inside the root) or the errno, so that ``is_dir()``, ``stat()`` and friends on the app's
+    side need no further round trip."""
     path = _path(args)
 
     def run(res: Resolved) -> list:
@@ -315,11 +317,13 @@ def _scandir(args: dict) -> list:
             fd = os.open(res.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=res.dir_fd)
         out = []
         try:
-            for name in os.listdir(fd):
+            with os.scandir(fd) as entries:
+                listed = [(e.name, e.inode()) for e in entries]  # d_ino: what the app's DirEntry.inode() says
+            for name, ino in listed:
                 try:
                     lst = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 except OSError as exc:
-                    out.append([name, "o", None, exc.errno or errno.EIO])
+                    out.append([name, "o", None, exc.errno or errno.EIO, ino])
                     continue
                 target: Any = None
                 if stat_mod.S_ISLNK(lst.st_mode):
@@ -327,7 +331,7 @@ def _scandir(args: dict) -> list:
                         target = _stat({"path": path.rstrip("/") + "/" + name, "follow": True})
                     except OSError as exc:
                         target = exc.errno or errno.EIO
-                out.append([name, _entry_kind(lst.st_mode), stat_list(lst), target])
+                out.append([name, _entry_kind(lst.st_mode), stat_list(lst), target, ino])
         finally:
             os.close(fd)
         return out

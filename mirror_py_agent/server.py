@@ -12,7 +12,7 @@ import socket
 import sys
 from typing import Any
 
-from . import dns, env, files, net
+from . import dns, env, files, net, placement
 from . import protocol as p
 from .relay import Mux, errno_name
 
@@ -113,6 +113,11 @@ async def _files(args: dict, mux: Mux) -> Any:
     return await files.serve(args)
 
 
+async def _place(args: dict, mux: Mux) -> dict:
+    # Runs on the event loop thread, not in an executor: entering a mount namespace needs a single thread.
+    return placement.place(args)
+
+
 async def _ping(args: dict, mux: Mux) -> dict:
     return {}
 
@@ -123,6 +128,7 @@ _HANDLERS = {
     "fs": _files,
     "udp_open": net.open_udp,
     "noop": _ping,
+    "place": _place,
 }
 
 

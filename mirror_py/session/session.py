@@ -51,28 +51,21 @@ class Session:
         self.remote_env: dict[str, str] = {}
         self.udp_relays: dict[tuple[str, int], UdpRelay] = {}
         self.target_description = ""
+        self.placement: Any = None  # Kubernetes agent placement, cleaned up on close
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         path = self.cfg.target.path
-        if not path:
-            raise MirrorError("no target given: pass --target (for example --target deploy/api or pid/4242)")
-        if local_transport.is_local(path):
+        if path and local_transport.is_local(path):
             channel, env_args = self._local_channel(path)
+            await self._start_agent(channel)
+            if self.cfg.env.enabled and env_args is not None:
+                try:
+                    self.remote_env = await self.link.request("environ", env_args)  # type: ignore[union-attr]
+                except RemoteError as exc:
+                    log.warning("could not read the target's environment: %s", exc.message)
         else:
-            channel, env_args = await self._kube_channel(path)
-        self.target_description = channel.description
-        log.info("starting the agent in %s", self.target_description)
-        started = asyncio.get_running_loop().time()
-        self.link = AgentLink(channel, self.cfg.agent.startup_timeout)
-        hello = await self.link.start()
-        progress.info("agent ready in %s (python %s, %.1f s)", self.target_description, hello.info.get("python"),
-                      asyncio.get_running_loop().time() - started)
-        if self.cfg.env.enabled and env_args is not None:
-            try:
-                self.remote_env = await self.link.request("environ", env_args)
-            except RemoteError as exc:
-                log.warning("could not read the target's environment: %s", exc.message)
+            await self._start_kube(path)
         self.listener = TcpRelayListener(self.link.mux)
         await self.listener.start()
         runtime = os.environ.get("XDG_RUNTIME_DIR", "")
@@ -81,28 +74,63 @@ class Session:
         self.rpc = RpcServer(os.path.join(self.dir, "session.sock"), self._handlers())
         await self.rpc.start()
 
+    async def _start_agent(self, channel: Channel) -> None:
+        self.target_description = channel.description
+        log.info("starting the agent in %s", self.target_description)
+        started = asyncio.get_running_loop().time()
+        self.link = AgentLink(channel, self.cfg.agent.startup_timeout)
+        hello = await self.link.start()
+        progress.info("agent ready in %s (python %s, %.1f s)", self.target_description, hello.info.get("python"),
+                      asyncio.get_running_loop().time() - started)
+
     def _local_channel(self, path: str) -> tuple[Channel, dict | None]:
         target = local_transport.resolve(path)
         argv = target.agent_argv(bootstrap.command(self.cfg.agent.python))
         channel = ProcessChannel(argv, target.describe(), self.cfg.agent.python)
         return channel, ({"pid": target.env_pid} if target.env_pid is not None else None)
 
-    async def _kube_channel(self, path: str) -> tuple[Channel, dict | None]:
+    async def _start_kube(self, path: str | None) -> None:
         from ..kube import api as kube_api
-        from ..kube import targets
-        from ..transport.k8s_exec import ExecChannel
+        from ..kube import placement, targets
 
-        t = self.cfg.target
-        ref = targets.parse(path)
+        t, agent = self.cfg.target, self.cfg.agent
+        ref = targets.parse(path) if path else None
         kube = await asyncio.to_thread(kube_api.load, t.kubeconfig, t.context, t.namespace)
+        timeout = agent.startup_timeout
+        if ref is None:
+            self.placement = await placement.targetless_mode(kube, kube.namespace, agent.python, agent.image, timeout)
+            await self._start_placed()
+            return
         resolved = await asyncio.to_thread(targets.resolve, kube, ref)
-        progress.info("target %s: %s, container %r (chosen by %s)", ref, f"pod {resolved.namespace}/{resolved.pod}",
+        progress.info("target %s: pod %s/%s, container %r (chosen by %s)", ref, resolved.namespace, resolved.pod,
                       resolved.container, resolved.container_choice)
-        channel = ExecChannel(kube.configuration, resolved.namespace, resolved.pod, resolved.container,
-                              bootstrap.command(self.cfg.agent.python), resolved.describe(), self.cfg.agent.python,
-                              open_timeout=self.cfg.agent.startup_timeout)
-        # exec'd into the container, the agent's own environment is the container's
-        return channel, {"own": True}
+        mode = agent.mode
+        if mode in ("auto", "exec"):
+            self.placement = placement.exec_mode(kube, resolved, agent.python, timeout)
+            try:
+                await self._start_placed()
+                return
+            except MirrorError as exc:
+                if mode == "exec" or "to run the agent" not in str(exc):
+                    raise
+                progress.info("the target container has no %s: using an ephemeral agent container instead",
+                              agent.python)
+            mode = "ephemeral"
+        if mode == "ephemeral":
+            self.placement = await placement.ephemeral_mode(kube, resolved, agent.python, agent.image, timeout)
+        else:
+            self.placement = await placement.job_mode(kube, resolved, agent.python, agent.image, timeout)
+        await self._start_placed()
+
+    async def _start_placed(self) -> None:
+        assert self.placement is not None
+        await self._start_agent(self.placement.channel)
+        try:
+            env = await self.placement.after_hello(self.link)
+        except RemoteError as exc:
+            raise MirrorError(f"the {self.placement.mode} agent could not reach the target: {exc.message}") from None
+        if self.cfg.env.enabled:
+            self.remote_env = env
 
     async def close(self) -> None:
         if self.rpc is not None:
@@ -113,6 +141,9 @@ class Session:
             relay.close()
         if self.link is not None:
             await self.link.close()
+        if self.placement is not None:
+            await asyncio.to_thread(self.placement.close)
+            self.placement = None
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None

@@ -136,7 +136,8 @@ def test_target_without_python(cluster):
     pod = cluster.pod_names("staging", "api-")[0]
     cluster.set_no_python(pod, "app", True, "staging")
     try:
-        _assert_error(_run(cluster, "exec", "--target", "deploy/api"), "has no 'python3'", "agent")
+        _assert_error(_run(cluster, "exec", "--target", "deploy/api", "--agent-mode", "exec"), "has no 'python3'",
+                      "agent mode that brings its own")
     finally:
         cluster.set_no_python(pod, "app", False, "staging")
 
@@ -168,3 +169,53 @@ def test_doctor_reports_rbac_and_python(cluster):
                          env=env, timeout=60)
     assert bad.returncode == 1
     assert "FIX  RBAC for agent mode exec" in bad.stdout and "create pods/exec" in bad.stdout
+
+
+# ------------------------------------------------------------------------------------- agent placements
+@pytest.mark.parametrize("mode", ["ephemeral", "job"])
+def test_agent_modes(cluster, mode):
+    out = _run(cluster, "exec", "--target", "deploy/api", "--agent-mode", mode)
+    _check_app(out, cluster)
+    assert f"via {'ephemeral container' if mode == 'ephemeral' else 'job pod'}" in out.stderr
+    if mode == "job":  # the agent job is deleted at the end
+        assert not [n for n in cluster.pod_names("staging") if n.startswith("mirror-py-")]
+
+
+def test_auto_falls_back_to_ephemeral_without_python(cluster):
+    pod = cluster.pod_names("staging", "api-")[0]
+    cluster.set_no_python(pod, "app", True, "staging")
+    try:
+        out = _run(cluster, "exec", "--target", "deploy/api")
+    finally:
+        cluster.set_no_python(pod, "app", False, "staging")
+    _check_app(out, cluster)
+    assert "using an ephemeral agent container instead" in out.stderr
+
+
+def test_targetless_session_gets_cluster_dns_and_leaves_nothing(cluster):
+    app = ("import json, socket; s = socket.create_connection(('redis', 6379), timeout=10); s.sendall(b'PING\\r\\n');"
+           "print(json.dumps(s.recv(100).decode().strip()))")
+    out = _run(cluster, "exec", app=app)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == "+PONG"
+    assert "no target: creating agent pod" in out.stderr
+    assert not [n for n in cluster.pod_names("staging") if n.startswith("mirror-py-")]
+
+
+def test_ephemeral_containers_disabled_suggests_job(cluster):
+    cluster.ephemeral_containers_enabled = False
+    try:
+        _assert_error(_run(cluster, "exec", "--target", "deploy/api", "--agent-mode", "ephemeral"),
+                      "ephemeral containers are disabled", "--agent-mode job")
+    finally:
+        cluster.ephemeral_containers_enabled = True
+
+
+def test_image_pull_failure_names_the_reason(cluster):
+    _assert_error(_run(cluster, "exec", "--target", "deploy/api", "--agent-mode", "ephemeral",
+                       "--agent-image", "registry.invalid/does-not-exist:1"), "did not start", "ImagePull")
+
+
+def test_token_without_ephemeral_permission(cluster):
+    _assert_error(_run(cluster, "exec", "--target", "deploy/api", "--agent-mode", "ephemeral",
+                       "--context", "sandbox-no-ephemeral"), "patch on pods/ephemeralcontainers")

@@ -1,0 +1,296 @@
+"""Where the agent runs on Kubernetes, and what is left behind afterwards (nothing).
+
+- exec: ``python3`` of the target container itself runs the agent. No privileges and nothing added to the pod.
+- ephemeral: an ephemeral container (its own image, so the target needs no python3) joins the target pod and
+  the target container's process namespace; the agent reads the target's environment and files through
+  ``/proc/<pid>``.
+- job: a privileged pod with hostPID on the target's node; the agent enters the target container's network,
+  mount and UTS namespaces, for clusters where ephemeral containers are off.
+- targetless: a fresh unprivileged pod in the namespace, deleted at the end: cluster DNS and outgoing traffic
+  without touching any workload.
+
+Ephemeral, job and targetless containers run a small idle program; the agent is exec'd next to it, and the idle
+program exits once the agent is gone (ephemeral containers cannot be removed, but they can stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from mirror_py_agent import bootstrap
+
+from ..errors import MirrorError
+from ..transport.k8s_exec import ExecChannel
+from .api import KubeContext, explain
+from .targets import ResolvedTarget
+
+progress = logging.getLogger("mirror_py.progress")
+log = logging.getLogger("mirror_py.session")
+
+# Keeps an agent container alive while an agent with the token runs, then exits; gives up if none ever starts.
+IDLE = (
+    "import os,sys,time\n"
+    "tok=sys.argv[1].encode();seen=False;t0=time.time()\n"
+    "while True:\n"
+    " found=False\n"
+    " for p in os.listdir('/proc'):\n"
+    "  if p.isdigit() and int(p)!=os.getpid():\n"
+    "   try:\n"
+    "    with open('/proc/'+p+'/cmdline','rb') as f:\n"
+    "     found=found or tok in f.read()\n"
+    "   except OSError:\n"
+    "    pass\n"
+    " if found:\n"
+    "  seen=True\n"
+    " elif seen or time.time()-t0>300:\n"
+    "  sys.exit(0)\n"
+    " time.sleep(1)\n"
+)
+WAITING_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+                    "CreateContainerError", "RunContainerError"}
+
+
+@dataclass
+class Placement:
+    """The channel to start the agent on, what to ask it once it is up, and how to clean up."""
+
+    channel: ExecChannel
+    mode: str
+    after_hello: Callable[[Any], Awaitable[dict]]  # link -> the target's environment
+    cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for fn in reversed(self.cleanup):
+            try:
+                fn()
+            except Exception as exc:  # cleanup must never hide the real outcome
+                log.warning("cleanup failed: %s", exc)
+
+
+def _agent_command(python: str, token: str) -> list[str]:
+    return [*bootstrap.command(python), token]
+
+
+async def _own_environment(link: Any) -> dict:
+    return await link.request("environ", {"own": True})
+
+
+def exec_mode(kube: KubeContext, target: ResolvedTarget, python: str, timeout: float) -> Placement:
+    channel = ExecChannel(kube.configuration, target.namespace, target.pod, target.container,
+                          bootstrap.command(python), target.describe(), python, open_timeout=timeout)
+    return Placement(channel, "exec", _own_environment)
+
+
+def _placed_environment(container_id: str | None, enter: list[str]) -> Callable[[Any], Awaitable[dict]]:
+    async def after_hello(link: Any) -> dict:
+        if not container_id:
+            raise MirrorError("the target container has no container ID yet; is it running?")
+        placed = await link.request("place", {"container_id": container_id, "enter": enter, "environ": True})
+        return placed.get("environ") or {}
+
+    return after_hello
+
+
+def _container_id(pod: Any, container: str) -> str | None:
+    for status in pod.status.container_statuses or []:
+        if status.name == container:
+            return status.container_id
+    return None
+
+
+async def ephemeral_mode(kube: KubeContext, target: ResolvedTarget, python: str, image: str,
+                         timeout: float) -> Placement:
+    from kubernetes.client.exceptions import ApiException
+
+    token = "mirror-py-" + secrets.token_hex(6)
+    name = token
+    core = kube.core()
+    body = {"spec": {"ephemeralContainers": [{
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": [python, "-I", "-c", IDLE, token],
+        "targetContainerName": target.container,
+        "stdin": False,
+        "tty": False,
+        "securityContext": {"capabilities": {"add": ["NET_ADMIN", "NET_RAW", "SYS_PTRACE"]}},
+    }]}}
+    progress.info("creating ephemeral container %s (image %s) in pod %s/%s", name, image, target.namespace,
+                  target.pod)
+    try:
+        pod = await asyncio.to_thread(core.patch_namespaced_pod_ephemeralcontainers, target.pod, target.namespace,
+                                      body)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise MirrorError(f"the cluster refused an ephemeral container for pod {target.namespace}/{target.pod} "
+                              "(404: ephemeral containers are disabled here); use --agent-mode job") from None
+        if exc.status == 403:
+            raise MirrorError(f"{explain(exc, 'adding the ephemeral agent container')}; agent mode ephemeral needs "
+                              f"patch on pods/ephemeralcontainers in namespace {target.namespace} "
+                              "(or use --agent-mode exec)") from None
+        raise explain(exc, "adding the ephemeral agent container") from None
+    except Exception as exc:
+        raise explain(exc, "adding the ephemeral agent container") from None
+    pod = await _wait(kube, target.namespace, target.pod, lambda p: _ephemeral_state(p, name), timeout,
+                      f"ephemeral container {name}")
+    channel = ExecChannel(kube.configuration, target.namespace, target.pod, name, _agent_command(python, token),
+                          f"{target.describe()} via ephemeral container {name}", python, open_timeout=timeout)
+    return Placement(channel, "ephemeral", _placed_environment(_container_id(pod, target.container), []))
+
+
+def _ephemeral_state(pod: Any, name: str) -> tuple[str, str]:
+    for status in pod.status.ephemeral_container_statuses or []:
+        if status.name == name:
+            return _state(status)
+    return "waiting", "ContainerCreating"
+
+
+def _state(status: Any) -> tuple[str, str]:
+    state = status.state
+    if state is None:
+        return "waiting", "ContainerCreating"
+    if state.running is not None:
+        return "running", ""
+    if state.terminated is not None:
+        return "terminated", f"{state.terminated.reason or 'exited'} (exit code {state.terminated.exit_code})"
+    waiting = state.waiting
+    reason = (waiting.reason or "ContainerCreating") if waiting else "ContainerCreating"
+    message = waiting.message if waiting and waiting.message else ""
+    return ("failed" if reason in WAITING_FAILURES else "waiting"), f"{reason}{': ' + message if message else ''}"
+
+
+async def _wait(kube: KubeContext, namespace: str, pod_name: str, state_of: Callable[[Any], tuple[str, str]],
+                timeout: float, what: str) -> Any:
+    """Polls the pod until ``what`` runs, showing each new waiting reason; fails with the Kubernetes reason."""
+    core = kube.core()
+    deadline = time.monotonic() + timeout
+    shown = ""
+    while True:
+        try:
+            pod = await asyncio.to_thread(core.read_namespaced_pod, pod_name, namespace)
+        except Exception as exc:
+            raise explain(exc, f"waiting for {what}") from None
+        state, reason = state_of(pod)
+        if state == "running":
+            progress.info("%s is running", what)
+            return pod
+        if state in ("failed", "terminated"):
+            raise MirrorError(f"{what} did not start: {reason}")
+        if reason != shown:
+            progress.info("%s: %s", what, reason)
+            shown = reason
+        if time.monotonic() > deadline:
+            raise MirrorError(f"{what} did not start within {timeout:g} s (last state: {reason}); raise "
+                              "agent.startup_timeout if images pull slowly")
+        await asyncio.sleep(0.3)
+
+
+def _pod_container_state(pod: Any, container: str) -> tuple[str, str]:
+    if pod.status.phase == "Failed":
+        return "failed", pod.status.reason or pod.status.message or "the pod failed"
+    for status in pod.status.container_statuses or []:
+        if status.name == container:
+            return _state(status)
+    return "waiting", pod.status.phase or "Pending"
+
+
+def _agent_pod_spec(token: str, image: str, python: str, **extra: Any) -> dict:
+    container: dict = {"name": "agent", "image": image, "imagePullPolicy": "IfNotPresent",
+                       "command": [python, "-I", "-c", IDLE, token]}
+    security = extra.pop("security_context", None)
+    if security:
+        container["securityContext"] = security
+    return {"restartPolicy": "Never", "containers": [container], "terminationGracePeriodSeconds": 1, **extra}
+
+
+async def job_mode(kube: KubeContext, target: ResolvedTarget, python: str, image: str, timeout: float) -> Placement:
+    from kubernetes.client.exceptions import ApiException
+
+    token = "mirror-py-" + secrets.token_hex(6)
+    ns = target.namespace
+    spec = _agent_pod_spec(token, image, python, nodeName=target.node, hostPID=True,
+                           tolerations=[{"operator": "Exists"}], security_context={"privileged": True})
+    body = {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": token, "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "mirror-py"}},
+            "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 60,
+                     "template": {"metadata": {"labels": {"app.kubernetes.io/managed-by": "mirror-py"}},
+                                  "spec": spec}}}
+    progress.info("creating agent job %s/%s on node %s (image %s)", ns, token, target.node, image)
+    batch, core = kube.batch(), kube.core()
+    try:
+        await asyncio.to_thread(batch.create_namespaced_job, ns, body)
+    except ApiException as exc:
+        hint = f"; agent mode job needs create and delete on jobs in namespace {ns}" if exc.status == 403 else ""
+        raise MirrorError(f"{explain(exc, 'creating the agent job')}{hint}") from None
+    except Exception as exc:
+        raise explain(exc, "creating the agent job") from None
+
+    def delete() -> None:
+        batch.delete_namespaced_job(token, ns, propagation_policy="Background")
+
+    placement_cleanup = [delete]
+    try:
+        pod_name = await _job_pod(kube, ns, token, timeout)
+        await _wait(kube, ns, pod_name, lambda p: _pod_container_state(p, "agent"), timeout, f"agent pod {pod_name}")
+        target_pod = await asyncio.to_thread(core.read_namespaced_pod, target.pod, ns)
+    except BaseException:
+        delete()
+        raise
+    channel = ExecChannel(kube.configuration, ns, pod_name, "agent", _agent_command(python, token),
+                          f"{target.describe()} via job pod {pod_name}", python, open_timeout=timeout)
+    after = _placed_environment(_container_id(target_pod, target.container), ["net", "mnt", "uts"])
+    return Placement(channel, "job", after, placement_cleanup)
+
+
+async def _job_pod(kube: KubeContext, namespace: str, job: str, timeout: float) -> str:
+    core = kube.core()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pods = await asyncio.to_thread(core.list_namespaced_pod, namespace, label_selector=f"job-name={job}")
+        if pods.items:
+            return pods.items[0].metadata.name
+        await asyncio.sleep(0.3)
+    raise MirrorError(f"the agent job {namespace}/{job} created no pod within {timeout:g} s")
+
+
+async def targetless_mode(kube: KubeContext, namespace: str, python: str, image: str, timeout: float) -> Placement:
+    from kubernetes.client.exceptions import ApiException
+
+    token = "mirror-py-" + secrets.token_hex(6)
+    core = kube.core()
+    body = {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": token, "namespace": namespace,
+                         "labels": {"app.kubernetes.io/managed-by": "mirror-py"}},
+            "spec": _agent_pod_spec(token, image, python, automountServiceAccountToken=False,
+                                    security_context={"allowPrivilegeEscalation": False})}
+    progress.info("no target: creating agent pod %s/%s (image %s)", namespace, token, image)
+    try:
+        await asyncio.to_thread(core.create_namespaced_pod, namespace, body)
+    except ApiException as exc:
+        hint = f"; a session without a target needs create and delete on pods in namespace {namespace}" \
+            if exc.status == 403 else ""
+        raise MirrorError(f"{explain(exc, 'creating the agent pod')}{hint}") from None
+    except Exception as exc:
+        raise explain(exc, "creating the agent pod") from None
+
+    def delete() -> None:
+        core.delete_namespaced_pod(token, namespace, grace_period_seconds=0)
+
+    try:
+        await _wait(kube, namespace, token, lambda p: _pod_container_state(p, "agent"), timeout, f"agent pod {token}")
+    except BaseException:
+        delete()
+        raise
+    channel = ExecChannel(kube.configuration, namespace, token, "agent", _agent_command(python, token),
+                          f"namespace {namespace} (targetless agent pod {token})", python, open_timeout=timeout)
+    return Placement(channel, "targetless", _no_environment, [delete])
+
+
+async def _no_environment(link: Any) -> dict:
+    return {}  # a fresh pod's environment is not anyone's configuration
