@@ -598,10 +598,11 @@ def make_listdir(orig: Callable) -> Callable:
 class RemoteDirEntry(os.PathLike):
     """What ``os.scandir`` yields for a directory of the target (``os.DirEntry`` cannot be created)."""
 
-    __slots__ = ("_kind", "_lstat", "_target", "name", "path")
+    __slots__ = ("_ino", "_kind", "_lstat", "_target", "name", "path")
 
-    def __init__(self, directory: Any, name: str, kind: str, lstat: list | None, target: Any,
+    def __init__(self, directory: Any, name: str, kind: str, lstat: list | None, target: Any, ino: int,
                  as_bytes: bool, fd_based: bool) -> None:
+        self._ino = ino
         self.name: Any = os.fsencode(name) if as_bytes else name
         if fd_based:
             self.path: Any = self.name
@@ -620,9 +621,7 @@ class RemoteDirEntry(os.PathLike):
         return f"<DirEntry {self.name!r}>"
 
     def inode(self) -> int:
-        if self._lstat is None:
-            raise OSError(self._target or _errno.EIO, os.strerror(self._target or _errno.EIO), self.path)
-        return self._lstat[1]
+        return self._ino
 
     def is_symlink(self) -> bool:
         return self._kind == "l"
@@ -631,8 +630,12 @@ class RemoteDirEntry(os.PathLike):
         return False
 
     def _followed(self) -> list | None:
+        """The target's stat; a missing target is "not a dir, not a file", any other error is raised, as
+        ``os.DirEntry`` does."""
         if self._kind != "l":
             return self._lstat
+        if isinstance(self._target, int) and self._target != _errno.ENOENT:
+            raise OSError(self._target, os.strerror(self._target), self.path)
         return self._target if isinstance(self._target, list) else None
 
     def is_dir(self, *, follow_symlinks: bool = True) -> bool:
@@ -644,7 +647,10 @@ class RemoteDirEntry(os.PathLike):
         return st is not None and _stat.S_ISREG(st[0])
 
     def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
-        st = self._followed() if follow_symlinks else self._lstat
+        try:
+            st = self._followed() if follow_symlinks else self._lstat
+        except OSError:
+            st = None
         if st is None:
             code = self._target if isinstance(self._target, int) else _errno.ENOENT
             raise OSError(code, os.strerror(code), self.path)
@@ -681,8 +687,8 @@ class _ScandirIterator:
 def _scan(rpath: str, shown: Any, directory: Any, fd_based: bool) -> _ScandirIterator:
     listing = _call("scandir", shown, path=rpath)
     as_bytes = isinstance(directory, bytes)
-    return _ScandirIterator([RemoteDirEntry(directory, name, kind, lst, target, as_bytes, fd_based)
-                             for name, kind, lst, target in listing])
+    return _ScandirIterator([RemoteDirEntry(directory, name, kind, lst, target, ino, as_bytes, fd_based)
+                             for name, kind, lst, target, ino in listing])
 
 
 def make_scandir(orig: Callable) -> Callable:

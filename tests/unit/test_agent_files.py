@@ -182,6 +182,7 @@ def test_fs_over_the_protocol(tmp_path, python):
         assert isinstance(bad, p.ErrorReply) and bad.errno == "EINVAL"
         listing = agent.request("fs", {"fn": "scandir", "path": str(tmp_path)})
         assert [e[0] for e in listing.result] == ["f.txt"] and listing.result[0][1] == "f"
+        assert listing.result[0][4] == os.stat(tmp_path / "f.txt").st_ino
     finally:
         agent.close_stdin()
         agent.wait_exit()
