@@ -14,6 +14,46 @@ from tests.sandbox.cluster import Cluster
 
 from .conftest import MIRROR_PY, PROBE, ROOT
 
+UDP_ECHO = """
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: udp-echo
+  namespace: staging
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: udp-echo}
+  template:
+    metadata:
+      labels: {app: udp-echo}
+    spec:
+      containers:
+        - name: echo
+          image: python:3.12-slim
+          command:
+            - python3
+            - -c
+            - |
+              import socket
+              s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+              s.bind(("0.0.0.0", 9999))
+              while True:
+                  d, a = s.recvfrom(65536)
+                  s.sendto(b"echo:" + d, a)
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: udp-echo
+  namespace: staging
+spec:
+  selector: {app: udp-echo}
+  ports:
+    - {name: udp, port: 9999, targetPort: 9999, protocol: UDP}
+"""
+MANIFEST_TEXT = (ROOT / "examples" / "k8s" / "sandbox.yaml").read_text() + UDP_ECHO
 MANIFEST = ROOT / "examples" / "k8s" / "sandbox.yaml"
 
 APP = (
@@ -28,6 +68,8 @@ APP = (
     "import urllib.request\n"
     "out['api'] = urllib.request.urlopen('http://api:8000/app.yaml', timeout=10).read().decode().splitlines()[0]\n"
     "out['loopback'] = urllib.request.urlopen('http://127.0.0.1:8000/app.yaml', timeout=10).status\n"
+    "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(10)\n"
+    "u.sendto(b'ping', ('udp-echo', 9999)); out['udp'] = u.recvfrom(100)[0].decode()\n"
     "print(json.dumps(out))\n"
 )
 
@@ -43,7 +85,7 @@ def _run(cluster: Cluster, *args: str, app: str = APP, env: dict | None = None, 
 def cluster():
     if os.geteuid() != 0:
         pytest.fail("the sandbox cluster builds namespaces and must run as root")
-    with Cluster.start(MANIFEST) as c:
+    with Cluster.start(MANIFEST_TEXT) as c:
         yield c
 
 
@@ -59,6 +101,7 @@ def _check_app(out: subprocess.CompletedProcess, cluster: Cluster) -> dict:
     assert result["redis"] == "+PONG"
     assert result["api"] == "greeting: hello from staging"
     assert result["loopback"] == 200
+    assert result["udp"] == "echo:ping"
     return result
 
 
@@ -76,7 +119,7 @@ def test_service_and_pod_targets_with_the_context_namespace(cluster):
 
 
 def test_v4_only_api_server():
-    with Cluster.start(MANIFEST, v4_only=True) as old:
+    with Cluster.start(MANIFEST_TEXT, v4_only=True) as old:
         out = _run(old, "exec", "-v", "--target", "deploy/api")
         _check_app(out, old)
         assert "exec stream open (v4.channel.k8s.io)" in out.stderr
