@@ -12,6 +12,7 @@ import pytest
 
 from tests.sandbox.cluster import Cluster
 
+from .backends import Backend, SandboxBackend, k3s_cluster, real_cluster
 from .conftest import MIRROR_PY, PROBE, ROOT
 
 UDP_ECHO = """
@@ -61,8 +62,8 @@ APP = (
     "out = {'hostname': socket.gethostname(), 'env': {k: os.environ.get(k) for k in "
     "('APP_ENV', 'SECRET_API_TOKEN', 'POD_NAME', 'ISTIO_META_APP_CONTAINERS')}}\n"
     "out['short'] = sorted({i[4][0] for i in socket.getaddrinfo('redis', 6379, socket.AF_INET)})\n"
-    "out['fqdn'] = sorted({i[4][0] for i in socket.getaddrinfo('redis.staging.svc.cluster.local', 6379, "
-    "socket.AF_INET)})\n"
+    "out['fqdn'] = sorted({i[4][0] for i in socket.getaddrinfo('redis.' + os.environ['E2E_NS'] + "
+    "'.svc.cluster.local', 6379, socket.AF_INET)})\n"
     "s = socket.create_connection(('redis', 6379), timeout=10); s.sendall(b'PING\\r\\n')\n"
     "out['redis'] = s.recv(100).decode().strip(); s.close()\n"
     "import urllib.request\n"
@@ -74,8 +75,9 @@ APP = (
 )
 
 
-def _run(cluster: Cluster, *args: str, app: str = APP, env: dict | None = None, timeout: float = 120):
-    full = dict(os.environ, PYTHONPATH=str(ROOT), KUBECONFIG=cluster.kubeconfig)
+def _run(cluster: Cluster | Backend, *args: str, app: str = APP, env: dict | None = None, timeout: float = 120):
+    ns = getattr(cluster, "namespace", "staging") if isinstance(cluster, Backend) else "staging"
+    full = dict(os.environ, PYTHONPATH=str(ROOT), KUBECONFIG=cluster.kubeconfig, E2E_NS=ns)
     full.update(env or {})
     return subprocess.run([*MIRROR_PY, *args, "--", sys.executable, "-c", app], capture_output=True, text=True,
                           timeout=timeout, env=full, cwd=str(ROOT))
@@ -89,11 +91,12 @@ def cluster():
         yield c
 
 
-def _check_app(out: subprocess.CompletedProcess, cluster: Cluster) -> dict:
+def _check_app(out: subprocess.CompletedProcess, cluster: Cluster | Backend) -> dict:
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    pod = cluster.pod_names("staging", "api-")[0]
-    redis_ip = cluster.pod(cluster.pod_names("staging", "redis-")[0], "staging").ip
+    backend = cluster if isinstance(cluster, Backend) else SandboxBackend(cluster)
+    pod = backend.pod_names("api-")[0]
+    redis_ip = backend.pod_ip(backend.pod_names("redis-")[0])
     assert result["hostname"] == pod
     assert result["env"] == {"APP_ENV": "staging", "SECRET_API_TOKEN": "tok-1234567890", "POD_NAME": pod,
                              "ISTIO_META_APP_CONTAINERS": None}  # the app container, not the sidecar
@@ -134,6 +137,25 @@ def test_probe_parity_through_the_exec_channel(cluster):
     native = json.loads(cluster.pod(pod, "staging").exec_output([sys.executable, PROBE, "names", "127.0.0.1"])
                         .strip().splitlines()[-1])
     assert through == native
+
+
+@pytest.fixture(scope="module", params=["sandbox", "real", "k3s"])
+def backend(request, cluster):
+    """The scenarios below run on every backend there is; a missing one is skipped with the reason."""
+    if request.param == "sandbox":
+        yield SandboxBackend(cluster)
+        return
+    opener = real_cluster if request.param == "real" else k3s_cluster
+    with opener(MANIFEST_TEXT) as found:
+        if isinstance(found, str):
+            pytest.skip(found)
+        yield found
+
+
+@pytest.mark.parametrize("mode", ["exec", "ephemeral", "job"])
+def test_core_scenarios_on_every_backend(backend, mode):
+    out = _run(backend, "exec", "--target", "deploy/api", "--agent-mode", mode)
+    _check_app(out, backend)
 
 
 # ---------------------------------------------------------------------------------------------- errors
