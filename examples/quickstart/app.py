@@ -1,7 +1,6 @@
-"""A small service-like script: configuration from the environment, an internal API by a name only the pod
-knows, and Redis on the pod's own loopback. Run it with and without mirror-py to see the difference."""
+"""A small service-like script: configuration from the environment, Redis and an internal API by their
+Service names. Run it with and without mirror-py to see the difference."""
 
-import json
 import os
 import socket
 import urllib.request
@@ -9,20 +8,20 @@ import urllib.request
 
 def main() -> None:
     print(f"hostname      {socket.gethostname()}")
-    print(f"DATABASE_URL  {os.environ.get('DATABASE_URL', '(not set)')}")
+    print(f"APP_ENV       {os.environ.get('APP_ENV', '(not set)')}")
+    secret = os.environ.get("DATABASE_PASSWORD")
+    print(f"DB password   {'set (' + str(len(secret)) + ' characters)' if secret else '(not set)'}")
     try:
-        body = json.loads(urllib.request.urlopen("http://api.pod.internal:8081/hello", timeout=5).read())
-        print(f"internal API  answered by pod {body['pod']!r} "
-              f"({body['server']} server, saw client {body['client'][0]})")
-    except OSError as exc:
-        print(f"internal API  unreachable: {exc}")
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=5) as redis:
-            redis.sendall(b"GET pod:name\r\n")
-            reply = redis.recv(100).split(b"\r\n")
-            print(f"redis         pod:name = {reply[1].decode() if len(reply) > 1 else reply}")
+        with socket.create_connection(("redis", 6379), timeout=5) as redis:
+            redis.sendall(b"PING\r\n")
+            print(f"redis         {redis.recv(100).decode().strip()} from {redis.getpeername()[0]}")
     except OSError as exc:
         print(f"redis         unreachable: {exc}")
+    try:
+        first = urllib.request.urlopen("http://api:8000/app.yaml", timeout=5).read().decode().splitlines()[0]
+        print(f"api service   {first}")
+    except OSError as exc:
+        print(f"api service   unreachable: {exc}")
 
 
 if __name__ == "__main__":
