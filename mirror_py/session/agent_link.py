@@ -133,8 +133,7 @@ class AgentLink:
             if code == 127 or (missing and "python" in text.lower()):
                 return (
                     f"the target {self.description} has no {self.channel.python!r} to run the agent"
-                    f" (exit code {code}); point agent.python (--agent-python) at an interpreter that exists"
-                    " in the target, or use an agent mode that brings its own"
+                    f" (exit code {code}); {self.channel.no_python_hint}"
                 )
             return f"the agent for {self.description} exited during start-up (exit code {code}){said}"
         return f"the agent for {self.description} exited (exit code {code}){said}"

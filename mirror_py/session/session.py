@@ -111,7 +111,7 @@ class Session:
                 await self._start_placed()
                 return
             except MirrorError as exc:
-                if mode == "exec" or "to run the agent" not in str(exc):
+                if mode == "exec" or "has no" not in str(exc) or "to run the agent" not in str(exc):
                     raise
                 progress.info("the target container has no %s: using an ephemeral agent container instead",
                               agent.python)

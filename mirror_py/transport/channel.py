@@ -28,6 +28,8 @@ class Channel(abc.ABC):
     description: str = ""
     #: the interpreter that runs the agent, for the "no python3" message
     python: str = "python3"
+    #: what to do when the target has no such interpreter
+    no_python_hint: str = "point agent.python (--agent-python) at an interpreter that exists in the target"
 
     @abc.abstractmethod
     async def open(self, listener: ChannelListener) -> None:

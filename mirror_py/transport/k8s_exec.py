@@ -105,6 +105,9 @@ def describe_rejection(status_code: int, body: bytes, namespace: str, pod: str) 
 
 
 class ExecChannel(Channel):
+    no_python_hint = ("use --agent-mode ephemeral (its image brings python3), or point --agent-python at the "
+                      "container's interpreter")
+
     def __init__(self, configuration: Any, namespace: str, pod: str, container: str | None, command: list[str],
                  description: str, python: str = "python3", open_timeout: float = 30.0) -> None:
         self.cfg = configuration

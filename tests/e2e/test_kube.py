@@ -168,6 +168,10 @@ def _assert_error(out: subprocess.CompletedProcess, *fragments: str) -> None:
         assert fragment in line, line
 
 
+def test_client_certificate_authentication(cluster):
+    _check_app(_run(cluster, "exec", "--target", "deploy/api", "--context", "sandbox-cert"), cluster)
+
+
 def test_unknown_context(cluster):
     _assert_error(_run(cluster, "exec", "--target", "deploy/api", "--context", "nope"),
                   "context 'nope' is not in kubeconfig", "sandbox")
@@ -202,7 +206,7 @@ def test_target_without_python(cluster):
     cluster.set_no_python(pod, "app", True, "staging")
     try:
         _assert_error(_run(cluster, "exec", "--target", "deploy/api", "--agent-mode", "exec"), "has no 'python3'",
-                      "agent mode that brings its own")
+                      "use --agent-mode ephemeral")
     finally:
         cluster.set_no_python(pod, "app", False, "staging")
 
