@@ -742,7 +742,10 @@ class Network:
             else:
                 raise RuntimeError(f"no free subnet for a sandbox network among {candidates}")
             self.gateway = str(self.subnet.network_address + 1)
-            _ip("link", "add", "name", self.bridge, "type", "bridge")
+            # A fixed MAC: otherwise the bridge takes the lowest MAC of its ports and changes it as veths
+            # join, and pods that cached the gateway's old MAC are cut off until their ARP entry expires.
+            mac = "02:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(5))
+            _ip("link", "add", "name", self.bridge, "address", mac, "type", "bridge")
             _ip("addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
             _ip("link", "set", self.bridge, "up")
         # Pods reach the host (and each other) through the bridge; forwarding matters once traffic is
