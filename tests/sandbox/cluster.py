@@ -733,6 +733,7 @@ class Cluster:
         errors: list[BaseException] = []
         for step in (
             lambda: self.apiserver and self.apiserver.stop(),
+            lambda: self._pool.shutdown(wait=True, cancel_futures=True),  # no pod starts behind our back
             self._close_runtimes,
             lambda: self.dns and self.dns.close(),
             lambda: self.cgroups and self.cgroups.close(),
@@ -742,7 +743,6 @@ class Cluster:
                 step()
             except BaseException as exc:  # keep cleaning, report the first error
                 errors.append(exc)
-        self._pool.shutdown(wait=True, cancel_futures=True)
         if self._kubeconfig_arg is not None and self.kubeconfig:
             with contextlib.suppress(OSError):
                 Path(self.kubeconfig).unlink()
@@ -1180,7 +1180,7 @@ class Cluster:
         with self._lock:
             rt = self.runtimes.get((ns, name))
         obj = self.store.get("pods", ns, name)
-        if rt is None or obj is None or rt.deleting:
+        if rt is None or obj is None or rt.deleting or self._closed:
             return False
         try:
             self._make_sandbox(rt, obj)
@@ -1370,9 +1370,36 @@ class Cluster:
         if rt is not None:
             with contextlib.suppress(Exception):
                 self._stop_runtime(rt, grace=grace)
-        self.store.delete("pods", ns, name)
+        gone = self.store.delete("pods", ns, name)
         self._refresh_dns()
+        if gone is not None and not self._closed:
+            self._replace(gone)
         self._sync_owners()
+
+    def _replace(self, gone: dict[str, Any]) -> None:
+        """What the ReplicaSet/StatefulSet/DaemonSet controllers do when one of their pods is deleted: a new
+        pod (a new name, except for a StatefulSet) — so tests can check that clients follow the new one."""
+        ns = gone["metadata"]["namespace"]
+        for ref in gone["metadata"].get("ownerReferences") or []:
+            if not ref.get("controller") or ref.get("kind") not in ("ReplicaSet", "StatefulSet", "DaemonSet"):
+                continue
+            resource = {"ReplicaSet": "replicasets", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
+            owner = self.store.get(resource[ref["kind"]], ns, ref["name"])
+            if owner is None or owner["metadata"]["uid"] != ref.get("uid"):
+                continue
+            template = owner["spec"]["template"]
+            labels = gone["metadata"].get("labels") or {}
+            if ref["kind"] == "StatefulSet":
+                name = gone["metadata"]["name"]
+                extra = {k: v for k, v in labels.items() if k not in (template.get("metadata") or {}).get("labels", {})}
+                spec = gone["spec"]
+                key = self._pod_from_template(owner, template, name, extra, spec.get("hostname"), spec.get("subdomain"))
+            elif ref["kind"] == "ReplicaSet":
+                key = self._pod_from_template(owner, template, f"{ref['name']}-{random_suffix()}")
+            else:
+                extra = {k: labels[k] for k in ("controller-revision-hash", "pod-template-generation") if k in labels}
+                key = self._pod_from_template(owner, template, f"{ref['name']}-{random_suffix()}", extra)
+            self._pool.submit(self._start_pod, *key)
 
     def delete_job(self, ns: str, name: str, propagation: str | None) -> dict[str, Any]:
         """Delete a Job; its pods go too only with Background/Foreground propagation (batch/v1 orphans them

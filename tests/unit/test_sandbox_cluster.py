@@ -9,6 +9,7 @@ processes behind the API.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -504,7 +505,8 @@ def test_cluster_dns_from_inside_a_pod(cluster: Cluster) -> None:
     )
     lines = pod.exec_output([sys.executable, "-c", code]).split()
     db1 = cluster.store.get("pods", "staging", "db-1")["status"]["podIP"]
-    assert lines[:4] == [redis_ip, redis_ip, redis_ip, db1]
+    diagnostics = f"{lines} {cluster.dns.records} {cluster.dns.log_file.read_text()[-2000:]}"
+    assert lines[:4] == [redis_ip, redis_ip, redis_ip, db1], diagnostics
     assert lines[4] == f"gaierror:{socket.EAI_NONAME}", "unknown names are NXDOMAIN, not a timeout"
     assert lines[5] == cluster.network.gateway
     svc = k8s.CoreV1Api(k8s.ApiClient(cluster.configuration())).read_namespaced_service("redis", "staging")
@@ -584,3 +586,178 @@ def test_up_command_cleans_up_on_sigint_and_after_sigkill(tmp_path: Path) -> Non
     assert _our_leftovers(before_names), "a SIGKILLed run leaves its namespaces behind"
     subprocess.run([sys.executable, "-m", "tests.sandbox", "cleanup"], cwd=ROOT, check=True, capture_output=True)
     assert not _our_leftovers(before_names) and _dnsmasq_pids() == before_dns and not kubeconfig.exists()
+
+
+# ------------------------------------------------------------------------------------------ more protocol
+
+
+def _raw_upgrade(cluster: Cluster, url: str, protocol: str) -> ssl.SSLSocket:
+    """A hand-made websocket upgrade, to send frames no well-behaved client library would."""
+    path = url.split(f"127.0.0.1:{cluster.apiserver.port}", 1)[1]
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"Sec-WebSocket-Protocol: {protocol}\r\nAuthorization: Bearer {cluster.tokens['admin']}\r\n\r\n"
+    )
+    raw = socket.create_connection(("127.0.0.1", cluster.apiserver.port), timeout=10)
+    tls = ssl_context(cluster).wrap_socket(raw, server_hostname="127.0.0.1")
+    tls.sendall(request.encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += tls.recv(1)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert f"sec-websocket-protocol: {protocol}".encode() in head.lower()
+    return tls
+
+
+def _read_frame(tls: ssl.SSLSocket) -> tuple[int, bytes]:
+    def exact(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = tls.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    b0, b1 = exact(2)
+    length = b1 & 0x7F
+    if length == 126:
+        length = int.from_bytes(exact(2), "big")
+    elif length == 127:
+        length = int.from_bytes(exact(8), "big")
+    assert not b1 & 0x80, "server frames are never masked"
+    return b0 & 0x0F, exact(length)
+
+
+def _masked(payload: bytes, opcode: int = 2) -> bytes:
+    mask = os.urandom(4)
+    assert len(payload) < 126
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def _close_code(tls: ssl.SSLSocket) -> int:
+    while True:
+        opcode, payload = _read_frame(tls)
+        if opcode == 0x8:
+            return int.from_bytes(payload[:2], "big")
+
+
+def test_protocol_violations_tear_the_connection_down(cluster: Cluster) -> None:
+    url = ws_url(cluster, api_pod(cluster), ["cat"], container="app", stdin=True)
+    with _raw_upgrade(cluster, url, V5) as tls:
+        assert _read_frame(tls) == (0x2, b"\x01")
+        tls.sendall(bytes([0x82, 3]) + b"\x00hi")  # unmasked client frame
+        assert _close_code(tls) == 1002
+    with _raw_upgrade(cluster, url, V5) as tls:
+        assert _read_frame(tls) == (0x2, b"\x01")
+        tls.sendall(_masked(b"\xff\x00\x00"))  # CLOSE with a wrong length
+        assert _close_code(tls) == 1002
+    with _raw_upgrade(cluster, url, V5) as tls:
+        assert _read_frame(tls) == (0x2, b"\x01")
+        tls.sendall(_masked(b"", opcode=0x9))  # the server answers pings with pongs
+        assert _read_frame(tls) == (0xA, b"")
+        tls.sendall(_masked(b"\x07junk") + _masked(b"") + _masked(b"\x00data") + _masked(b"\xff\x00"))
+        tls.sendall(_masked(b"\x00after-close"))  # dropped: stdin is closed
+        frames = []
+        while True:
+            opcode, payload = _read_frame(tls)
+            if opcode == 0x8:
+                break
+            frames.append(payload)
+    assert b"".join(f[1:] for f in frames if f[:1] == b"\x01") == b"data"
+    assert frames[-1] == b'\x03{"metadata":{},"status":"Success"}'
+
+
+def test_v4_has_no_half_close(cluster: Cluster) -> None:
+    url = ws_url(cluster, api_pod(cluster), ["sh", "-c", "head -c 4; echo done"], container="app", stdin=True)
+    with ws_connect(cluster, url, [V4]) as conn:
+        conn.send(b"\xff\x00")  # channel 255 means nothing on v4: ignored
+        conn.send(b"\x00abcd")
+        out, _, status, _ = collect(conn)
+    assert out == b"abcddone\n" and status == {"metadata": {}, "status": "Success"}
+
+
+def test_exec_tty_with_resize(cluster: Cluster) -> None:
+    url = ws_url(cluster, api_pod(cluster), ["sh", "-c", "read x; stty size; echo got $x"], container="app",
+                 stdin=True, tty=True, stderr=False)  # fmt: skip
+    with ws_connect(cluster, url, [V5]) as conn:
+        conn.send(b"\x04" + json.dumps({"Width": 100, "Height": 40}).encode())
+        conn.send(b"\x00hi\n")
+        out, err, status, _ = collect(conn)
+    assert b"40 100" in out and b"got hi" in out and err == b""
+    assert status == {"metadata": {}, "status": "Success"}
+
+
+def test_logs_and_controllers_replace_deleted_pods(cluster: Cluster, core: Any) -> None:
+    pod = api_pod(cluster)
+    ip = core.read_namespaced_pod(pod, "staging").status.pod_ip
+    with socket.create_connection((ip, 8000), timeout=5) as conn:
+        conn.sendall(b"GET /app.yaml HTTP/1.0\r\n\r\n")
+        assert b"hello from staging" in conn.makefile("rb").read()
+    deadline = time.monotonic() + 5
+    while "GET /app.yaml" not in core.read_namespaced_pod_log(pod, "staging", container="app"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    old = core.read_namespaced_pod("db-0", "staging")
+    core.delete_namespaced_pod("db-0", "staging")
+    deadline = time.monotonic() + 15
+    while True:
+        with contextlib.suppress(k8s.ApiException):
+            new = core.read_namespaced_pod("db-0", "staging")
+            if new.metadata.uid != old.metadata.uid and new.status.phase == "Running":
+                break
+        assert time.monotonic() < deadline, "the StatefulSet did not recreate db-0"
+        time.sleep(0.05)
+    assert new.metadata.labels["statefulset.kubernetes.io/pod-name"] == "db-0"
+
+
+def test_server_prefix_is_kept(tmp_path: Path) -> None:
+    manifest = "apiVersion: v1\nkind: Pod\nmetadata: {name: solo}\nspec: {containers: [{name: c, image: busybox}]}\n"
+    with Cluster.start(manifest, tmp_path / "kc", server_prefix="/k8s/clusters/c-42") as c:
+        assert c.base_url.endswith("/k8s/clusters/c-42") and c.namespace == "default"
+        api = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=c.kubeconfig))
+        assert [p.metadata.name for p in api.list_namespaced_pod("default").items] == ["solo"]
+        with ws_connect(c, ws_url(c, "solo", ["echo", "prefixed"], ns="default"), [V5]) as conn:
+            assert collect(conn)[0] == b"prefixed\n"
+        assert {call.path for call in c.calls} >= {"/k8s/clusters/c-42/api/v1/namespaces/default/pods"}
+
+
+# ------------------------------------------------------------------------------------------ manifests
+
+
+def test_manifest_validation_and_selectors() -> None:
+    from tests.sandbox.manifest import (
+        ApiError,
+        ManifestError,
+        load_manifest,
+        parse_field_selector,
+        parse_label_selector,
+        strategic_merge,
+    )
+
+    objs = load_manifest(EXAMPLE)
+    assert [o["kind"] for o in objs][:4] == ["Namespace", "ConfigMap", "Secret", "Service"]
+    bad = {
+        "apiVersion: v1\nkind: Deployment\nmetadata: {name: x}\n": "apiVersion",
+        "apiVersion: v1\nkind: Widget\nmetadata: {name: x}\n": "unsupported kind",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  selector: {matchLabels: {a: b}}\n"
+        "  template: {metadata: {labels: {a: c}}, spec: {containers: [{name: c}]}}\n": "do not match",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: c, env: [{name: N, value: 1}]}]}\n":
+        "quote it",
+    }  # fmt: skip
+    for text, message in bad.items():
+        with pytest.raises(ManifestError, match=message):
+            load_manifest(text)
+    match = parse_label_selector("app in (a, b),tier!=front,!canary,env")
+    assert match({"app": "a", "env": "x"}) and not match({"app": "a"}) and not match({"app": "c", "env": "x"})
+    assert not match({"app": "b", "env": "x", "canary": ""}) and not match({"app": "b", "env": "x", "tier": "front"})
+    assert parse_field_selector("pods", "status.phase!=Failed")({"metadata": {}, "status": {"phase": "Running"}})
+    with pytest.raises(ApiError, match="field label not supported"):
+        parse_field_selector("pods", "spec.nope=1")
+    merged = strategic_merge(
+        {"spec": {"ephemeralContainers": [{"name": "a", "image": "x"}]}},
+        {"spec": {"ephemeralContainers": [{"name": "b", "image": "y"}]}},
+    )
+    assert [c["name"] for c in merged["spec"]["ephemeralContainers"]] == ["a", "b"]
