@@ -51,11 +51,16 @@ def _norm(path: str) -> str:
 
 
 class _Dirs:
-    """A set of directories matched by prefix at component boundaries (no regex on the hot path)."""
+    """A set of directories matched by prefix at component boundaries (no regex on the hot path).
+
+    ``ancestors`` (the parents of the directories, but not their other children) match too: the app
+    stats the parents of its own project and venv (``pathlib.Path.resolve``, ``os.makedirs``), and they are
+    the laptop's.
+    """
 
     __slots__ = ("exact", "prefixes")
 
-    def __init__(self, dirs: Any) -> None:
+    def __init__(self, dirs: Any, ancestors: Any = ()) -> None:
         clean = set()
         for d in dirs:
             if not d or not isinstance(d, str) or not d.startswith("/"):
@@ -63,7 +68,15 @@ class _Dirs:
             d = _norm(d)
             if d != "/":
                 clean.add(d)
-        self.exact = frozenset(clean)
+        exact = set(clean)
+        for d in ancestors:
+            if not d or not isinstance(d, str) or not d.startswith("/"):
+                continue
+            d = _norm(d)
+            while d.count("/") > 1:
+                d = d.rsplit("/", 1)[0]
+                exact.add(d)
+        self.exact = frozenset(exact)
         self.prefixes = tuple(sorted(d + "/" for d in clean))
 
     def __contains__(self, path: str) -> bool:
@@ -170,7 +183,7 @@ class FileRules:
             self._syspath = tuple(sys.path)
         if self.home:
             extra.append(self.home)
-        self.local_dirs = _Dirs(list(DEFAULT_LOCAL_DIRS) + extra)
+        self.local_dirs = _Dirs(list(DEFAULT_LOCAL_DIRS) + extra, ancestors=extra)
         self._cache: dict[str, tuple[int, int, str]] = {}
 
     # --------------------------------------------------------------------------------------- deciding

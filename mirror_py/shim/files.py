@@ -62,7 +62,12 @@ def reset() -> None:
     _rules.clear()
 
 
+_guard = _thread._local()
+
+
 def _decide(path: str, write: bool) -> tuple[int, str]:
+    if getattr(_guard, "local", False):
+        return LOCAL, path  # inside a local realpath: every component it looks at is local too
     r = _rules[0] if _rules else rules()
     entry = r.lookup(path)
     return (entry[1] if write else entry[0]), entry[2]
@@ -727,14 +732,22 @@ def make_readlink(orig: Callable) -> Callable:
 
 def make_realpath(orig: Callable) -> Callable:
     def realpath(filename, *args, **kwargs):
-        if _fast_local(filename, False):
-            return orig(filename, *args, **kwargs)
         text, shown = _text(filename)
         if text is None or not text.startswith("/"):
-            return orig(filename, *args, **kwargs)
+            _guard.local = True
+            try:
+                return orig(filename, *args, **kwargs)
+            finally:
+                _guard.local = False
         decision, rpath = _decide(text, False)
         if decision != REMOTE:
-            return orig(filename, *args, **kwargs)
+            # The original resolves one component at a time with os.lstat: keep its look-ups local too, or the
+            # parents of a local path (/work of /work/app) would be looked up in the target.
+            _guard.local = True
+            try:
+                return orig(filename, *args, **kwargs)
+            finally:
+                _guard.local = False
         strict = bool(kwargs.get("strict", args[0] if args else False))
         out = _call("realpath", shown, path=rpath, strict=strict)
         return os.fsencode(out) if isinstance(shown, bytes) else out

@@ -196,3 +196,10 @@ def test_local_files_work_and_no_session_is_needed_for_them(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=_shim_env(settings), capture_output=True, text=True,
                          cwd=str(tmp_path), timeout=60)
     assert out.stdout.split() == ["ok", "False"], out.stderr
+
+
+def test_parents_of_the_project_are_local_but_not_their_other_children():
+    r = rules(local_dirs=("/work/app/.venv",))
+    assert r.decide("/work") == LOCAL and r.decide("/work/app") == LOCAL
+    assert r.decide("/work/other") == REMOTE
+    assert r.decide("/") == REMOTE
