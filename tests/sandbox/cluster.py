@@ -783,7 +783,11 @@ class Cluster:
 
     @property
     def tokens(self) -> dict[str, str]:
-        return {name: user.token for name, user in self.users.items() if not name.startswith("system:")}
+        return {
+            name: user.token
+            for name, user in self.users.items()
+            if not name.startswith("system:") and name != "cert-admin"  # that one authenticates by certificate
+        }
 
     @property
     def contexts(self) -> dict[str, str]:
@@ -1546,6 +1550,13 @@ class Cluster:
                 else:
                     self._start_container(rt, c)
                     changed = True
+            elif c.state == "waiting" and c.reason == "CrashLoopBackOff" and now >= c.start_after:
+                self._start_container(rt, c)
+                if c.name in rt.probes:
+                    rt.probes[c.name] = (rt.probes[c.name][0], 0.0)
+                else:
+                    c.ready = c.state == "running"
+                changed = True
             if c.state == "running" and c.proc is not None and c.proc.poll() is not None:
                 code = c.proc.returncode
                 c.exit_code = 128 - code if code < 0 else code
@@ -1553,14 +1564,14 @@ class Cluster:
                 c.ready = False
                 restart = not c.ephemeral and (policy == "Always" or (policy == "OnFailure" and c.exit_code != 0))
                 if restart:
+                    # Restarted after a doubling back-off, as kubelet does (shorter: tests must not wait).
                     c.state = "terminated"
                     c.last_state = {"terminated": c.status()["state"]["terminated"]}
                     c.restart_count += 1
-                    self._start_container(rt, c)
-                    if c.name not in rt.probes:
-                        c.ready = True
-                    else:
-                        rt.probes[c.name] = (rt.probes[c.name][0], 0.0)
+                    delay = min(0.1 * 2 ** (c.restart_count - 1), 5.0)
+                    c.state, c.reason = "waiting", "CrashLoopBackOff"
+                    c.message = f"back-off {delay:g}s restarting failed container={c.name} pod={rt.name}"
+                    c.start_after = now + delay
                 else:
                     c.state = "terminated"
                 changed = True

@@ -761,3 +761,41 @@ def test_manifest_validation_and_selectors() -> None:
         {"spec": {"ephemeralContainers": [{"name": "b", "image": "y"}]}},
     )
     assert [c["name"] for c in merged["spec"]["ephemeralContainers"]] == ["a", "b"]
+
+
+def test_restarts_back_off_and_jobs_complete(cluster: Cluster, core: Any) -> None:
+    crasher = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "crasher"},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["sh", "-c", "exit 2"]}]},
+    }
+    core.create_namespaced_pod("staging", crasher)
+    batch = k8s.BatchV1Api(core.api_client)
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "once"},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+                 "containers": [{"name": "c", "image": "busybox", "command": ["sh", "-c", "echo done"]}]}}},
+    }  # fmt: skip
+    batch.create_namespaced_job("staging", job)
+    deadline = time.monotonic() + 15
+    while True:
+        statuses = core.read_namespaced_pod("crasher", "staging").status.container_statuses
+        status = statuses[0] if statuses else None  # none until the kubelet has seen the pod
+        done = batch.read_namespaced_job("once", "staging").status.succeeded
+        if status is not None and status.restart_count >= 2 and done == 1:
+            break
+        assert time.monotonic() < deadline, (status, done)
+        time.sleep(0.05)
+    assert status.last_state.terminated.exit_code == 2
+    pod = core.list_namespaced_pod("staging", label_selector="job-name=once").items[0]
+    assert pod.status.phase == "Succeeded"
+    assert core.read_namespaced_pod_log(pod.metadata.name, "staging") == "done\n"
+    core.delete_namespaced_pod("crasher", "staging", grace_period_seconds=0)
+    batch.delete_namespaced_job("once", "staging")  # default propagation for batch/v1: the pod is orphaned
+    time.sleep(0.2)
+    orphan = core.read_namespaced_pod(pod.metadata.name, "staging")
+    assert not orphan.metadata.owner_references
+    core.delete_namespaced_pod(pod.metadata.name, "staging", grace_period_seconds=0)
