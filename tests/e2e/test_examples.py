@@ -1,0 +1,34 @@
+"""The examples run as their READMEs say, against the sandbox cluster."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from .conftest import ROOT
+
+
+def _run(script: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script)], capture_output=True, text=True, timeout=300,
+                          cwd=str(ROOT))
+
+
+def test_service_example_uses_the_pods_config_redis_and_postgres():
+    out = _run("examples/service/run.py")
+    assert out.returncode == 0, out.stdout + out.stderr
+    answer = json.loads(out.stdout[out.stdout.index("{"):])
+    assert answer["greeting"] == "hello from staging"
+    assert answer["env"] == "staging"
+    assert answer["pod"].startswith("api-")
+    assert answer["visits"] >= 1
+    assert answer["database"].startswith("postgres 15")
+
+
+def test_quickstart():
+    out = _run("examples/quickstart/run.py")
+    assert out.returncode == 0, out.stdout + out.stderr
+    direct, mirrored = out.stdout.split("$ mirror-py exec", 1)
+    assert "APP_ENV       (not set)" in direct and "redis         unreachable" in direct
+    assert "APP_ENV       staging" in mirrored and "redis         +PONG" in mirrored
+    assert "api service   greeting: hello from staging" in mirrored
