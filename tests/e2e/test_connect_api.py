@@ -14,6 +14,11 @@ names = ("connect", "connect_ex", "getpeername", "getsockname", "sendto", "recvf
          "recvmsg", "_real_close")
 before_cls = {n: socket.socket.__dict__.get(n) for n in names}
 before_mod = {n: getattr(socket, n) for n in ("getaddrinfo", "gethostbyname", "gethostname")}
+import builtins, io, posixpath
+from mirror_py.shim.patches import FILE_SURFACE
+file_names = [(p.module, p.name) for p in FILE_SURFACE]
+before_files = {(m, n): getattr(sys.modules[m], n) for m, n in file_names}
+before_supports = (set(os.supports_fd), set(os.supports_dir_fd), set(os.supports_follow_symlinks))
 env_before = os.environ.get("POD_ONLY")
 with mirror_py.connect(sys.argv[1]) as session:
     inside = {
@@ -21,11 +26,16 @@ with mirror_py.connect(sys.argv[1]) as session:
         "env": os.environ.get("POD_ONLY"),
         "hostname": socket.gethostname(),
         "target": session.target,
+        "files_patched": builtins.open is not before_files[("builtins", "open")]
+        and os.stat is not before_files[("os", "stat")],
     }
 after = {
     "cls_restored": all(socket.socket.__dict__.get(n) is before_cls[n] for n in names),
     "inherited_again": socket.socket.connect is _socket.socket.connect,
     "mod_restored": all(getattr(socket, n) is f for n, f in before_mod.items()),
+    "files_restored": all(getattr(sys.modules[m], n) is f for (m, n), f in before_files.items())
+    and builtins.open is io.open
+    and (set(os.supports_fd), set(os.supports_dir_fd), set(os.supports_follow_symlinks)) == before_supports,
     "env": os.environ.get("POD_ONLY"),
     "env_was": env_before,
 }
@@ -50,9 +60,9 @@ def test_connect_interposes_then_restores_everything(pod):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["inside"] == {"server": "loopback", "env": "from-the-pod", "hostname": "api-7d9f",
-                                "target": f"pid/{pod.pid}"}
+                                "target": f"pid/{pod.pid}", "files_patched": True}
     assert result["after"] == {"cls_restored": True, "inherited_again": True, "mod_restored": True,
-                               "env": None, "env_was": None, "resolves_after": False}
+                               "files_restored": True, "env": None, "env_was": None, "resolves_after": False}
 
 
 def test_connect_to_a_missing_target_raises_a_clear_error():
