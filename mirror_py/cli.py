@@ -32,10 +32,28 @@ def _setup_logging(verbose: int) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
-    logging.getLogger("mirror_py.progress").setLevel(min(level, logging.INFO) if level < logging.ERROR else level)
+    progress = logging.getLogger("mirror_py.progress")
+    progress.setLevel(min(level, logging.INFO) if level < logging.ERROR else level)
+    if sys.stderr.isatty() and level >= logging.WARNING:
+        # On a terminal the start-up steps share one line that the next step overwrites; in logs and CI each is
+        # a plain line of its own.
+        progress.handlers[:] = [_TerminalProgress()]
+        progress.propagate = False
+
+
+class _TerminalProgress(logging.Handler):
+    FINAL = ("agent ready",)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = f"mirror-py: {record.getMessage()}"
+        end = "\n" if text.startswith(tuple(f"mirror-py: {f}" for f in self.FINAL)) else ""
+        sys.stderr.write(f"\r\033[K{text}{end}")
+        sys.stderr.flush()
 
 
 def _fail(message: str) -> NoReturn:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")  # end a progress line the error interrupts
     click.echo(f"mirror-py: error: {message}", err=True)
     sys.exit(1)
 
@@ -72,6 +90,8 @@ def _target_options(fn: Callable) -> Callable:
         click.option("--dns/--no-dns", default=None, envvar=FLAG_VARIABLES["dns"], help="resolve names in the target"),
         click.option("--env/--no-env", default=None, envvar=FLAG_VARIABLES["env"],
                      help="take the target's environment"),
+        click.option("--incoming", type=click.Choice(["mirror", "steal", "off"]), envvar=FLAG_VARIABLES["incoming"],
+                     help="traffic reaching the target on the ports the app listens on: a copy, all of it, or none"),
         click.option("-v", "--verbose", count=True, help="-v progress, -vv debug"),
     ]
     for option in reversed(options):
