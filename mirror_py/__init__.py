@@ -1,4 +1,8 @@
-"""mirror-py: run a local Python process in the context of a Kubernetes pod."""
+"""mirror-py: run a local Python process in the context of a Kubernetes pod.
+
+Interposed interpreters import this package before pytest starts, so pytest must not try to rewrite it:
+PYTEST_DONT_REWRITE
+"""
 
 __version__ = "0.1.0"
 

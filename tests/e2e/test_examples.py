@@ -32,3 +32,18 @@ def test_quickstart():
     assert "APP_ENV       (not set)" in direct and "redis         unreachable" in direct
     assert "APP_ENV       staging" in mirrored and "redis         +PONG" in mirrored
     assert "api service   greeting: hello from staging" in mirrored
+
+
+def test_pytest_suite_example_with_xdist():
+    out = subprocess.run([sys.executable, str(ROOT / "examples/pytest_suite/run.py"), "-n", "2"], capture_output=True,
+                         text=True, timeout=300, cwd=str(ROOT))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "4 passed" in out.stdout and "warning" not in out.stdout.lower()
+
+
+def test_notebook_example():
+    out = _run("examples/notebook/run.py")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "mirror-py: connected to pid/" in out.stdout
+    assert "loopback api from-the-pod api-7d9f" in out.stdout
+    assert "restored True True" in out.stdout
