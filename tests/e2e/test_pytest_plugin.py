@@ -62,3 +62,27 @@ def test_unreachable_target_stops_the_run_with_one_line(tmp_path):
     assert "mirror-py: no process with PID 999999999" in out.stderr
     assert "Traceback" not in out.stdout + out.stderr
     assert "passed" not in out.stdout and "error" not in out.stdout.lower()
+
+
+def test_unreachable_cluster_stops_the_run_with_one_line(tmp_path):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:1', insecure-skip-tls-verify: true}}]\n"
+        "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    env_backup = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(kubeconfig)
+    try:
+        out = _run_pytest(suite, "--mirror-target", "deploy/api")
+    finally:
+        if env_backup is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = env_backup
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert any("mirror-py:" in line and "cannot reach the Kubernetes API server" in line for line in lines), out.stderr
+    assert "Traceback" not in out.stdout + out.stderr and "passed" not in out.stdout
