@@ -12,6 +12,10 @@ Streams carry per-stream credit flow control: a side may send on a stream only a
 has granted. A receiver grants credit again once it has handed the bytes on, so a slow reader stalls its own
 stream only, and memory stays bounded by the windows.
 
+Stream ids: the session opens streams with odd ids (its requests name them); the agent opens streams with even
+ids for connections that reach the target (incoming traffic), announced by an ``accept`` control message. The
+two ranges never collide, so neither side has to ask the other for an id.
+
 This module is shared with the agent: standard library and cbor2 only, Python 3.9+.
 """
 
@@ -118,6 +122,18 @@ class Datagram(Event):
     host: str
     port: int
     data: bytes
+
+
+@dataclass
+class Accept(Event):
+    """The agent opened stream ``stream`` (an even id) for a connection that reached the target on a port the
+    session subscribed to (``sub``): ``peer`` is the client's address, ``local`` the address it connected to.
+    The stream is open from the moment this event is returned, so data right behind it is never dropped."""
+
+    stream: int
+    sub: int
+    peer: tuple
+    local: tuple
 
 
 @dataclass
@@ -266,6 +282,16 @@ class Connection:
 
     def forget_stream(self, sid: int) -> None:
         self._streams.pop(sid, None)
+
+    def send_accept(self, sid: int, sub: int, peer: tuple, local: tuple) -> None:
+        """Opens an agent-initiated stream for an incoming connection (agent side only; ``sid`` even)."""
+        if self.role != "agent":
+            raise ValueError("only the agent opens incoming streams")
+        if not _is_int(sid) or sid <= 0 or sid % 2 or sid >= 1 << 32:
+            raise ValueError(f"an incoming stream needs an even id in 2..2**32-2, not {sid!r}")
+        self.open_stream(sid)
+        self._control({"t": "accept", "sid": sid, "sub": sub, "peer": [peer[0], peer[1]],
+                       "local": [local[0], local[1]]})
 
     def send_datagram(self, sid: int, host: str, port: int, data: bytes) -> None:
         payload = encode_address(host, port) + data
@@ -458,6 +484,20 @@ class Connection:
             return
         events.append(closed)
 
+    def _on_accept(self, events: list[Event], msg: dict) -> None:
+        if self.role == "agent":
+            raise ValueError("only the agent opens incoming streams")
+        sid, sub = msg["sid"], msg["sub"]
+        if not _is_int(sid) or sid <= 0 or sid % 2 or sid >= 1 << 32:
+            raise ValueError("sid must be an even integer in 2..2**32-2")
+        if not _is_int(sub):
+            raise ValueError("sub must be an integer")
+        peer, local = _address_pair(msg["peer"]), _address_pair(msg["local"])
+        if sid in self._streams:
+            raise ValueError(f"stream {sid} is already open")
+        self.open_stream(sid)
+        events.append(Accept(sid, sub, peer, local))
+
     def _on_ping(self, events: list[Event], msg: dict) -> None:
         tok = msg.get("tok", 0)
         self._send_pong(tok if _is_int(tok) else 0)
@@ -485,6 +525,13 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _address_pair(value: object) -> tuple:
+    if (not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], str) or not _is_int(value[1])
+            or not 0 <= value[1] <= 65535):
+        raise ValueError("an address must be [host, port]")
+    return (value[0], value[1])
+
+
 def _request_id(msg: dict) -> int | None:
     rid = msg.get("id")
     return rid if _is_int(rid) and msg.get("t") == "req" else None
@@ -495,6 +542,7 @@ _CONTROL_HANDLERS = {
     "ok": Connection._on_ok,
     "err": Connection._on_err,
     "close": Connection._on_close,
+    "accept": Connection._on_accept,
     "ping": Connection._on_ping,
     "pong": Connection._on_pong,
     "hello": Connection._on_second_hello,

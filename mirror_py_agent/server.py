@@ -12,11 +12,11 @@ import socket
 import sys
 from typing import Any
 
-from . import dns, env, files, net, placement
+from . import dns, env, files, incoming, net, placement
 from . import protocol as p
 from .relay import Mux, errno_name
 
-CAPABILITIES = ["tcp", "udp", "dns", "env", "fs"]
+CAPABILITIES = ["tcp", "udp", "dns", "env", "fs", "incoming"]
 _F_SETPIPE_SZ = 1031
 
 
@@ -129,6 +129,10 @@ _HANDLERS = {
     "udp_open": net.open_udp,
     "noop": _ping,
     "place": _place,
+    "incoming_subscribe": incoming.subscribe,
+    "incoming_unsubscribe": incoming.unsubscribe,
+    "incoming_stats": incoming.stats,
+    "incoming_clean": incoming.clean,
 }
 
 
@@ -155,6 +159,7 @@ async def _serve(in_fd: int, out_fd: int) -> None:
     writer.agent = agent
     await loop.connect_read_pipe(lambda: _ChannelReader(agent), in_pipe)
     await agent.done
+    await incoming.close_all()  # before the streams end: stolen ports go back to the target first
     agent.mux.close_all()
     files.close_all()
     for task in list(agent.tasks):

@@ -1,0 +1,702 @@
+"""Incoming traffic: the connections that reach the target on a port the session subscribed to.
+
+Each connection becomes an agent-initiated stream (an even id, announced by an ``accept`` message) that the
+session connects to the local app's listener.
+
+- **mirror**: a copy taken by packet capture (:mod:`capture`); the pod's app keeps serving every request and
+  the stream only carries what the client sent. Whatever happens to the copy, the client is unaffected.
+- **steal**: iptables REDIRECTs the port to a listener of the agent (:mod:`iptables`). Without a filter each
+  connection is relayed whole. With an HTTP filter each request is routed on its own: matching requests to
+  the local app, the rest to the original destination (the pod's app), both over one client connection;
+  anything that is not HTTP/1.x goes to the original destination untouched.
+
+Standard library only, Python 3.9+.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import struct
+import time
+from typing import Any
+
+from . import capture, http1, iptables
+from .relay import Mux, StreamEndpoint, TcpRelay
+
+SO_ORIGINAL_DST = 80  # also IP6T_SO_ORIGINAL_DST
+READ = 256 * 1024
+FIRST_BYTES_TIMEOUT = 2.0  # a client silent this long on a filtered port is passed through (server-first protocols)
+MAX_MIRROR_BUFFER = 16 << 20  # bytes of one mirrored connection waiting for the channel before the copy is dropped
+EXPIRE_EVERY = 30.0
+
+_BAD_GATEWAY = (
+    b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 56\r\nConnection: close\r\n\r\n"
+    b"mirror-py: the local app did not accept the connection\n"
+)
+
+_by_mux: dict[int, Incoming] = {}
+
+
+def for_mux(mux: Mux) -> Incoming:
+    inc = _by_mux.get(id(mux))
+    if inc is None or inc.mux is not mux:
+        inc = _by_mux[id(mux)] = Incoming(mux)
+    return inc
+
+
+async def subscribe(args: dict, mux: Mux) -> dict:
+    return await for_mux(mux).subscribe(args)
+
+
+async def unsubscribe(args: dict, mux: Mux) -> dict:
+    return await for_mux(mux).unsubscribe(args)
+
+
+async def stats(args: dict, mux: Mux) -> dict:
+    return for_mux(mux).stats()
+
+
+async def clean(args: dict, mux: Mux) -> dict:
+    """Removes the rules of crashed sessions. The session asks once the agent is placed: the agent must stay
+    single-threaded until then (entering a mount namespace needs that), and this runs in a thread."""
+    removed = await asyncio.get_running_loop().run_in_executor(None, clean_stale_rules)
+    return {"removed": removed}
+
+
+async def close_all() -> None:
+    for inc in list(_by_mux.values()):
+        await inc.close()
+    _by_mux.clear()
+
+
+def clean_stale_rules() -> list[str]:
+    """Removes the rules of crashed sessions, when this agent is able to (best effort, at start-up)."""
+    if not iptables.has_capability(iptables.CAP_NET_ADMIN):
+        return []
+    try:
+        bins = iptables.binaries()
+        if not bins:
+            return []
+        with iptables.netns_lock():
+            return iptables.clean_stale(bins)
+    except (OSError, iptables.IptablesError):
+        return []
+
+
+class Incoming:
+    """The subscriptions of one agent (one session)."""
+
+    def __init__(self, mux: Mux) -> None:
+        self.mux = mux
+        self.subs: dict[int, Any] = {}
+        self.rules: iptables.Rules | None = None
+        self._next_sid = 2
+
+    def new_stream_id(self) -> int:
+        """The next free even stream id (the session's are odd)."""
+        while True:
+            sid = self._next_sid
+            self._next_sid = sid + 2 if sid + 2 < 1 << 32 else 2
+            if sid not in self.mux.streams and not self.mux.conn.is_open(sid):
+                return sid
+
+    async def subscribe(self, args: dict) -> dict:
+        sub, port, mode, spec = args["sub"], args["port"], args["mode"], args.get("filter")
+        if not isinstance(sub, int) or isinstance(sub, bool):
+            raise ValueError("sub must be an integer")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise ValueError("port must be an integer in 1..65535")
+        if sub in self.subs:
+            raise ValueError(f"subscription {sub} exists")
+        for other in self.subs.values():
+            if other.port == port:
+                raise OSError(errno.EADDRINUSE, f"port {port} is already subscribed by this session")
+        if mode == "mirror":
+            if not iptables.has_capability(iptables.CAP_NET_RAW):
+                raise PermissionError(errno.EPERM, "the agent has no CAP_NET_RAW, which mirroring needs (a packet "
+                                      "socket reads copies of the port's packets)")
+            handler: Any = MirrorPort(self, sub, port)
+            handler.start()
+        elif mode == "steal":
+            if not iptables.has_capability(iptables.CAP_NET_ADMIN):
+                raise PermissionError(errno.EPERM, "the agent has no CAP_NET_ADMIN, which stealing needs (iptables "
+                                      "rules in the target's network namespace)")
+            flt = http1.HttpFilter(spec) if spec else None
+            handler = StealPort(self, sub, port, flt)
+            await handler.start()
+        else:
+            raise ValueError(f"mode must be mirror or steal, not {mode!r}")
+        self.subs[sub] = handler
+        return {"sub": sub, "port": port, "mode": mode}
+
+    async def unsubscribe(self, args: dict) -> dict:
+        handler = self.subs.pop(args["sub"], None)
+        if handler is not None:
+            await handler.close()
+        return {}
+
+    def stats(self) -> dict:
+        out: dict = {"subs": {str(k): v.stats() for k, v in self.subs.items()}}
+        if self.rules is not None:
+            out["chain"] = self.rules.chain
+            out["stale_removed"] = list(self.rules.stale_removed)
+        return out
+
+    async def rules_for_steal(self) -> iptables.Rules:
+        if self.rules is None:
+            self.rules = await asyncio.get_running_loop().run_in_executor(None, iptables.Rules)
+        return self.rules
+
+    async def close(self) -> None:
+        for sub in list(self.subs):
+            handler = self.subs.pop(sub)
+            try:
+                await handler.close()
+            except Exception:
+                pass
+        if self.rules is not None:
+            rules, self.rules = self.rules, None
+            await asyncio.get_running_loop().run_in_executor(None, rules.close)
+
+
+# ------------------------------------------------------------------------------------------------ mirror
+class MirrorPort:
+    """Captures the client-to-server bytes of every new connection to ``port`` and streams each copy."""
+
+    def __init__(self, owner: Incoming, sub: int, port: int) -> None:
+        self.owner = owner
+        self.mux = owner.mux
+        self.sub = sub
+        self.port = port
+        self.reasm = capture.Reassembler()
+        self.streams: dict[tuple, CaptureStream] = {}
+        self.socks: list[socket.socket] = []
+        self.buf = bytearray(capture.SNAPLEN)
+        self.packets = 0
+        self.dropped = 0
+        self.truncated = 0
+        self.connections = 0
+        self.lost = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self.socks = capture.open_capture(self.port, skip_mark=iptables.MARK_BITS)
+        loop = asyncio.get_running_loop()
+        for sock in self.socks:
+            loop.add_reader(sock.fileno(), self._readable, sock)
+        self._timer = loop.call_later(EXPIRE_EVERY, self._expire)
+
+    def _readable(self, sock: socket.socket) -> None:
+        view = memoryview(self.buf)
+        now = time.monotonic()
+        try:
+            for _ in range(1024):  # then let the loop breathe
+                try:
+                    n, _ = sock.recvfrom_into(self.buf, 0, socket.MSG_TRUNC)
+                except (BlockingIOError, InterruptedError):
+                    break
+                self.packets += 1
+                if n > len(self.buf):
+                    self.truncated += 1  # the sequence gap it leaves ends that connection's copy
+                    continue
+                seg = capture.parse_packet(view[:n])
+                if seg is not None:
+                    for ev in self.reasm.feed(seg, now):
+                        self._event(ev)
+        except OSError:
+            pass
+        finally:
+            view.release()
+        self.mux.flush()
+
+    def _event(self, ev: Any) -> None:
+        if isinstance(ev, capture.Bytes):
+            stream = self.streams.get(ev.key)
+            if stream is not None:
+                stream.push(ev.data)
+        elif isinstance(ev, capture.Opened):
+            sid = self.owner.new_stream_id()
+            self.streams[ev.key] = CaptureStream(self, ev.key, sid)
+            self.mux.conn.send_accept(sid, self.sub, ev.peer, ev.local)
+            self.connections += 1
+        elif isinstance(ev, capture.Closed):
+            stream = self.streams.get(ev.key)
+            if stream is not None:
+                if ev.reset and ev.reason:
+                    self.lost += 1
+                stream.finish(ev.reset)
+
+    def _expire(self) -> None:
+        for ev in self.reasm.expire(time.monotonic()):
+            self._event(ev)
+        for sock in self.socks:
+            self.dropped += capture.dropped(sock)
+        self.mux.flush()
+        self._timer = asyncio.get_running_loop().call_later(EXPIRE_EVERY, self._expire)
+
+    def stats(self) -> dict:
+        for sock in self.socks:
+            self.dropped += capture.dropped(sock)
+        return {"mode": "mirror", "port": self.port, "packets": self.packets, "dropped": self.dropped,
+                "truncated": self.truncated, "connections": self.connections, "lost": self.lost,
+                "midstream": self.reasm.midstream, "open": len(self.streams)}
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            self._timer.cancel()
+        for sock in self.socks:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        self.socks = []
+        for stream in list(self.streams.values()):
+            stream.finish(False)  # what was copied so far reaches the app, then EOF
+        self.mux.flush()
+
+
+class CaptureStream(StreamEndpoint):
+    """One mirrored connection: captured bytes go out as the stream's credit allows; replies are dropped."""
+
+    def __init__(self, port: MirrorPort, key: tuple, sid: int) -> None:
+        self.port = port
+        self.mux = port.mux
+        self.key = key
+        self.sid = sid
+        self.buf = bytearray()
+        self.eof = False
+        self.eof_sent = False
+        self.got_eof = False
+        self.closed = False
+        self.mux.streams[sid] = self
+
+    def push(self, data: bytes) -> None:
+        if self.closed or self.eof:
+            return
+        self.buf += data
+        if len(self.buf) > MAX_MIRROR_BUFFER:
+            self.port.lost += 1
+            self._close("ENOBUFS", "the copy fell too far behind the target's traffic")
+            return
+        self._pump()
+
+    def finish(self, reset: bool) -> None:
+        if self.closed:
+            return
+        if reset:
+            self._close("ECONNRESET", "the client's connection was reset")
+            return
+        self.eof = True
+        self._pump()
+
+    def _pump(self) -> None:
+        if self.closed or self.mux.channel_paused:
+            return
+        conn = self.mux.conn
+        n = min(len(self.buf), conn.send_window(self.sid))
+        if n > 0:
+            conn.send_data(self.sid, bytes(self.buf[:n]))
+            del self.buf[:n]
+        if self.eof and not self.buf and not self.eof_sent:
+            self.eof_sent = True
+            conn.send_eof(self.sid)
+            self.port.streams.pop(self.key, None)
+            self.port.reasm.forget(self.key)
+            if self.got_eof:
+                self._forget()
+
+    def _close(self, errno_name: str, message: str) -> None:
+        self.closed = True
+        self.buf = bytearray()
+        self.mux.conn.send_close(self.sid, errno_name, message)
+        self._forget()
+
+    def _forget(self) -> None:
+        self.closed = True
+        self.mux.streams.pop(self.sid, None)
+        self.port.streams.pop(self.key, None)
+        self.port.reasm.forget(self.key)
+
+    # ---- channel side
+    def update_reading(self) -> None:
+        self._pump()
+
+    def on_credit(self) -> None:
+        self._pump()
+        self.mux.flush()
+
+    def on_channel_eof(self) -> None:
+        self.got_eof = True
+        if self.eof_sent:
+            self._forget()
+
+    def on_channel_close(self, errno: str | None) -> None:
+        self._forget()  # the app closed its copy: the rest of this connection is not copied
+
+
+# ------------------------------------------------------------------------------------------------- steal
+def original_destination(sock: socket.socket) -> tuple | None:
+    """Where the client connected before the REDIRECT (conntrack remembers it)."""
+    try:
+        if sock.family == socket.AF_INET:
+            raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+            return socket.inet_ntop(socket.AF_INET, raw[4:8]), struct.unpack_from("!H", raw, 2)[0]
+        raw = sock.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), struct.unpack_from("!H", raw, 2)[0]
+    except OSError:
+        return None
+
+
+class StealPort:
+    """The agent's listener(s) for one stolen port, and the REDIRECT that feeds them."""
+
+    def __init__(self, owner: Incoming, sub: int, port: int, flt: http1.HttpFilter | None) -> None:
+        self.owner = owner
+        self.mux = owner.mux
+        self.sub = sub
+        self.port = port
+        self.filter = flt
+        self.listeners: list[socket.socket] = []
+        self.tasks: set[asyncio.Future] = set()
+        self.connections = 0
+        self.to_local = 0
+        self.to_remote = 0
+        self.passthrough = 0
+        self.rules: iptables.Rules | None = None
+
+    async def start(self) -> None:
+        v4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        v4.bind(("0.0.0.0", 0))
+        v4.listen(1024)
+        self.listeners.append(v4)
+        v6_port = None
+        try:
+            v6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            v6.bind(("::", 0))
+            v6.listen(1024)
+            self.listeners.append(v6)
+            v6_port = v6.getsockname()[1]
+        except OSError:
+            pass
+        loop = asyncio.get_running_loop()
+        try:
+            self.rules = await self.owner.rules_for_steal()
+            await loop.run_in_executor(None, self.rules.add, self.port, v4.getsockname()[1], v6_port)
+        except BaseException:
+            for sock in self.listeners:
+                sock.close()
+            self.listeners = []
+            raise
+        for sock in self.listeners:
+            sock.setblocking(False)
+            loop.add_reader(sock.fileno(), self._acceptable, sock)
+
+    def _acceptable(self, listener: socket.socket) -> None:
+        for _ in range(64):
+            try:
+                sock, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            self.connections += 1
+            sock.setblocking(False)
+            orig = original_destination(sock) or (sock.getsockname()[0], self.port)
+            peer = (peer[0], peer[1])
+            if self.filter is None:
+                self._track(self._steal_whole(sock, peer, orig))
+            else:
+                self._track(Splitter(self, sock, peer, orig).run())
+
+    def _track(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def open_local(self, sock: socket.socket, peer: tuple, orig: tuple) -> TcpRelay:
+        """Streams ``sock`` to the session, which connects it to the local app."""
+        sid = self.owner.new_stream_id()
+        relay = TcpRelay(self.mux, sid)
+        self.mux.conn.send_accept(sid, self.sub, peer, orig)
+        self.mux.flush()
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(lambda: relay, sock)
+        except BaseException:
+            self.mux.streams.pop(sid, None)
+            self.mux.conn.send_close(sid, "ECONNRESET", "the stolen connection failed")
+            self.mux.flush()
+            sock.close()
+            raise
+        relay.start()
+        return relay
+
+    async def _steal_whole(self, sock: socket.socket, peer: tuple, orig: tuple) -> None:
+        self.to_local += 1
+        try:
+            await self.open_local(sock, peer, orig)
+        except OSError:
+            pass
+
+    async def open_remote(self, orig: tuple) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to the original destination that this agent's rules (and earlier ones) let through."""
+        family = socket.AF_INET6 if ":" in orig[0] else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            assert self.rules is not None
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.rules.forward_mark)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, orig)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except BaseException:
+            sock.close()
+            raise
+        return await asyncio.open_connection(sock=sock, limit=READ)
+
+    def stats(self) -> dict:
+        return {"mode": "steal", "port": self.port, "filtered": self.filter is not None,
+                "connections": self.connections, "to_local": self.to_local, "to_remote": self.to_remote,
+                "passthrough": self.passthrough, "chain": self.rules.chain if self.rules else ""}
+
+    async def close(self) -> None:
+        """New connections go to the pod's app again; those already stolen finish where they are."""
+        loop = asyncio.get_running_loop()
+        if self.rules is not None:
+            await loop.run_in_executor(None, self.rules.remove, self.port)
+        for sock in self.listeners:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        self.listeners = []
+
+
+class _Peer:
+    """One side of a split connection, with the bytes read but not yet used."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.buf = bytearray()
+        self.fresh = True
+
+    async def fill(self) -> bool:
+        data = await self.reader.read(READ)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def write(self, data: bytes) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(data)
+
+    async def drain(self) -> None:
+        if not self.writer.is_closing():
+            await self.writer.drain()
+
+    def close(self) -> None:
+        try:
+            self.writer.close()
+        except Exception:
+            pass
+
+
+class Splitter:
+    """Routes each HTTP/1.x request of one stolen connection to the local app or to the original destination."""
+
+    def __init__(self, port: StealPort, sock: socket.socket, peer: tuple, orig: tuple) -> None:
+        self.port = port
+        self.sock = sock
+        self.peer = peer
+        self.orig = orig
+        self.client: _Peer | None = None
+        self.upstreams: dict[bool, _Peer] = {}  # True: the local app, False: the original destination
+
+    async def run(self) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(sock=self.sock, limit=READ)
+            self.client = _Peer(reader, writer)
+            if await self._is_http():
+                await self._requests()
+            else:
+                self.port.passthrough += 1
+                up = await self._upstream(False)
+                if up is not None:
+                    await self._splice(up)
+        except (OSError, http1.HttpError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for up in self.upstreams.values():
+                up.close()
+            if self.client is not None:
+                self.client.close()
+            else:
+                self.sock.close()
+
+    async def _is_http(self) -> bool:
+        client = self.client
+        assert client is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FIRST_BYTES_TIMEOUT
+        while True:
+            verdict = http1.looks_like_http1(bytes(client.buf[: http1.MAX_LINE + 1]))
+            if verdict is not None:
+                return verdict
+            if client.buf:
+                more = await client.fill()
+            else:
+                try:
+                    more = await asyncio.wait_for(client.fill(), max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    return False
+            if not more:
+                return False
+
+    async def _upstream(self, local: bool) -> _Peer | None:
+        up = self.upstreams.get(local)
+        if up is not None and not up.reader.at_eof() and not up.writer.is_closing():
+            up.fresh = False
+            return up
+        if up is not None:
+            up.close()
+            del self.upstreams[local]
+        try:
+            if local:
+                a, b = socket.socketpair()
+                await self.port.open_local(a, self.peer, self.orig)
+                reader, writer = await asyncio.open_connection(sock=b, limit=READ)
+            else:
+                reader, writer = await self.port.open_remote(self.orig)
+        except OSError:
+            return None
+        up = self.upstreams[local] = _Peer(reader, writer)
+        return up
+
+    def _drop(self, local: bool) -> None:
+        up = self.upstreams.pop(local, None)
+        if up is not None:
+            up.close()
+
+    async def _read_head(self, peer: _Peer, parse: Any) -> Any:
+        while True:
+            got = parse(peer.buf)
+            if got is not None:
+                head, n = got
+                del peer.buf[:n]
+                return head
+            if not await peer.fill():
+                if peer.buf:
+                    raise http1.HttpError("the connection ended inside a head")
+                return None
+
+    async def _requests(self) -> None:
+        client = self.client
+        assert client is not None
+        assert self.port.filter is not None
+        while True:
+            head = await self._read_head(client, http1.parse_request_head)
+            if head is None:
+                return
+            local = self.port.filter.matches(head)
+            if local:
+                self.port.to_local += 1
+            else:
+                self.port.to_remote += 1
+            kind, length = head.body()
+            for attempt in (0, 1):
+                up = await self._upstream(local)
+                if up is None:
+                    client.write(_BAD_GATEWAY)
+                    await client.drain()
+                    return
+                up.write(head.raw)
+                framer = http1.BodyFramer(kind, length)
+                body = asyncio.ensure_future(self._forward_body(framer, up))
+                outcome = await self._response(head, up)
+                if outcome == "retry" and attempt == 0 and framer.done and not up.fresh:
+                    body.cancel()
+                    self._drop(local)  # a kept-alive upstream closed in between: try a new connection once
+                    continue
+                break
+            if outcome in ("close", "retry"):
+                body.cancel()
+                if outcome == "retry":
+                    client.write(_BAD_GATEWAY)
+                await client.drain()
+                return
+            await body
+            if outcome == "upgrade":
+                await self._splice(up)
+                return
+            if outcome == "drop":
+                self._drop(local)
+
+    async def _forward_body(self, framer: http1.BodyFramer, up: _Peer) -> None:
+        client = self.client
+        assert client is not None
+        while not framer.done:
+            if not client.buf and not await client.fill():
+                return  # the client stopped sending inside the body
+            n = framer.feed(client.buf)
+            if n:
+                up.write(bytes(client.buf[:n]))
+                del client.buf[:n]
+                try:
+                    await up.drain()
+                except OSError:
+                    pass
+
+    async def _response(self, head: http1.RequestHead, up: _Peer) -> str:
+        """Relays the response(s) to one request: ``keep``, ``drop`` (the upstream closes after it), ``close``
+        (the client connection ends), ``upgrade`` (raw bytes from now on) or ``retry`` (nothing came)."""
+        client = self.client
+        assert client is not None
+        sent = False
+        while True:
+            resp = await self._read_head(up, http1.parse_response_head)
+            if resp is None:
+                return "close" if sent else "retry"
+            client.write(resp.raw)
+            sent = True
+            if resp.status == 101:
+                await client.drain()
+                return "upgrade"
+            if 100 <= resp.status < 200:
+                await client.drain()
+                continue
+            kind, length = resp.body(head.method)
+            framer = http1.BodyFramer(kind, length)
+            while not framer.done:
+                if not up.buf and not await up.fill():
+                    return "close"  # until-close body, or a response cut short
+                n = framer.feed(up.buf)
+                client.write(bytes(up.buf[:n]))
+                del up.buf[:n]
+                await client.drain()
+            if head.method == "CONNECT" and 200 <= resp.status < 300:
+                return "upgrade"
+            if resp.closes:
+                return "close"
+            return "keep"
+
+    async def _splice(self, up: _Peer) -> None:
+        client = self.client
+        assert client is not None
+
+        async def pipe(src: _Peer, dst: _Peer) -> None:
+            try:
+                if src.buf:
+                    dst.write(bytes(src.buf))
+                    src.buf.clear()
+                while True:
+                    data = await src.reader.read(READ)
+                    if not data:
+                        break
+                    dst.write(data)
+                    await dst.drain()
+                if not dst.writer.is_closing() and dst.writer.can_write_eof():
+                    dst.writer.write_eof()
+            except OSError:
+                pass
+
+        await asyncio.gather(pipe(client, up), pipe(up, client))
