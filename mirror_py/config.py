@@ -56,6 +56,8 @@ __all__ = [
     "EnvConfig",
     "FilterConfig",
     "FsConfig",
+    "HttpFilterConfig",
+    "IncomingConfig",
     "NetworkConfig",
     "OutgoingConfig",
     "TargetConfig",
@@ -164,11 +166,6 @@ class DnsConfig(_Section):
     filter: FilterConfig | None = Field(None, description="Which names are resolved locally or remotely.")
 
 
-class NetworkConfig(_Section):
-    outgoing: OutgoingConfig = Field(default_factory=OutgoingConfig)
-    dns: DnsConfig = Field(default_factory=DnsConfig)
-
-
 def _check_regex(text: str) -> str:
     import re
 
@@ -180,6 +177,96 @@ def _check_regex(text: str) -> str:
 
 
 _Regex = Annotated[str, AfterValidator(_check_regex)]
+
+
+def _check_port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError("a port must be 1..65535")
+    return value
+
+
+_Port = Annotated[int, AfterValidator(_check_port)]
+
+
+def _check_mapping(pairs: list[Any]) -> list[list[int]]:
+    seen: set[int] = set()
+    for pair in pairs:
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                or not all(isinstance(p, int) and not isinstance(p, bool) for p in pair)):
+            raise ValueError(f"each entry must be [local, remote], two ports, not {_show(pair)}")
+        for port in pair:
+            _check_port(port)
+        if pair[0] in seen:
+            raise ValueError(f"local port {pair[0]} is mapped twice")
+        seen.add(pair[0])
+    return pairs
+
+
+class HttpFilterConfig(_Section):
+    """One HTTP request filter: every key given must match. The regexes are searched case-insensitively."""
+
+    header: _Regex | None = Field(
+        None, description='Regex searched in each "Name: value" header line of the request, e.g. "^x-user: me$".'
+    )
+    path: _Regex | None = Field(None, description="Regex searched in the request path (without the query).")
+    method: _Regex | None = Field(None, description='Regex searched in the request method, e.g. "^(GET|HEAD)$".')
+    all_of: list[HttpFilterConfig] | None = Field(None, description="Filters that must all match.")
+    any_of: list[HttpFilterConfig] | None = Field(None, description="Filters of which one must match.")
+
+    @model_validator(mode="after")
+    def _something_to_match(self) -> HttpFilterConfig:
+        if all(getattr(self, key) is None for key in ("header", "path", "method", "all_of", "any_of")):
+            raise ValueError("a filter needs at least one of header, path, method, all_of or any_of")
+        for key in ("all_of", "any_of"):
+            if getattr(self, key) == []:
+                raise ValueError(f"{key} must not be an empty list")
+        return self
+
+    def to_json(self) -> dict:
+        """The filter as the agent takes it."""
+        out: dict = {key: getattr(self, key) for key in ("header", "path", "method") if getattr(self, key)}
+        for key in ("all_of", "any_of"):
+            subs = getattr(self, key)
+            if subs is not None:
+                out[key] = [sub.to_json() for sub in subs]
+        return out
+
+
+class IncomingHttpFilterConfig(HttpFilterConfig):
+    """The HTTP filter of stolen ports, optionally limited to some of them."""
+
+    ports: list[_Port] | None = Field(
+        None, description="The target's ports the filter applies to; other stolen ports are stolen whole. "
+        "Default: every stolen port."
+    )
+
+
+class IncomingConfig(_Section):
+    """Traffic that reaches the target on the ports the app listens on."""
+
+    mode: Literal["mirror", "steal", "off"] = Field(
+        "mirror",
+        description='"mirror": the target keeps serving, the app gets a copy of each connection; "steal": the '
+        'connections (or the requests the http_filter matches) go to the app instead; "off": listening stays local.',
+    )
+    port_mapping: Annotated[list[Any], AfterValidator(_check_mapping)] = Field(
+        default_factory=list,
+        description="[[local, remote], ...]: the app listening on the local port gets the target's remote port.",
+        json_schema_extra={"items": {"type": "array", "minItems": 2, "maxItems": 2,
+                                     "items": {"type": "integer", "minimum": 1, "maximum": 65535}}},
+    )
+    ignore_ports: list[_Port] = Field(
+        default_factory=list, description="Local ports whose listeners stay purely local."
+    )
+    http_filter: IncomingHttpFilterConfig | None = Field(
+        None, description="steal: only matching HTTP requests go to the app, the others to the target's own app."
+    )
+
+
+class NetworkConfig(_Section):
+    outgoing: OutgoingConfig = Field(default_factory=OutgoingConfig)
+    dns: DnsConfig = Field(default_factory=DnsConfig)
+    incoming: IncomingConfig = Field(default_factory=IncomingConfig)
 
 
 class FsConfig(_Section):
@@ -273,6 +360,7 @@ FLAG_VARIABLES: dict[str, str] = {
     "dns": "MIRROR_PY_DNS",
     "env": "MIRROR_PY_ENV",
     "env_file": "MIRROR_PY_ENV_FILE",
+    "incoming": "MIRROR_PY_INCOMING",
 }
 
 #: click parameter name → the dotted key it overrides (``config`` names the file instead, so it is absent).
@@ -289,6 +377,7 @@ FLAG_KEYS: dict[str, str] = {
     "dns": "network.dns.enabled",
     "env": "env.enabled",
     "env_file": "env.env_file",
+    "incoming": "network.incoming.mode",
 }
 
 _KEY_FLAGS = {key: flag for flag, key in FLAG_KEYS.items()}
@@ -521,6 +610,19 @@ def _submodel(model: type[BaseModel] | None, name: str) -> type[BaseModel] | Non
     return None
 
 
+def _list_item_model(model: type[BaseModel] | None, name: str) -> type[BaseModel] | None:
+    """The section class of the items of a list-of-tables field (``http_filter.any_of``), for error messages."""
+    if model is None or name not in model.model_fields:
+        return None
+    annotation = model.model_fields[name].annotation
+    for candidate in get_args(annotation) if get_origin(annotation) in _UNION_TYPES else (annotation,):
+        if get_origin(candidate) is list:
+            (item,) = get_args(candidate) or (None,)
+            if isinstance(item, type) and issubclass(item, BaseModel):
+                return item
+    return None
+
+
 def _record_file_sources(
     data: Any, prefix: tuple[str, ...], model: type[BaseModel] | None, label: str, out: dict[str, str]
 ) -> None:
@@ -646,7 +748,7 @@ def _allowed_keys(loc: tuple[int | str, ...]) -> tuple[str, list[str]]:
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        model = _submodel(model, str(part))
+        model = _submodel(model, str(part)) or _list_item_model(model, str(part))
         section.append(str(part))
         if model is None:
             return ".".join(section), []
@@ -888,6 +990,11 @@ def shim_settings(cfg: Config) -> dict:
             "filter": outgoing.to_json(),
         },
         "dns": {"enabled": cfg.network.dns.enabled, "filter": dns.to_json()},
+        "incoming": {
+            "mode": cfg.network.incoming.mode,
+            "port_mapping": [list(pair) for pair in cfg.network.incoming.port_mapping],
+            "ignore_ports": list(cfg.network.incoming.ignore_ports),
+        },
         "fs": {
             "mode": cfg.fs.mode,
             "read_write": list(cfg.fs.read_write),

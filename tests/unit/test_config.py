@@ -537,6 +537,7 @@ def test_shim_settings_round_trip_through_json(tmp_path):
             "filter": {"local": ["127.0.0.1", "*.corp:443"]},
         },
         "dns": {"enabled": True, "filter": {"remote": ["*.svc.cluster.local"]}},
+        "incoming": {"mode": "mirror", "port_mapping": [], "ignore_ports": []},
         "fs": {"mode": "read", "read_write": [], "read_only": [], "local": [], "not_found": [], "mapping": []},
     }
     traffic = TrafficFilter.from_json(settings_["outgoing"]["filter"])
@@ -549,6 +550,7 @@ def test_shim_settings_defaults():
     assert shim_settings(Config()) == {
         "outgoing": {"enabled": True, "tcp": True, "udp": True, "filter": {}},
         "dns": {"enabled": True, "filter": {}},
+        "incoming": {"mode": "mirror", "port_mapping": [], "ignore_ports": []},
         "fs": {"mode": "read", "read_write": [], "read_only": [], "local": [], "not_found": [], "mapping": []},
     }
 
