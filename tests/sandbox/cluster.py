@@ -143,6 +143,15 @@ ADMIN_RULES: list[dict[str, Any]] = [
     {"nonResourceURLs": ["*"], "verbs": ["*"]},
 ]
 PUBLIC_PATHS = ("/version", "/version/", "/healthz", "/livez", "/readyz")
+# The system:basic-user ClusterRole, bound to every authenticated user: anyone may ask what they may do
+# (`kubectl auth can-i`, `mirror-py doctor`), even with nothing but a namespaced Role.
+BASIC_USER_RULES: list[dict[str, Any]] = [
+    {
+        "apiGroups": ["authorization.k8s.io"],
+        "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+        "verbs": ["create"],
+    },
+]
 
 
 def rule_allows(rule: Mapping[str, Any], verb: str, group: str, resource: str, name: str = "") -> bool:
@@ -165,6 +174,8 @@ def rule_allows(rule: Mapping[str, Any], verb: str, group: str, resource: str, n
 def user_allows(user: User | None, verb: str, group: str, resource: str, namespace: str, name: str = "") -> bool:
     if user is None:
         return False
+    if any(rule_allows(r, verb, group, resource, name) for r in BASIC_USER_RULES):
+        return True
     if user.namespaces is not None and namespace not in user.namespaces:
         return False
     return any(rule_allows(r, verb, group, resource, name) for r in user.rules if "nonResourceURLs" not in r)
