@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from ..errors import MirrorError
 from .api import KubeContext, explain
 
-# What each agent mode asks of the API server, as (verb, resource, subresource).
+# What a session in each agent mode asks of the API server, as (verb, resource, subresource): the same as the
+# Roles in k8s/ (tests/e2e/test_rbac.py records the calls), minus what only reading other workload kinds needs.
+_EXEC = [("get", "pods", ""), ("list", "pods", ""), ("get", "pods", "exec"), ("create", "pods", "exec")]
 MODE_PERMISSIONS = {
-    "exec": [("get", "pods", ""), ("list", "pods", ""), ("get", "pods", "exec"), ("create", "pods", "exec")],
-    "ephemeral": [("get", "pods", ""), ("patch", "pods", "ephemeralcontainers"), ("watch", "pods", ""),
-                  ("create", "pods", "exec")],
-    "job": [("create", "jobs", ""), ("delete", "jobs", ""), ("list", "pods", ""), ("create", "pods", "exec")],
+    "exec": _EXEC,
+    "ephemeral": [*_EXEC, ("patch", "pods", "ephemeralcontainers")],
+    "job": [*_EXEC, ("create", "jobs", ""), ("delete", "jobs", "")],
 }
 _GROUPS = {"jobs": "batch"}
 
