@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MirrorError
@@ -47,6 +47,7 @@ class ResolvedTarget:
     pod_ip: str | None
     node: str | None
     container_choice: str  # why this container: "named", "annotation", "first non-sidecar"
+    probes: list = field(default_factory=list)  # the container's probes and their ports (see probes_of)
 
     def describe(self) -> str:
         return f"pod {self.namespace}/{self.pod} (container {self.container})"
@@ -204,7 +205,8 @@ def resolve(kube: KubeContext, ref: TargetRef, namespace: str | None = None) -> 
                               + (f" ({states})" if states else " (it has no pods)"))
         pod = ready[0]
     container, why = choose_container(pod, ref.container)
-    return ResolvedTarget(ns, pod.metadata.name, container, pod.status.pod_ip, pod.spec.node_name, why)
+    probes = [p for c in pod.spec.containers if c.name == container for p in probes_of(c)]
+    return ResolvedTarget(ns, pod.metadata.name, container, pod.status.pod_ip, pod.spec.node_name, why, probes)
 
 
 def choose_container(pod: Any, wanted: str | None) -> tuple[str, str]:
@@ -220,3 +222,23 @@ def choose_container(pod: Any, wanted: str | None) -> tuple[str, str]:
         if name not in KNOWN_SIDECARS:
             return name, "the first container that is not a known sidecar"
     return names[0], "the first container"
+
+
+def probes_of(container: Any) -> list[dict]:
+    """The readiness, liveness and startup probes of a Kubernetes container object, with their ports."""
+    named = {p.name: p.container_port for p in (container.ports or []) if p.name}
+    out = []
+    for kind, probe in (("readiness", container.readiness_probe), ("liveness", container.liveness_probe),
+                        ("startup", container.startup_probe)):
+        if probe is None:
+            continue
+        for handler, action in (("httpGet", probe.http_get), ("tcpSocket", probe.tcp_socket),
+                                ("grpc", getattr(probe, "grpc", None))):
+            if action is None:
+                continue
+            port = getattr(action, "port", None)
+            if isinstance(port, str):
+                port = named.get(port) or (int(port) if port.isdigit() else None)
+            if isinstance(port, int):
+                out.append({"kind": kind, "container": container.name, "handler": handler, "port": port})
+    return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from mirror_py_agent import bootstrap
 from mirror_py_agent import protocol as p
@@ -45,6 +45,7 @@ class AgentLink:
         self._stderr = bytearray()
         self.closed = asyncio.Event()
         self.failure: str | None = None
+        self.on_accept: Callable[[p.Accept], None] | None = None  # incoming connections (agent-opened streams)
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> p.Hello:
@@ -109,6 +110,11 @@ class AgentLink:
                     fut.set_exception(RemoteError(ev.errno, ev.message))
                 else:
                     log.warning("the agent reported: %s %s", ev.errno, ev.message)
+            elif isinstance(ev, p.Accept):
+                if self.on_accept is not None:
+                    self.on_accept(ev)
+                else:
+                    self.conn.send_close(ev.stream, "ECONNREFUSED", "this session takes no incoming connections")
             elif isinstance(ev, p.Hello):
                 if self._hello_waiter is not None and not self._hello_waiter.done():
                     self._hello_waiter.set_result(ev)

@@ -25,6 +25,7 @@ from ..transport import local as local_transport
 from ..transport.channel import Channel
 from ..transport.process import ProcessChannel
 from . import files as session_files
+from . import incoming as session_incoming
 from .agent_link import AgentLink, RemoteError
 from .relays import TcpRelayListener, UdpRelay, _key, open_udp_relay
 from .rpc_server import RpcError, RpcServer
@@ -52,6 +53,7 @@ class Session:
         self.udp_relays: dict[tuple[str, int], UdpRelay] = {}
         self.target_description = ""
         self.placement: Any = None  # Kubernetes agent placement, cleaned up on close
+        self.incoming = session_incoming.Incoming(self)
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -66,6 +68,7 @@ class Session:
                     log.warning("could not read the target's environment: %s", exc.message)
         else:
             await self._start_kube(path)
+        self.incoming.attach(self.link)
         self.listener = TcpRelayListener(self.link.mux)
         await self.listener.start()
         runtime = os.environ.get("XDG_RUNTIME_DIR", "")
@@ -102,6 +105,7 @@ class Session:
             await self._start_placed()
             return
         resolved = await asyncio.to_thread(targets.resolve, kube, ref)
+        self.incoming.probes = resolved.probes
         progress.info("target %s: pod %s/%s, container %r (chosen by %s)", ref, resolved.namespace, resolved.pod,
                       resolved.container, resolved.container_choice)
         mode = agent.mode
@@ -133,6 +137,7 @@ class Session:
             self.remote_env = env
 
     async def close(self) -> None:
+        await self.incoming.close()
         if self.rpc is not None:
             self.rpc.close()
         if self.listener is not None:
@@ -178,6 +183,7 @@ class Session:
             "dns": self._dns,
             "fs": self._fs,
             "info": self._info,
+            **self.incoming.handlers(),
         }
 
     def _link(self) -> AgentLink:

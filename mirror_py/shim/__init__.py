@@ -138,6 +138,9 @@ def uninstall() -> None:
     if patches is not None:
         patches.uninstall()
         sys.modules[__name__ + ".net"].forget_all()
+        incoming = sys.modules.get(__name__ + ".incoming")
+        if incoming is not None:
+            incoming.forget_all()
         sys.modules[__name__ + ".files"].forget_all()
 
 

@@ -39,6 +39,8 @@ class Remote:
 
 
 registry: dict[int, Remote] = {}
+# Set by the incoming module when this process inherited listeners: finds one by its socket on first use.
+adopt: Callable[[Any], Remote | None] | None = None
 
 
 def _view(addr: tuple | None, family: int) -> tuple | None:
@@ -180,9 +182,12 @@ def make_connect_ex(orig: Callable) -> Callable:
 
 
 def _lookup(sock: Any) -> Remote | None:
-    if not registry:
+    if not registry and adopt is None:
         return None
-    return registry.get(sock.fileno())
+    info = registry.get(sock.fileno())
+    if info is None and adopt is not None:
+        info = adopt(sock)
+    return info
 
 
 def make_getpeername(orig: Callable) -> Callable:
@@ -305,6 +310,12 @@ def make_real_close(orig: Callable) -> Callable:
                     rpc.call({"op": "release", "relay": list(info.relay[:2])})
                 except OSError:
                     pass
+            elif info is not None and info.kind == "listen":
+                result = orig(self, *args, **kwargs)
+                from . import incoming
+
+                incoming.closed(fd)  # after the close: the session looks whether another process holds it
+                return result
         return orig(self, *args, **kwargs)
 
     return _real_close

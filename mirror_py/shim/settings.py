@@ -12,7 +12,8 @@ ENV_VAR = "MIRROR_PY_SHIM_SETTINGS"
 
 
 class Settings:
-    __slots__ = ("dns_enabled", "dns_filter", "fs", "outgoing_enabled", "outgoing_filter", "tcp", "udp")
+    __slots__ = ("dns_enabled", "dns_filter", "fs", "ignore_ports", "incoming_mode", "outgoing_enabled",
+                 "outgoing_filter", "port_mapping", "tcp", "udp")
 
     def __init__(self, data: dict[str, Any]) -> None:
         from .rules import NameFilter, TrafficFilter
@@ -25,6 +26,11 @@ class Settings:
         self.outgoing_filter = TrafficFilter.from_json(out.get("filter") or {})
         self.dns_enabled = bool(dns.get("enabled", True))
         self.dns_filter = NameFilter.from_json(dns.get("filter") or {})
+        # Incoming: which listening ports get the target's traffic (absent: none, for hand-written settings).
+        inc = data.get("incoming") or {}
+        self.incoming_mode = str(inc.get("mode", "off"))
+        self.port_mapping = {int(local): int(remote) for local, remote in inc.get("port_mapping") or ()}
+        self.ignore_ports = frozenset(int(p) for p in inc.get("ignore_ports") or ())
         # Files: the raw section; mirror_py.shim.file_rules builds its decisions from it at first use.
         self.fs = data.get("fs") or {"mode": "local"}
 

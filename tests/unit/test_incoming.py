@@ -1,0 +1,33 @@
+"""Incoming traffic on the laptop's side, without a target: the session's helpers (the probes of a Kubernetes
+container, the sockets alive in this network namespace)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import types
+
+from mirror_py.kube.targets import probes_of
+from mirror_py.session.incoming import live_inodes
+
+
+# -------------------------------------------------------------------------------------------- the session
+def test_probes_of_a_container_name_their_ports():
+    ns = types.SimpleNamespace
+    container = ns(
+        name="app", ports=[ns(name="http", container_port=8000)],
+        readiness_probe=ns(http_get=ns(port="http"), tcp_socket=None, grpc=None),
+        liveness_probe=ns(http_get=None, tcp_socket=ns(port=9000), grpc=None),
+        startup_probe=None,
+    )
+    assert probes_of(container) == [
+        {"kind": "readiness", "container": "app", "handler": "httpGet", "port": 8000},
+        {"kind": "liveness", "container": "app", "handler": "tcpSocket", "port": 9000},
+    ]
+
+
+def test_live_inodes_sees_a_listening_socket():
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        ino = os.fstat(s.fileno()).st_ino
+        assert ino in live_inodes()
+    assert ino not in live_inodes()
