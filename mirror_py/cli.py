@@ -90,6 +90,8 @@ def _target_options(fn: Callable) -> Callable:
         click.option("--dns/--no-dns", default=None, envvar=FLAG_VARIABLES["dns"], help="resolve names in the target"),
         click.option("--env/--no-env", default=None, envvar=FLAG_VARIABLES["env"],
                      help="take the target's environment"),
+        click.option("--fs-mode", type=click.Choice(["local", "read", "write"]), envvar=FLAG_VARIABLES["fs_mode"],
+                     help="files: all local, read the target's (default), or also write them"),
         click.option("--incoming", type=click.Choice(["mirror", "steal", "off"]), envvar=FLAG_VARIABLES["incoming"],
                      help="traffic reaching the target on the ports the app listens on: a copy, all of it, or none"),
         click.option("-v", "--verbose", count=True, help="-v progress, -vv debug"),

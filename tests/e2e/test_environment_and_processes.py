@@ -84,3 +84,12 @@ def test_c_networking_module_gets_one_warning(pod):
     assert res.code == 0 and res.stdout.strip() == "ok", res.stderr
     warnings = [line for line in res.stderr.splitlines() if "psycopg2 does its networking in C" in line]
     assert len(warnings) == 1 and "asyncpg or pg8000" in warnings[0]
+
+
+def test_fs_mode_flag(pod):
+    code = "print(open('/etc/hostname').read().strip())"
+    remote = run_mirror(f"pid/{pod.pid}", [sys.executable, "-c", code])
+    local = run_mirror(f"pid/{pod.pid}", [sys.executable, "-c", code], extra=["--fs-mode", "local"])
+    assert remote.code == 0 and local.code == 0, remote.stderr + local.stderr
+    assert remote.stdout.strip() == "api-7d9f"
+    assert local.stdout.strip() == open("/etc/hostname").read().strip()
