@@ -17,6 +17,9 @@ Sandbox-only knobs (nothing a real cluster has; all documented on :class:`Cluste
 * ``Cluster.ephemeral_containers_enabled = False`` answers the ephemeralcontainers subresource with the 404 of a
   cluster that has the feature off; ``Cluster.v4_only`` drops ``v5.channel.k8s.io`` as an older cluster does.
 
+Like a container runtime, exec'd processes get NET_ADMIN only in a privileged container or one whose
+securityContext adds it (NET_RAW stays, as in the runtimes' default set).
+
 Limits, on purpose: a Service's ClusterIP is the IP of its first ready pod (so ``port`` must equal
 ``targetPort``); all containers of a pod share one mount namespace (volume mounts of one container are
 visible to all); images are ignored (every container runs on the host's file system and binaries).
@@ -67,6 +70,7 @@ SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 NO_PYTHON_ANNOTATION = "sandbox.mirror-py/no-python"
 READY_ANNOTATION = "sandbox.mirror-py/ready"
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
+SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 DEFAULT_COMMAND = ("sleep", "infinity")  # what an image without a long-running entrypoint is given here
 BAD_IMAGE_MARKERS = ("does-not-exist", "invalid")
 SERVER_VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.4-sandbox"}
@@ -1871,7 +1875,8 @@ class Cluster:
                     else "stat " + argv[0] + ": no such file or directory: unknown"
                 )
             )
-        host_argv = [*Cgroups.wrapper(c.cgroup), *rt.sandbox.nsenter_argv(list(argv), c.cwd)]
+        argv = [*_capability_drop(c.spec), *argv]
+        host_argv = [*Cgroups.wrapper(c.cgroup), *rt.sandbox.nsenter_argv(argv, c.cwd)]
         return ExecPlan(host_argv, env, container, rt)
 
     def _find_executable(self, rt: PodRuntime, env: Mapping[str, str], name: str, cwd: str | None) -> bool:
@@ -2001,6 +2006,17 @@ def _field_ref(pod: Mapping[str, Any], path: str, rt: PodRuntime) -> str:
     if m:
         return str((meta.get(m.group(1)) or {}).get(m.group(2), ""))
     return ""
+
+
+def _capability_drop(cspec: Mapping[str, Any]) -> list[str]:
+    """What a container runtime grants: NET_ADMIN only to privileged containers or ones that add it (an exec'd
+    agent in an ordinary container must find it missing, as on a real cluster). NET_RAW stays, as in the
+    runtimes' default set."""
+    security = cspec.get("securityContext") or {}
+    added = {str(cap).upper().removeprefix("CAP_") for cap in (security.get("capabilities") or {}).get("add") or ()}
+    if security.get("privileged") or "NET_ADMIN" in added or "ALL" in added:
+        return []
+    return [SETPRIV, "--bounding-set", "-net_admin", "--"]
 
 
 def _probe_port(cspec: Mapping[str, Any]) -> int:

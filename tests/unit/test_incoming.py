@@ -31,3 +31,12 @@ def test_live_inodes_sees_a_listening_socket():
         ino = os.fstat(s.fileno()).st_ino
         assert ino in live_inodes()
     assert ino not in live_inodes()
+
+
+def test_sandbox_exec_has_net_admin_only_where_a_runtime_grants_it():
+    from tests.sandbox.cluster import _capability_drop
+
+    assert _capability_drop({})[-3:] == ["--bounding-set", "-net_admin", "--"]
+    assert _capability_drop({"securityContext": {"allowPrivilegeEscalation": False}})
+    assert _capability_drop({"securityContext": {"privileged": True}}) == []
+    assert _capability_drop({"securityContext": {"capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}}}) == []
