@@ -43,43 +43,84 @@ FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 
 
 # ---------------------------------------------------------------------------------------------- packets
-@dataclass
 class Segment:
-    src: tuple  # (ip, port) of the client
-    dst: tuple  # (ip, port) it connected to
-    seq: int
-    flags: int
-    payload: bytes
+    """One captured TCP segment. ``key`` is the connection's raw addresses (client IP, server IP, client port,
+    server port, as on the wire): hashing a few bytes is the cheapest way to find the connection, and text
+    addresses are only made for a new connection."""
+
+    __slots__ = ("flags", "key", "payload", "seq")
+
+    def __init__(self, key: bytes, seq: int, flags: int, payload: bytes) -> None:
+        self.key = key
+        self.seq = seq
+        self.flags = flags
+        self.payload = payload
+
+    @property
+    def src(self) -> tuple:
+        """(ip, port) of the client."""
+        return addresses(self.key)[0]
+
+    @property
+    def dst(self) -> tuple:
+        """(ip, port) it connected to."""
+        return addresses(self.key)[1]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Segment) and (self.key, self.seq, self.flags, self.payload) == (
+            other.key, other.seq, other.flags, other.payload)
+
+    def __repr__(self) -> str:
+        return f"Segment({self.src}, {self.dst}, seq={self.seq}, flags={self.flags:#x}, {len(self.payload)} bytes)"
 
 
-def parse_packet(data: bytes | memoryview) -> Segment | None:
-    """An IPv4 or IPv6 TCP segment (network header first, as a SOCK_DGRAM packet socket gives it), or None."""
-    if len(data) < 20:
+def segment(src: tuple, dst: tuple, seq: int, flags: int, payload: bytes = b"") -> Segment:
+    """A segment from text addresses (tests, and anything that did not come off the wire)."""
+    family = socket.AF_INET6 if ":" in src[0] else socket.AF_INET
+    key = (socket.inet_pton(family, src[0]) + socket.inet_pton(family, dst[0])
+           + struct.pack("!HH", src[1], dst[1]))
+    return Segment(key, seq, flags, payload)
+
+
+def addresses(key: bytes) -> tuple[tuple, tuple]:
+    """The (ip, port) of the client and of the server, from a segment's key."""
+    n = (len(key) - 4) // 2
+    family = socket.AF_INET if n == 4 else socket.AF_INET6
+    sport, dport = struct.unpack_from("!HH", key, 2 * n)
+    return (socket.inet_ntop(family, key[:n]), sport), (socket.inet_ntop(family, key[n : 2 * n]), dport)
+
+
+_V4 = struct.Struct("!HHHBB")  # total length, id, flags+fragment offset, ttl, protocol (from offset 2)
+_TCP = struct.Struct("!4sI4xBB")  # ports, sequence number, (ack), data offset, flags
+
+
+def parse_packet(data: bytes | bytearray | memoryview) -> Segment | None:
+    """An IPv4 or IPv6 TCP segment (network header first, as a SOCK_DGRAM packet socket gives it), or None.
+    It runs for every captured packet, so it does as little as it can."""
+    size = len(data)
+    if size < 40:
         return None
-    version = data[0] >> 4
-    if version == 4:
-        ihl = (data[0] & 0x0F) * 4
-        total = (data[2] << 8) | data[3]
-        if data[9] != 6 or ihl < 20 or total < ihl + 20 or len(data) < ihl + 20:
+    b0 = data[0]
+    if b0 >> 4 == 4:
+        start = (b0 & 0x0F) * 4
+        total, _, frag, _, proto = _V4.unpack_from(data, 2)
+        if proto != 6 or start < 20 or frag & 0x3FFF or total < start + 20 or size < start + 20:
+            return None  # not TCP, or a fragment (not reassembled here)
+        addrs = data[12:20]
+        end = total if total < size else size
+    elif b0 >> 4 == 6:
+        if size < 60 or data[6] != 6:  # extension headers are not followed
             return None
-        if ((data[6] << 8) | data[7]) & 0x1FFF or data[6] & 0x20:  # a fragment: not reassembled here
-            return None
-        src_ip = socket.inet_ntop(socket.AF_INET, bytes(data[12:16]))
-        dst_ip = socket.inet_ntop(socket.AF_INET, bytes(data[16:20]))
-        start, end = ihl, min(total, len(data))
-    elif version == 6:
-        if len(data) < 60 or data[6] != 6:  # extension headers are not followed
-            return None
-        src_ip = socket.inet_ntop(socket.AF_INET6, bytes(data[8:24]))
-        dst_ip = socket.inet_ntop(socket.AF_INET6, bytes(data[24:40]))
-        start, end = 40, min(40 + ((data[4] << 8) | data[5]), len(data))
+        start = 40
+        addrs = data[8:40]
+        end = min(40 + ((data[4] << 8) | data[5]), size)
     else:
         return None
-    sport, dport, seq, _ack, off, flags = struct.unpack_from("!HHIIBB", data, start)
+    ports, seq, off, flags = _TCP.unpack_from(data, start)
     hl = (off >> 4) * 4
     if hl < 20 or start + hl > end:
         return None
-    return Segment((src_ip, sport), (dst_ip, dport), seq, flags, bytes(data[start + hl : end]))
+    return Segment(bytes(addrs) + ports, seq, flags, bytes(data[start + hl : end]))
 
 
 def _after(a: int, b: int) -> int:
@@ -91,20 +132,20 @@ def _after(a: int, b: int) -> int:
 # ------------------------------------------------------------------------------------------- reassembly
 @dataclass
 class Opened:
-    key: tuple
+    key: bytes
     peer: tuple
     local: tuple
 
 
 @dataclass
 class Bytes:
-    key: tuple
+    key: bytes
     data: bytes
 
 
 @dataclass
 class Closed:
-    key: tuple
+    key: bytes
     reset: bool  # False: the client finished sending (FIN); True: reset, or the copy could not go on
     reason: str = ""
 
@@ -125,14 +166,14 @@ class Reassembler:
 
     def __init__(self, max_pending: int = MAX_PENDING, idle_timeout: float = IDLE_TIMEOUT,
                  max_flows: int = MAX_FLOWS) -> None:
-        self.flows: dict[tuple, _Flow] = {}
+        self.flows: dict[bytes, _Flow] = {}
         self.max_pending = max_pending
         self.idle_timeout = idle_timeout
         self.max_flows = max_flows
         self.midstream = 0  # segments of connections whose start was not seen
 
     def feed(self, seg: Segment, now: float = 0.0) -> list:
-        key = (seg.src, seg.dst)
+        key = seg.key
         flow = self.flows.get(key)
         out: list = []
         if seg.flags & SYN and not seg.flags & ACK:
@@ -160,7 +201,8 @@ class Reassembler:
             return out
         if not flow.opened:
             flow.opened = True
-            out.append(Opened(key, seg.src, seg.dst))
+            peer, local = addresses(key)
+            out.append(Opened(key, peer, local))
             self._drain(key, flow, out)  # TCP Fast Open data from the SYN
         if seg.payload:
             self._data(key, flow, seg.seq, seg.payload, out)
@@ -171,7 +213,7 @@ class Reassembler:
             self._end(key, False, "", out)
         return out
 
-    def _data(self, key: tuple, flow: _Flow, seq: int, payload: bytes, out: list) -> None:
+    def _data(self, key: bytes, flow: _Flow, seq: int, payload: bytes, out: list) -> None:
         ahead = _after(seq, flow.next)
         if ahead > 0:
             if seq not in flow.pending or len(flow.pending[seq]) < len(payload):
@@ -186,7 +228,7 @@ class Reassembler:
         flow.next = (seq + len(payload)) & _MASK
         self._drain(key, flow, out)
 
-    def _drain(self, key: tuple, flow: _Flow, out: list) -> None:
+    def _drain(self, key: bytes, flow: _Flow, out: list) -> None:
         """Delivers the held segments that the stream has caught up with."""
         progressed = True
         while flow.pending and progressed:
@@ -202,7 +244,7 @@ class Reassembler:
                     flow.next = (pseq + len(chunk)) & _MASK
                 progressed = True
 
-    def _end(self, key: tuple, reset: bool, reason: str, out: list) -> None:
+    def _end(self, key: bytes, reset: bool, reason: str, out: list) -> None:
         flow = self.flows.pop(key, None)
         if flow is not None and flow.opened:
             out.append(Closed(key, reset, reason))
@@ -214,34 +256,46 @@ class Reassembler:
             self._end(key, False, "", out)
         return out
 
-    def forget(self, key: tuple) -> None:
+    def forget(self, key: bytes) -> None:
         self.flows.pop(key, None)
 
 
 # ------------------------------------------------------------------------------------------ the sockets
 # Classic BPF, as the kernel takes it (struct sock_filter): code, jt, jf, k.
-_LD_B, _LD_H, _LD_W_ABS, _LDX_MSH, _LD_H_IND = 0x30, 0x28, 0x20, 0xB1, 0x48
-_JEQ, _JSET, _RET = 0x15, 0x45, 0x06
+_LD_B, _LD_H, _LD_W_ABS, _LDX_MSH, _LD_H_IND, _LD_B_IND = 0x30, 0x28, 0x20, 0xB1, 0x48, 0x50
+_JEQ, _JSET, _JGT_X, _RET = 0x15, 0x45, 0x2D, 0x06
+_RSH, _LSH, _ADD_X, _TAX = 0x74, 0x64, 0x0C, 0x07
 _SKF_AD_MARK = (-0x1000 + 8) & _MASK
+_KEEP_FLAGS = FIN | SYN | RST
 
 
 def bpf_program(port: int, family: int, skip_mark: int = 0) -> list[tuple[int, int, int, int]]:
-    """Pass TCP segments to ``port`` (first fragments only, IPv4 options allowed); drop the rest, and any
+    """Pass TCP segments to ``port`` that carry data, SYN, FIN or RST (first fragments only, IPv4 options
+    allowed); drop the rest — pure ACKs are most of a busy port's packets and tell the copy nothing — and any
     packet whose socket mark has a bit of ``skip_mark`` (the agent's own forwarded connections)."""
     prog: list[tuple[int, int, int, int]] = []
     if skip_mark:
         prog += [(_LD_W_ABS, 0, 0, _SKF_AD_MARK), (_JSET, 0, 1, skip_mark), (_RET, 0, 0, 0)]
     if family == socket.AF_INET:
         prog += [
-            (_LD_B, 0, 0, 9), (_JEQ, 0, 6, 6),  # protocol TCP
-            (_LD_H, 0, 0, 6), (_JSET, 4, 0, 0x1FFF),  # not a later fragment
-            (_LDX_MSH, 0, 0, 0), (_LD_H_IND, 0, 0, 2),  # x = header length; the TCP destination port
-            (_JEQ, 0, 1, port), (_RET, 0, 0, SNAPLEN), (_RET, 0, 0, 0),
+            (_LD_B, 0, 0, 9), (_JEQ, 0, 15, 6),  # 0-1: protocol TCP
+            (_LD_H, 0, 0, 6), (_JSET, 13, 0, 0x1FFF),  # 2-3: not a later fragment
+            (_LDX_MSH, 0, 0, 0), (_LD_H_IND, 0, 0, 2),  # 4-5: x = IP header length; the destination port
+            (_JEQ, 0, 10, port),  # 6
+            (_LD_B_IND, 0, 0, 13), (_JSET, 7, 0, _KEEP_FLAGS),  # 7-8: SYN, FIN or RST: keep
+            (_LD_B_IND, 0, 0, 12), (_RSH, 0, 0, 4), (_LSH, 0, 0, 2),  # 9-11: TCP header length
+            (_ADD_X, 0, 0, 0), (_TAX, 0, 0, 0), (_LD_H, 0, 0, 2),  # 12-14: headers vs total length
+            (_JGT_X, 0, 1, 0),  # 15: any payload: keep
+            (_RET, 0, 0, SNAPLEN), (_RET, 0, 0, 0),  # 16 keep, 17 drop
         ]
     else:
         prog += [
-            (_LD_B, 0, 0, 6), (_JEQ, 0, 3, 6),  # next header TCP
-            (_LD_H, 0, 0, 42), (_JEQ, 0, 1, port), (_RET, 0, 0, SNAPLEN), (_RET, 0, 0, 0),
+            (_LD_B, 0, 0, 6), (_JEQ, 0, 11, 6),  # 0-1: next header TCP
+            (_LD_H, 0, 0, 42), (_JEQ, 0, 9, port),  # 2-3: the destination port
+            (_LD_B, 0, 0, 53), (_JSET, 6, 0, _KEEP_FLAGS),  # 4-5: SYN, FIN or RST: keep
+            (_LD_B, 0, 0, 52), (_RSH, 0, 0, 4), (_LSH, 0, 0, 2), (_TAX, 0, 0, 0),  # 6-9: TCP header length
+            (_LD_H, 0, 0, 4), (_JGT_X, 0, 1, 0),  # 10-11: payload length beyond it: keep
+            (_RET, 0, 0, SNAPLEN), (_RET, 0, 0, 0),  # 12 keep, 13 drop
         ]
     return prog
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 import struct
 import time
@@ -30,6 +31,8 @@ READ = 256 * 1024
 FIRST_BYTES_TIMEOUT = 2.0  # a client silent this long on a filtered port is passed through (server-first protocols)
 MAX_MIRROR_BUFFER = 16 << 20  # bytes of one mirrored connection waiting for the channel before the copy is dropped
 EXPIRE_EVERY = 30.0
+BATCH_WINDOW = 0.005  # a mirroring agent reads its captured packets at most this often
+DRAIN_LIMIT = 4096  # packets read in one go before the agent's other work gets a turn
 
 _BAD_GATEWAY = (
     b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 56\r\nConnection: close\r\n\r\n"
@@ -162,6 +165,40 @@ class Incoming:
 
 
 # ------------------------------------------------------------------------------------------------ mirror
+def yield_cpu() -> None:
+    """A mirroring agent takes only CPU time the target does not want: every thread of it goes to the idle
+    scheduling class (SCHED_IDLE; the lowest nice value where that is refused). A runnable task of the target
+    preempts it at once, so when the target is busy the capture waits — and the kernel drops what overflows
+    its buffer, counted — instead of the target's clients; when it is not, nothing changes. Stealing agents
+    are on the clients' path and keep their priority."""
+    # Scheduling classes only order tasks of one group: a process in the root cgroup (a local target) is
+    # weighed by its session's autogroup first, so the agent lowers its own autogroup — when the group is its
+    # alone (it leads its session). In a container, cgroups decide and autogroups do not apply.
+    if os.getsid(0) != os.getpid():
+        try:
+            os.setsid()
+        except OSError:
+            pass
+    if os.getsid(0) == os.getpid():
+        try:
+            with open("/proc/self/autogroup", "w") as f:
+                f.write("19")
+        except OSError:
+            pass
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        try:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        except (OSError, AttributeError):
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, 19)
+            except OSError:
+                pass
+
+
 class MirrorPort:
     """Captures the client-to-server bytes of every new connection to ``port`` and streams each copy."""
 
@@ -171,7 +208,7 @@ class MirrorPort:
         self.sub = sub
         self.port = port
         self.reasm = capture.Reassembler()
-        self.streams: dict[tuple, CaptureStream] = {}
+        self.streams: dict[bytes, CaptureStream] = {}
         self.socks: list[socket.socket] = []
         self.buf = bytearray(capture.SNAPLEN)
         self.packets = 0
@@ -183,33 +220,56 @@ class MirrorPort:
 
     def start(self) -> None:
         self.socks = capture.open_capture(self.port, skip_mark=iptables.MARK_BITS)
+        yield_cpu()
         loop = asyncio.get_running_loop()
         for sock in self.socks:
-            loop.add_reader(sock.fileno(), self._readable, sock)
+            loop.add_reader(sock.fileno(), self._wake, sock)
         self._timer = loop.call_later(EXPIRE_EVERY, self._expire)
 
-    def _readable(self, sock: socket.socket) -> None:
+    def _wake(self, sock: socket.socket) -> None:
+        """The first packet after a quiet spell: read what the next few milliseconds bring in one go. Waking
+        for every packet would cost the target's CPU a context switch per packet (and the kernel a wake-up
+        in its receive path); the socket's buffer holds the packets meanwhile."""
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock.fileno())
+        loop.call_later(BATCH_WINDOW, self._drain, sock)
+
+    def _drain(self, sock: socket.socket) -> None:
+        if sock not in self.socks:
+            return
+        loop = asyncio.get_running_loop()
+        if self._readable(sock) >= DRAIN_LIMIT:
+            loop.call_soon(self._drain, sock)  # more is waiting: go on after the loop's other work
+        else:
+            loop.add_reader(sock.fileno(), self._wake, sock)
+
+    def _readable(self, sock: socket.socket) -> int:
         view = memoryview(self.buf)
         now = time.monotonic()
+        recv_into, parse, feed, event = sock.recv_into, capture.parse_packet, self.reasm.feed, self._event
+        size = len(self.buf)
+        count = 0
         try:
-            for _ in range(1024):  # then let the loop breathe
+            while count < DRAIN_LIMIT:
                 try:
-                    n, _ = sock.recvfrom_into(self.buf, 0, socket.MSG_TRUNC)
+                    n = recv_into(self.buf, 0, socket.MSG_TRUNC)
                 except (BlockingIOError, InterruptedError):
                     break
-                self.packets += 1
-                if n > len(self.buf):
+                count += 1
+                if n > size:
                     self.truncated += 1  # the sequence gap it leaves ends that connection's copy
                     continue
-                seg = capture.parse_packet(view[:n])
+                seg = parse(view[:n])
                 if seg is not None:
-                    for ev in self.reasm.feed(seg, now):
-                        self._event(ev)
+                    for ev in feed(seg, now):
+                        event(ev)
         except OSError:
             pass
         finally:
             view.release()
+            self.packets += count
         self.mux.flush()
+        return count
 
     def _event(self, ev: Any) -> None:
         if isinstance(ev, capture.Bytes):
@@ -249,8 +309,9 @@ class MirrorPort:
             self._timer.cancel()
         for sock in self.socks:
             loop.remove_reader(sock.fileno())
+        socks, self.socks = self.socks, []
+        for sock in socks:
             sock.close()
-        self.socks = []
         for stream in list(self.streams.values()):
             stream.finish(False)  # what was copied so far reaches the app, then EOF
         self.mux.flush()
@@ -259,7 +320,7 @@ class MirrorPort:
 class CaptureStream(StreamEndpoint):
     """One mirrored connection: captured bytes go out as the stream's credit allows; replies are dropped."""
 
-    def __init__(self, port: MirrorPort, key: tuple, sid: int) -> None:
+    def __init__(self, port: MirrorPort, key: bytes, sid: int) -> None:
         self.port = port
         self.mux = port.mux
         self.key = key
@@ -403,6 +464,7 @@ class StealPort:
                 break
             self.connections += 1
             sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # asyncio leaves sockets of proto 0 alone
             orig = original_destination(sock) or (sock.getsockname()[0], self.port)
             peer = (peer[0], peer[1])
             if self.filter is None:
@@ -656,16 +718,19 @@ class Splitter:
             resp = await self._read_head(up, http1.parse_response_head)
             if resp is None:
                 return "close" if sent else "retry"
-            client.write(resp.raw)
             sent = True
-            if resp.status == 101:
-                await client.drain()
-                return "upgrade"
             if 100 <= resp.status < 200:
+                client.write(resp.raw)
                 await client.drain()
+                if resp.status == 101:
+                    return "upgrade"
                 continue
             kind, length = resp.body(head.method)
             framer = http1.BodyFramer(kind, length)
+            n = framer.feed(up.buf)  # the head and what came with it in one write
+            client.write(resp.raw + bytes(up.buf[:n]))
+            del up.buf[:n]
+            await client.drain()
             while not framer.done:
                 if not up.buf and not await up.fill():
                     return "close"  # until-close body, or a response cut short
