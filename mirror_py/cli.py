@@ -46,7 +46,8 @@ class _TerminalProgress(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         text = f"mirror-py: {record.getMessage()}"
-        end = "\n" if text.startswith(tuple(f"mirror-py: {f}" for f in self.FINAL)) else ""
+        final = record.levelno >= logging.WARNING or text.startswith(tuple(f"mirror-py: {f}" for f in self.FINAL))
+        end = "\n" if final else ""
         sys.stderr.write(f"\r\033[K{text}{end}")
         sys.stderr.flush()
 

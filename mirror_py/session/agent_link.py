@@ -32,6 +32,9 @@ class RemoteError(OSError):
 class AgentLink:
     """Speaks the protocol over a :class:`~mirror_py.transport.channel.Channel` to one agent."""
 
+    PING_INTERVAL = 20.0
+    PING_TIMEOUT = 90.0
+
     def __init__(self, channel: Channel, startup_timeout: float = 30.0) -> None:
         self.channel = channel
         self.description = channel.description
@@ -45,6 +48,8 @@ class AgentLink:
         self._stderr = bytearray()
         self.closed = asyncio.Event()
         self.failure: str | None = None
+        self._last_received = 0.0
+        self._liveness: asyncio.Future | None = None
         self.on_accept: Callable[[p.Accept], None] | None = None  # incoming connections (agent-opened streams)
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -67,7 +72,32 @@ class AgentLink:
             await self.close()
             raise
         self.hello = hello
+        self._liveness = asyncio.ensure_future(self._keep_alive())
         return hello
+
+    async def _keep_alive(self) -> None:
+        """Pings the agent over the protocol itself, not the transport: the pings are data on the exec stream,
+        so they also reset the cluster's idle timeout (4 h, or 5 min on hardened clusters). Only silence
+        after a ping for PING_TIMEOUT ends the channel — a busy channel keeps sending, and a server whose
+        read loop is blocked for a while is not a dead one."""
+        token = 0
+        loop = asyncio.get_running_loop()
+        while self.failure is None:
+            await asyncio.sleep(self.PING_INTERVAL)
+            if self.failure is not None:
+                return
+            token += 1
+            sent = loop.time()
+            self.conn.send_ping(token)
+            self.mux.flush()
+            while self._last_received < sent and self.failure is None:
+                if loop.time() - sent > self.PING_TIMEOUT:
+                    log.warning("the agent for %s did not answer for %.0f s", self.description, self.PING_TIMEOUT)
+                    self._fail(f"the agent for {self.description} stopped answering "
+                               f"(no reply for {self.PING_TIMEOUT:.0f} s)")
+                    self.channel.kill()
+                    return
+                await asyncio.sleep(min(1.0, self.PING_INTERVAL))
 
     def _stderr_hint(self) -> str:
         text = self._stderr.decode("utf-8", "replace").strip()
@@ -75,6 +105,8 @@ class AgentLink:
 
     async def close(self) -> None:
         """Ends the channel: stdin EOF makes the agent close its connections and exit."""
+        if self._liveness is not None:
+            self._liveness.cancel()
         self.channel.close_input()
         if not await self.channel.wait_closed(5):
             self.channel.kill()
@@ -97,6 +129,7 @@ class AgentLink:
             log.debug("agent: %s", line)
 
     def on_bytes(self, data: bytes) -> None:
+        self._last_received = asyncio.get_running_loop().time()
         for ev in self.conn.receive_data(data):
             if self.mux.dispatch(ev):
                 continue

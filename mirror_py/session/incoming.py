@@ -133,6 +133,19 @@ class Incoming:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def restore(self, link: Any) -> None:
+        """After a reconnect: the new agent takes the same subscriptions (same ids, modes and filters)."""
+        self.attach(link)
+        for ps in list(self.ports.values()):
+            flt = self.cfg.http_filter
+            spec = flt.to_json() if flt is not None and ps.mode == "steal" and (
+                flt.ports is None or ps.port in flt.ports) else None
+            try:
+                await link.request("incoming_subscribe", {"sub": ps.sub, "port": ps.port, "mode": ps.mode,
+                                                          "filter": spec})
+            except RemoteError as exc:
+                log.warning("%s", self._explain(exc, ps.mode, ps.port))
+
     # ------------------------------------------------------------------------------------- shim requests
     def handlers(self) -> dict:
         return {"listen": self.listen, "unlisten": self.unlisten, "incoming_peer": self.peer,

@@ -31,6 +31,8 @@ from .relays import TcpRelayListener, UdpRelay, _key, open_udp_relay
 from .rpc_server import RpcError, RpcServer
 
 log = logging.getLogger("mirror_py.session")
+RECONNECT_FIRST_DELAY = 0.25
+RECONNECT_MAX_DELAY = 2.0  # a target that is back is used again within about 2 s
 progress = logging.getLogger("mirror_py.progress")  # shown at default verbosity: what mirror-py chose
 
 LIB_DIR = os.path.dirname(os.path.dirname(os.path.abspath(mirror_py_agent.__file__)))
@@ -54,9 +56,23 @@ class Session:
         self.target_description = ""
         self.placement: Any = None  # Kubernetes agent placement, cleaned up on close
         self.incoming = session_incoming.Incoming(self)
+        self._closing = False
+        self._supervisor: asyncio.Future | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        await self._connect_agent()
+        self.incoming.attach(self.link)
+        self.listener = TcpRelayListener(self.link.mux)
+        await self.listener.start()
+        runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+        base = runtime if runtime and os.access(runtime, os.W_OK) else None
+        self.dir = tempfile.mkdtemp(prefix="mirror-py-", dir=base)  # mode 0700
+        self.rpc = RpcServer(os.path.join(self.dir, "session.sock"), self._handlers())
+        await self.rpc.start()
+        self._supervisor = asyncio.ensure_future(self._supervise())
+
+    async def _connect_agent(self) -> None:
         path = self.cfg.target.path
         if path and local_transport.is_local(path):
             channel, env_args = self._local_channel(path)
@@ -68,14 +84,35 @@ class Session:
                     log.warning("could not read the target's environment: %s", exc.message)
         else:
             await self._start_kube(path)
-        self.incoming.attach(self.link)
-        self.listener = TcpRelayListener(self.link.mux)
-        await self.listener.start()
-        runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-        base = runtime if runtime and os.access(runtime, os.W_OK) else None
-        self.dir = tempfile.mkdtemp(prefix="mirror-py-", dir=base)  # mode 0700
-        self.rpc = RpcServer(os.path.join(self.dir, "session.sock"), self._handlers())
-        await self.rpc.start()
+
+    async def _supervise(self) -> None:
+        """Keeps the session alive across a lost agent: a dropped channel, a killed agent, a deleted or replaced
+        pod. Open tunneled sockets are reset (their far ends are gone); a new agent is started, the target
+        re-resolved, incoming subscriptions restored, and new operations work again."""
+        while not self._closing:
+            assert self.link is not None
+            await self.link.closed.wait()
+            if self._closing:
+                return
+            progress.warning("lost the agent (%s); reconnecting", self.link.failure)
+            await self.link.close()
+            delay = RECONNECT_FIRST_DELAY
+            while not self._closing:
+                old = self.placement
+                try:
+                    await self._connect_agent()
+                except (MirrorError, RemoteError, OSError) as exc:
+                    progress.warning("reconnect failed: %s; retrying in %.1f s", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                    continue
+                if old is not None and old is not self.placement:
+                    await asyncio.to_thread(old.close)
+                assert self.link is not None and self.listener is not None
+                self.listener.mux = self.link.mux
+                await self.incoming.restore(self.link)
+                progress.warning("reconnected to %s", self.target_description)
+                break
 
     async def _start_agent(self, channel: Channel) -> None:
         self.target_description = channel.description
@@ -137,6 +174,9 @@ class Session:
             self.remote_env = env
 
     async def close(self) -> None:
+        self._closing = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
         await self.incoming.close()
         if self.rpc is not None:
             self.rpc.close()

@@ -288,3 +288,45 @@ def test_image_pull_failure_names_the_reason(cluster):
 def test_token_without_ephemeral_permission(cluster):
     _assert_error(_run(cluster, "exec", "--target", "deploy/api", "--agent-mode", "ephemeral",
                        "--context", "sandbox-no-ephemeral"), "patch on pods/ephemeralcontainers")
+
+
+def test_pod_deleted_mid_session_reconnects_to_the_replacement(cluster, tmp_path):
+    """The deployment replaces a deleted pod; the session re-resolves the target and carries on."""
+    import time
+
+    from kubernetes import client
+
+    ready, deleted = tmp_path / "ready", tmp_path / "deleted"
+    app = (
+        "import os, socket, time\n"
+        "def ping():\n"
+        "    with socket.create_connection(('redis', 6379), timeout=3) as s:\n"
+        "        s.sendall(b'PING\\r\\n'); return s.recv(100).strip().decode()\n"
+        f"print('before', ping(), flush=True); open({str(ready)!r}, 'w').close()\n"
+        f"while not os.path.exists({str(deleted)!r}): time.sleep(0.05)\n"
+        "start = time.monotonic()\n"
+        "while True:\n"
+        "    try:\n"
+        "        print('after', ping(), round(time.monotonic() - start, 1), flush=True); break\n"
+        "    except OSError as e:\n"
+        "        if time.monotonic() - start > 60: print('gave up', e); break\n"
+        "        time.sleep(0.2)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT), KUBECONFIG=cluster.kubeconfig, E2E_NS="staging")
+    proc = subprocess.Popen([*MIRROR_PY, "exec", "--target", "deploy/udp-echo", "--", sys.executable, "-c", app],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    old = cluster.pod_names("staging", "udp-echo-")[0]
+    api = client.CoreV1Api(client.ApiClient(cluster.configuration("admin")))
+    api.delete_namespaced_pod(old, "staging", grace_period_seconds=0)
+    deleted.touch()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "before +PONG" and lines[1].startswith("after +PONG"), out + err
+    assert "lost the agent" in err
+    reconnected = [line for line in err.splitlines() if "reconnected to pod staging/udp-echo-" in line]
+    assert reconnected and old not in reconnected[0], err
+    assert "Traceback" not in err
