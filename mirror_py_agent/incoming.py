@@ -673,20 +673,23 @@ class Splitter:
                     return
                 up.write(head.raw)
                 framer = http1.BodyFramer(kind, length)
-                body = asyncio.ensure_future(self._forward_body(framer, up))
+                # Bodies are forwarded alongside the response (Expect: 100-continue needs both at once); most
+                # requests have none, and a task per request would be most of their cost.
+                body = None if framer.done else asyncio.ensure_future(self._forward_body(framer, up))
                 outcome = await self._response(head, up)
-                if outcome == "retry" and attempt == 0 and framer.done and not up.fresh:
-                    body.cancel()
+                if outcome == "retry" and attempt == 0 and body is None and not up.fresh:
                     self._drop(local)  # a kept-alive upstream closed in between: try a new connection once
                     continue
                 break
             if outcome in ("close", "retry"):
-                body.cancel()
+                if body is not None:
+                    body.cancel()
                 if outcome == "retry":
                     client.write(_BAD_GATEWAY)
                 await client.drain()
                 return
-            await body
+            if body is not None:
+                await body
             if outcome == "upgrade":
                 await self._splice(up)
                 return

@@ -205,7 +205,8 @@ class Incoming:
         if exc.name == "EPERM":
             placement = getattr(self.session.placement, "mode", None)
             if placement == "exec":
-                hint = ("; agent mode exec runs the agent in the target container, which has no NET_ADMIN: use "
+                cap = "NET_RAW" if "NET_RAW" in exc.message else "NET_ADMIN"
+                hint = (f"; agent mode exec runs the agent in the target container, which has no {cap}: use "
                         "--agent-mode ephemeral (its container gets NET_ADMIN and NET_RAW) or --agent-mode job")
             elif placement is None:
                 hint = "; for a local target, run mirror-py as root"
