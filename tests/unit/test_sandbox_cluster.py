@@ -126,7 +126,7 @@ def ws_connect(cluster: Cluster, url: str, protocols: list[str], token: str | No
         subprotocols=protocols,  # type: ignore[arg-type]
         compression=None,
         proxy=None,
-        open_timeout=10,
+        open_timeout=30,  # generous: a loaded 2-core machine can be slow to start the exec process
     )
 
 
