@@ -273,6 +273,25 @@ def _mirror_py() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "mirror_py"]
 
 
+def _agent_stats(path: str) -> dict:
+    """The agent's counters for the subscription (captured packets, kernel drops, copies given up)."""
+    import socket
+    import struct
+
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(path)
+            body = json.dumps({"op": "incoming_stats"}).encode()
+            s.sendall(struct.pack(">I", len(body)) + body)
+            f = s.makefile("rb")
+            (size,) = struct.unpack(">I", f.read(4))
+            subs = json.loads(f.read(size)).get("ok", {}).get("subs", {})
+    except (OSError, ValueError):
+        return {}
+    return next(iter(subs.values()), {})
+
+
 def _app_count(app_pid: int | None, count_file: Path, settle: float) -> int | None:
     """How many requests reached the local app so far, after ``settle`` seconds for copies still on the way."""
     if app_pid is None:
@@ -320,6 +339,7 @@ def run_scenario(name: str, pod: Any, cfg: dict, pod_cpus: set[int], other_cpus:
             errors.seek(0)
             raise RuntimeError(f"{name}: the local app did not start: {errors.read()[-3000:]}")
         app_pid = int(line.split()[1])
+        session_socket = line.split()[2]
         time.sleep(0.5)
     pids = _pod_pids(pod.netns)
     _pin(pids, pod_cpus)  # the agent joined the pod: it runs on the pod's CPU
@@ -343,6 +363,7 @@ def run_scenario(name: str, pod: Any, cfg: dict, pod_cpus: set[int], other_cpus:
         result["app_saw_saturating"] = seen1 - seen0
         result["app_saw_light"] = seen2 - seen1
     if session is not None:
+        result["agent"] = _agent_stats(session_socket)
         session.send_signal(signal.SIGTERM)
         try:
             session.communicate(timeout=30)
@@ -377,8 +398,13 @@ def _client(host: str, cfg: dict, cpus: set[int]) -> dict:
 def _copies(result: dict) -> str:
     if "app_saw_saturating" not in result:
         return ""
+    agent = result.get("agent") or {}
+    where = ""
+    if agent.get("mode") == "mirror":
+        where = (f"; agent: {agent.get('packets', 0):,} packets captured, {agent.get('dropped', 0):,} dropped by "
+                 f"the kernel, {agent.get('lost', 0):,} copies given up")
     return (f"; the app saw {result['app_saw_saturating']:,} of {result['requests']:,} (saturating), "
-            f"{result['app_saw_light']:,} of {result['light_requests']:,} (light)")
+            f"{result['app_saw_light']:,} of {result['light_requests']:,} (light){where}")
 
 
 def _copy_share(runs: list[dict], kind: str) -> str:
