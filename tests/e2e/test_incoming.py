@@ -199,6 +199,11 @@ def test_steal_everything_goes_to_the_local_app_with_the_clients_address(pod, tm
         assert first["peer"] == first["client"] and first["client"][1] == client_port
         assert first["sockname"] == [pod.ip, PORT]
         assert len(chains(pod)) >= 3
+        # A client inside the pod (a sidecar, a probe through loopback) is stolen too: the OUTPUT rule on lo.
+        for host in ("127.0.0.1", pod.ip):
+            code = f"import urllib.request; print(urllib.request.urlopen('http://{host}:{PORT}/inpod').read().decode())"
+            inside = json.loads(pod.exec_output([sys.executable, "-c", code]).strip().splitlines()[-1])
+            assert inside["server"] == "local" and inside["sockname"] == [host, PORT], inside
     assert chains(pod) == []
     assert get(pod.ip, "/after")["server"] == "podip"
 
