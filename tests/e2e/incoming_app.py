@@ -9,7 +9,8 @@ line, so a test can count what reached the app when its replies go nowhere (mirr
 Kinds: ``http`` (http.server, keep-alive), ``asyncio`` (asyncio.start_server), ``aiohttp``, ``fork``
 (a listener bound and listening in the parent, accepted in forked workers), ``exec`` (the same listener
 handed to an exec'd child, which rebuilds it from another descriptor number), ``spawn`` (bound in the parent,
-``listen()`` called only in the exec'd child, like uvicorn --reload), ``echo`` (http, plus a raw TCP listener
+``listen()`` called only in the exec'd child), ``mp-spawn`` (bound in the parent, handed to a multiprocessing
+spawn child that listens, like uvicorn --reload), ``echo`` (http, plus a raw TCP listener
 on ECHO_PORT answering "local:" + what it got), ``close-after`` (http that closes its listener after
 CLOSE_AFTER requests and keeps running).
 """
@@ -187,6 +188,25 @@ def exec_child(listen_in_child: bool) -> None:
     child.wait()
 
 
+def _spawned_worker(sock: socket.socket) -> None:
+    sock.listen(128)  # uvicorn --reload: the worker, not the parent, calls listen()
+    serve_http(http_server(sock))
+
+
+def multiprocessing_spawn() -> None:
+    """A listener bound in the parent and handed to a multiprocessing "spawn" child, which receives it through
+    the resource sharer (another descriptor number, in a fresh interpreter): uvicorn --reload's way."""
+    import multiprocessing
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", PORT))
+    child = multiprocessing.get_context("spawn").Process(target=_spawned_worker, args=(sock,))
+    child.start()
+    children.append(child.pid)
+    child.join()
+
+
 def echo_and_http() -> None:
     echo_port = int(os.environ["ECHO_PORT"])
     esock = socket.create_server(("0.0.0.0", echo_port))
@@ -239,6 +259,8 @@ def main() -> None:
         forked_workers()
     elif KIND in ("exec", "spawn"):
         exec_child(KIND == "spawn")
+    elif KIND == "mp-spawn":
+        multiprocessing_spawn()
     elif KIND == "echo":
         echo_and_http()
     elif KIND == "close-after":

@@ -353,7 +353,7 @@ def test_two_sessions_with_different_filters_share_the_port(pod, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ kinds of server
-@pytest.mark.parametrize("kind", ["asyncio", "aiohttp", "fork", "exec", "spawn"])
+@pytest.mark.parametrize("kind", ["asyncio", "aiohttp", "fork", "exec", "spawn", "mp-spawn"])
 def test_servers_and_inherited_listeners_get_stolen_connections(pod, tmp_path, kind):
     with serving(pod, tmp_path, kind, mode="steal") as app:
         answers = []
