@@ -183,7 +183,7 @@ def client_benchmarks(cfg: dict[str, int], raw: dict[str, Any]) -> dict[str, Any
 # ---------------------------------------------------------------------------------------------- start-up
 
 
-def _accepted(listener: socket.socket) -> int:
+def accepted(listener: socket.socket) -> int:
     """Connections that reached the listener (a closed one still waits in the accept queue)."""
     count = 0
     while True:
@@ -237,20 +237,20 @@ def startup_benchmark(runs: int, raw: dict[str, Any]) -> dict[str, Any]:
         if probe.stdout.split()[0] != "False":
             raise RuntimeError("the plain environment has the shim installed")
         out["shim_check"] = {"installed": True, "socket_imported_at_startup": socket_imported == "True"}
-        out["rpc_warmup"] = _accepted(listener)  # the two shim runs above count towards the proof too
+        out["rpc_warmup"] = accepted(listener)  # the two shim runs above count towards the proof too
 
         # The dedicated no-RPC check: one `python -c pass` against a session socket that is listening.
         _run_python("pass", shim)
-        out["rpc_pass"] = _accepted(listener)
+        out["rpc_pass"] = accepted(listener)
         _run_python("import socket", shim)
-        out["rpc_import_socket"] = _accepted(listener)
+        out["rpc_import_socket"] = accepted(listener)
 
         samples: dict[str, list[tuple[float, float]]] = {"plain": [], "shim": []}
         for i in range(runs):
             for name in ("plain", "shim") if i % 2 == 0 else ("shim", "plain"):
                 wall, cpu, _ = _run_python("pass", plain if name == "plain" else shim)
                 samples[name].append((wall, cpu))
-        out["rpc_timed"] = _accepted(listener)
+        out["rpc_timed"] = accepted(listener)
         listener.close()
 
     raw["startup"] = samples

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIM_DIR = ROOT / "sitecustomize_shim"
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.core import log, machine, mirror_py_command  # noqa: E402
+from benchmarks.core import accepted, log, machine, mirror_py_command  # noqa: E402
 
 AIM_LOCAL_RATIO = 1.5
 AIM_IMPORT_RATIO = 1.1
@@ -142,17 +142,6 @@ def _envs(sock_path: str) -> tuple[dict[str, str], dict[str, str]]:
     return plain, shim
 
 
-def _accepted(listener: socket.socket) -> int:
-    count = 0
-    while True:
-        try:
-            conn, _ = listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return count
-        conn.close()
-        count += 1
-
-
 def local_benchmarks(cfg: dict[str, int], raw: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="mirror-py-bench-files-") as tmp:
@@ -190,7 +179,7 @@ def local_benchmarks(cfg: dict[str, int], raw: dict[str, Any]) -> dict[str, Any]
                 subprocess.run([sys.executable, "-c", IMPORTS], env=plain if name == "plain" else shim, cwd=tmp,
                                check=True, stdin=subprocess.DEVNULL)
                 imports[name].append(time.perf_counter() - t0)
-        out["rpc"] = _accepted(listener)
+        out["rpc"] = accepted(listener)
         listener.close()
     raw["local"] = samples
     raw["imports_s"] = imports
