@@ -47,10 +47,6 @@ DATAGRAM = 4
 _KINDS = (CONTROL, DATA, CREDIT, EOF, DATAGRAM)
 
 
-class ProtocolError(Exception):
-    """The peer broke the protocol in a way that leaves the byte stream unusable."""
-
-
 class FlowControlError(Exception):
     """This side tried to send more than the peer has granted on a stream."""
 

@@ -15,8 +15,6 @@ from typing import Callable
 
 from . import protocol as p
 
-READ_CHUNK = 256 * 1024
-
 
 def errno_name(exc: BaseException) -> str:
     """Symbolic errno of an exception, as carried on the wire."""
