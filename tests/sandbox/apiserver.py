@@ -342,10 +342,11 @@ class ExecStream:
 class ApiServer:
     """Serves the cluster's API on ``hosts`` (same port on each) from a background thread."""
 
-    def __init__(self, cluster: Cluster, hosts: Sequence[str] = ("127.0.0.1",)) -> None:
+    def __init__(self, cluster: Cluster, hosts: Sequence[str] = ("127.0.0.1",), port: int = 0) -> None:
         self.cluster = cluster
         self.hosts = list(hosts)
-        self.port = 0
+        self.port = port  # 0: a free one; a restarted server asks for its old port
+        self._kill_execs = True
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -365,7 +366,10 @@ class ApiServer:
         if not self.port:
             raise RuntimeError("API server did not start within 30 s")
 
-    def stop(self) -> None:
+    def stop(self, kill_execs: bool = True) -> None:
+        """Stop serving. ``kill_execs=False`` is a server restart: the exec'd processes are not killed, they
+        see their stdin close when their streams go, as behind a real API server that goes away."""
+        self._kill_execs = kill_execs
         if self.loop is not None and self._stop is not None and self._thread is not None and self._thread.is_alive():
             self.loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(timeout=15)
@@ -394,9 +398,11 @@ class ApiServer:
         ctx = self._ssl_context()
         servers = []
         for _attempt in range(20):
-            with socket.socket() as probe:
-                probe.bind((self.hosts[0], 0))
-                port = probe.getsockname()[1]
+            port = self.port
+            if not port:
+                with socket.socket() as probe:
+                    probe.bind((self.hosts[0], 0))
+                    port = probe.getsockname()[1]
             try:
                 servers = [
                     await asyncio.start_server(self._connection, host, port, ssl=ctx, reuse_address=True)
@@ -407,6 +413,8 @@ class ApiServer:
                 for server in servers:
                     server.close()
                 servers = []
+                if self.port:
+                    await asyncio.sleep(0.1)  # a fixed port: wait for it to be free
         if not servers:
             raise RuntimeError("no free port for the API server")
         self.port = port
@@ -414,9 +422,18 @@ class ApiServer:
         await self._stop.wait()
         for server in servers:
             server.close()
-        for proc in list(self._procs):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        procs = list(self._procs)
+        if not self._kill_execs:
+            for proc in procs:
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            # They exit on their own once their stdin is closed; this loop (and their pipes) ends with the server.
+            if procs:
+                await asyncio.wait([asyncio.ensure_future(proc.wait()) for proc in procs], timeout=3)
+        for proc in procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -647,6 +664,11 @@ class ApiServer:
             return self._create(req, info, user)
         if req.method == "DELETE" and info.name:
             return self._delete(req, info)
+        if req.method == "PATCH" and info.name and info.resource == "deployments":
+            patch = self._body(req)
+            if not isinstance(patch, dict):
+                raise ApiError.bad_request("the body of the request must be an object")
+            return 200, self.cluster.patch_deployment(info.namespace, info.name, patch)
         raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
 
     def _body(self, req: Request) -> Any:
@@ -1076,6 +1098,7 @@ class ApiServer:
         master = slave = -1
         if tty:
             master, slave = pty.openpty()
+            os.set_blocking(master, False)
             proc = await asyncio.create_subprocess_exec(
                 *plan.argv, env=plan.env, stdin=slave, stdout=slave, stderr=slave, start_new_session=True
             )
@@ -1092,33 +1115,64 @@ class ApiServer:
             )
         self._procs.add(proc)
         stdin_open = stdin
+        last_data = loop.time()  # data either way; websocket pings are answered below this and do not count
 
         async def pump(source: asyncio.StreamReader | None, channel: int) -> None:
+            nonlocal last_data
             if source is None:
                 return
             while True:
                 data = await source.read(OUTBOUND_CHUNK)
                 if not data:
                     return
+                last_data = loop.time()
                 await stream.send_output(channel, data)
 
-        async def pump_pty() -> None:
+        async def idle_deadline() -> None:
+            """The kubelet's streaming-connection-idle-timeout: a stream with no data either way is cut."""
             while True:
+                timeout = self.cluster.exec_idle_timeout
+                if timeout is not None and loop.time() - last_data > timeout:
+                    self.cluster.exec_idle_closes += 1
+                    return
+                await asyncio.sleep(0.05)
+
+        async def pump_pty() -> None:
+            # Non-blocking reads from the loop: a blocking read in a worker thread could outlive the
+            # terminal's fd, block on whatever reuses the number, and hang the server's shutdown.
+            nonlocal last_data
+            readable = asyncio.Event()
+            loop.add_reader(master, readable.set)
+            while True:
+                await readable.wait()
+                readable.clear()
                 try:
-                    data = await loop.run_in_executor(None, os.read, master, OUTBOUND_CHUNK)
-                except OSError:
+                    data = os.read(master, OUTBOUND_CHUNK)
+                except BlockingIOError:
+                    continue
+                except OSError:  # EIO once the terminal's last process has gone
                     return
                 if not data:
                     return
+                last_data = loop.time()
                 await stream.send_output(STDOUT, data)
 
+        async def write_pty(data: bytes) -> None:
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[os.write(master, view) :]
+                except BlockingIOError:
+                    await asyncio.sleep(0.01)
+
         async def inbound() -> None:
-            nonlocal stdin_open
+            nonlocal stdin_open, last_data
             while True:
                 message = await stream.receive()
                 if message is None:
                     continue  # an empty message is ignored; a channel byte alone is a 0-byte write
                 channel, data = message
+                last_data = loop.time()
                 if channel == CLOSE and stream.protocol == V5:
                     if len(data) != 1 or data[0] >= 5:
                         await stream.ws.close(1002, "invalid CLOSE message")
@@ -1133,7 +1187,7 @@ class ApiServer:
                     continue
                 if channel == STDIN and stdin_open and data:
                     if tty:
-                        await loop.run_in_executor(None, os.write, master, data)
+                        await write_pty(data)
                     elif proc.stdin is not None:
                         proc.stdin.write(data)
                         try:
@@ -1153,9 +1207,19 @@ class ApiServer:
             asyncio.ensure_future(pump_pty() if tty else pump(proc.stdout, STDOUT)),
             asyncio.ensure_future(pump(None if tty else proc.stderr, STDERR)),
         ]
+        idle_task = asyncio.ensure_future(idle_deadline())
         try:
             wait_proc = asyncio.ensure_future(proc.wait())
-            done, _ = await asyncio.wait({wait_proc, reader_task}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({wait_proc, reader_task, idle_task}, return_when=asyncio.FIRST_COMPLETED)
+            if idle_task in done and not wait_proc.done():
+                # Cut for idleness: the process loses its stdin and its output goes nowhere, as when the
+                # kubelet closes the stream; the client sees the websocket close without a status.
+                if proc.stdin is not None and not tty:
+                    proc.stdin.close()
+                for p in pumps:
+                    p.cancel()
+                await stream.ws.close(1000)
+                raise WsClosed("idle timeout")
             if reader_task in done and not wait_proc.done():
                 # The client went away: close the process' stdin and stop reading its output, as the
                 # kubelet does; the process itself is not killed (it sees EOF / EPIPE and decides).
@@ -1192,8 +1256,10 @@ class ApiServer:
                 )
         finally:
             reader_task.cancel()
+            idle_task.cancel()
             self._procs.discard(proc)
             if master >= 0:
+                loop.remove_reader(master)
                 with contextlib.suppress(OSError):
                     os.close(master)
             if proc.returncode is None and not self._stop_requested():

@@ -605,7 +605,11 @@ class Cluster:
       :class:`ApiCall` list, ``clear_calls()``), ``configuration(user)`` (a kubernetes client Configuration).
     * knobs: ``v4_only``, ``ephemeral_containers_enabled``, ``missing_executable`` (``"runtime-error"``: exec of a
       missing binary fails like containerd — v5 Failure status after the upgrade, v4 an HTTP 500; ``"exit-127"``:
-      the process is started anyway and exits 127), ``set_no_python``, ``set_ready``, ``ephemeral_start_delay``.
+      the process is started anyway and exits 127), ``set_no_python``, ``set_ready``, ``ephemeral_start_delay``,
+      ``exec_idle_timeout`` (seconds without data either way before an exec stream is cut, as the kubelet's
+      streaming idle timeout does; websocket pings do not count; ``exec_idle_closes`` counts the cuts).
+    * faults: ``restart_apiserver(down_for)``; ``patch_deployment`` (also PATCH on the API) rolls out a new
+      ReplicaSet when the template changes, as ``kubectl rollout restart`` makes it do.
     """
 
     def __init__(
@@ -624,6 +628,8 @@ class Cluster:
         self.ephemeral_containers_enabled = ephemeral_containers
         self.missing_executable = "runtime-error"
         self.ephemeral_start_delay = 0.2
+        self.exec_idle_timeout: float | None = None  # the kubelet's streaming idle timeout (4 h by default)
+        self.exec_idle_closes = 0
         self.server_prefix = server_prefix.rstrip("/")
         self.namespace = namespace or ""
         self._kubeconfig_arg = Path(kubeconfig_path) if kubeconfig_path else None
@@ -784,6 +790,17 @@ class Cluster:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def restart_apiserver(self, down_for: float = 1.0) -> None:
+        """Stop the API server (every open connection, exec streams included, is dropped, as when the server
+        process restarts), keep its port closed for ``down_for`` seconds, then serve again on the same port."""
+        from tests.sandbox.apiserver import ApiServer
+
+        old = self.apiserver
+        old.stop(kill_execs=False)
+        time.sleep(down_for)
+        self.apiserver = ApiServer(self, hosts=old.hosts, port=old.port)
+        self.apiserver.start()
 
     # -- what tests use ------------------------------------------------------------------------------
 
@@ -994,6 +1011,8 @@ class Cluster:
         deadline = time.monotonic() + timeout
         pending = list(pods)
         while pending:
+            if self._closed:
+                raise RuntimeError("the cluster was closed")
             still = []
             for ns, name in pending:
                 obj = self.store.get("pods", ns, name)
@@ -1029,36 +1048,14 @@ class Cluster:
         kind = obj["kind"]
         meta = obj["metadata"]
         spec = obj.setdefault("spec", {})
-        ns, name = meta["namespace"], meta["name"]
+        name = meta["name"]
         template = spec["template"]
         replicas = 1 if kind == "DaemonSet" else int(spec.get("replicas", 1))
         obj["metadata"]["generation"] = 1
         stored = self.store.put(obj)
         pods: list[tuple[str, str]] = []
         if kind == "Deployment":
-            pod_hash = template_hash(template)
-            rs_template = copy.deepcopy(template)
-            rs_template.setdefault("metadata", {}).setdefault("labels", {})["pod-template-hash"] = pod_hash
-            rs_selector = copy.deepcopy(spec["selector"])
-            rs_selector.setdefault("matchLabels", {})["pod-template-hash"] = pod_hash
-            rs = self.store.put(
-                {
-                    "apiVersion": "apps/v1",
-                    "kind": "ReplicaSet",
-                    "metadata": {
-                        "name": f"{name}-{pod_hash}",
-                        "namespace": ns,
-                        "labels": dict(rs_template["metadata"]["labels"]),
-                        "annotations": {"deployment.kubernetes.io/revision": "1"},
-                        "ownerReferences": [owner_reference(stored)],
-                        "generation": 1,
-                    },
-                    "spec": {"replicas": replicas, "selector": rs_selector, "template": rs_template},
-                    "status": {"replicas": 0},
-                }
-            )
-            for _ in range(replicas):
-                pods.append(self._pod_from_template(rs, rs_template, f"{rs['metadata']['name']}-{random_suffix()}"))
+            pods.extend(self._new_replicaset(stored, 1))
         elif kind == "StatefulSet":
             revision = f"{name}-{template_hash(template)}"
             for index in range(replicas):
@@ -1077,6 +1074,89 @@ class Cluster:
             extra = {"controller-revision-hash": template_hash(template), "pod-template-generation": "1"}
             pods.append(self._pod_from_template(stored, template, f"{name}-{random_suffix()}", extra))
         return pods
+
+    def _new_replicaset(self, deployment: dict[str, Any], revision: int) -> list[tuple[str, str]]:
+        """The Deployment controller's ReplicaSet for the deployment's current template, and its (unstarted)
+        pods: named ``<deployment>-<pod-template-hash>``, labelled with the hash, one revision up."""
+        spec = deployment["spec"]
+        name, ns = deployment["metadata"]["name"], deployment["metadata"]["namespace"]
+        replicas = int(spec.get("replicas", 1))
+        pod_hash = template_hash(spec["template"])
+        rs_template = copy.deepcopy(spec["template"])
+        rs_template.setdefault("metadata", {}).setdefault("labels", {})["pod-template-hash"] = pod_hash
+        rs_selector = copy.deepcopy(spec["selector"])
+        rs_selector.setdefault("matchLabels", {})["pod-template-hash"] = pod_hash
+        rs = self.store.put(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "metadata": {
+                    "name": f"{name}-{pod_hash}",
+                    "namespace": ns,
+                    "labels": dict(rs_template["metadata"]["labels"]),
+                    "annotations": {"deployment.kubernetes.io/revision": str(revision)},
+                    "ownerReferences": [owner_reference(deployment)],
+                    "generation": 1,
+                },
+                "spec": {"replicas": replicas, "selector": rs_selector, "template": rs_template},
+                "status": {"replicas": 0},
+            }
+        )
+        return [
+            self._pod_from_template(rs, rs_template, f"{rs['metadata']['name']}-{random_suffix()}")
+            for _ in range(replicas)
+        ]
+
+    def patch_deployment(self, ns: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """A merge patch of a Deployment. A changed pod template starts a rollout in the background, as the
+        Deployment controller does (``kubectl rollout restart`` patches a template annotation)."""
+        current = self.store.get("deployments", ns, name)
+        if current is None:
+            raise ApiError.not_found("deployments", name, "apps")
+        before = template_hash(current["spec"]["template"])
+
+        def change(obj: dict[str, Any]) -> None:
+            _merge_patch(obj, {k: v for k, v in patch.items() if k in ("metadata", "spec")})
+            obj["metadata"]["generation"] = int(obj["metadata"].get("generation", 1)) + 1
+
+        updated = self.store.update("deployments", ns, name, change) or current
+        if template_hash(updated["spec"]["template"]) != before:
+            self._pool.submit(self._roll_out, ns, name)
+        return updated
+
+    def _roll_out(self, ns: str, name: str, ready_timeout: float = 60.0) -> None:
+        """RollingUpdate with the defaults (maxSurge 25% rounded up, maxUnavailable 25% rounded down): for the
+        small deployments of tests, the new pods start and become Ready first, then the old ones are deleted."""
+        deployment = self.store.get("deployments", ns, name)
+        if deployment is None:
+            return
+        uid = deployment["metadata"]["uid"]
+        old = [
+            rs
+            for rs in self.store.list("replicasets", ns)
+            if any(r.get("uid") == uid for r in rs["metadata"].get("ownerReferences") or [])
+        ]
+        revision = 1 + max(
+            (int(rs["metadata"].get("annotations", {}).get("deployment.kubernetes.io/revision", 1)) for rs in old),
+            default=0,
+        )
+        new_pods = self._new_replicaset(deployment, revision)
+        for key in new_pods:
+            self._start_pod(*key)
+        try:
+            self.wait_ready(new_pods, timeout=ready_timeout)
+        except (TimeoutError, RuntimeError):
+            return  # a rollout that does not progress leaves the old pods serving, as Kubernetes does
+        for rs in old:
+            rs_name = rs["metadata"]["name"]
+            self.store.update("replicasets", ns, rs_name, lambda o: o["spec"].__setitem__("replicas", 0))
+            rs_uid = rs["metadata"]["uid"]
+            for pod in self.store.list("pods", ns):
+                owners = pod["metadata"].get("ownerReferences") or []
+                if any(r.get("uid") == rs_uid for r in owners) and not pod["metadata"].get("deletionTimestamp"):
+                    with contextlib.suppress(ApiError):
+                        self.delete_pod(ns, pod["metadata"]["name"])
+        self._sync_owners()
 
     def _pod_from_template(
         self,
@@ -1414,6 +1494,14 @@ class Cluster:
                 spec = gone["spec"]
                 key = self._pod_from_template(owner, template, name, extra, spec.get("hostname"), spec.get("subdomain"))
             elif ref["kind"] == "ReplicaSet":
+                live = [
+                    p
+                    for p in self.store.list("pods", ns)
+                    if any(r.get("uid") == ref.get("uid") for r in p["metadata"].get("ownerReferences") or [])
+                    and not p["metadata"].get("deletionTimestamp")
+                ]
+                if len(live) >= int(owner["spec"].get("replicas", 1)):
+                    continue  # scaled down (an old ReplicaSet after a rollout): nothing to replace
                 key = self._pod_from_template(owner, template, f"{ref['name']}-{random_suffix()}")
             else:
                 extra = {k: labels[k] for k in ("controller-revision-hash", "pod-template-generation") if k in labels}
@@ -1968,6 +2056,18 @@ class Cluster:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def _merge_patch(target: dict[str, Any], patch: Mapping[str, Any]) -> None:
+    """RFC 7386 merge patch in place (null deletes). Strategic merge patch agrees with it on maps, which is
+    all a template-annotation patch touches."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _merge_patch(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
 
 
 def _netpod_name(name: str) -> str:

@@ -39,7 +39,7 @@ kubernetes = pytest.importorskip("kubernetes")
 websockets_sync = pytest.importorskip("websockets.sync.client")
 from kubernetes import client as k8s  # noqa: E402
 from kubernetes import config as k8s_config  # noqa: E402
-from websockets.exceptions import InvalidStatus  # noqa: E402
+from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 
 from tests.sandbox.cluster import Cluster  # noqa: E402
 from tests.sandbox.netpod import BRIDGE_PREFIX, NETNS_PREFIX  # noqa: E402
@@ -799,3 +799,72 @@ def test_restarts_back_off_and_jobs_complete(cluster: Cluster, core: Any) -> Non
     orphan = core.read_namespaced_pod(pod.metadata.name, "staging")
     assert not orphan.metadata.owner_references
     core.delete_namespaced_pod(pod.metadata.name, "staging", grace_period_seconds=0)
+
+
+# ------------------------------------------------------------------------------------------ faults (last: they
+# replace the api pod and restart the API server)
+
+
+def test_exec_idle_timeout_cuts_a_quiet_stream_only(cluster: Cluster) -> None:
+    """The kubelet's streaming idle timeout counts data either way; websocket pings do not reset it."""
+    pod = api_pod(cluster)
+    url = ws_url(cluster, pod, ["cat"], container="app", stdin=True)
+    cluster.exec_idle_timeout = 1.0
+    before = cluster.exec_idle_closes
+    try:
+        with ws_connect(cluster, url, [V5]) as conn:
+            conn.recv(timeout=5)  # the greeting
+            for i in range(6):  # 1.8 s of traffic, a message every 0.3 s: never idle
+                conn.send(b"\x00" + f"{i}".encode())
+                assert conn.recv(timeout=5) == b"\x01" + f"{i}".encode()
+                started = time.monotonic()  # the last data
+                time.sleep(0.3)
+            assert cluster.exec_idle_closes == before
+            closed = False
+            while not closed and time.monotonic() - started < 5:  # then quiet, apart from websocket pings
+                try:
+                    conn.ping()
+                    msg = conn.recv(timeout=0.3)
+                except TimeoutError:
+                    continue
+                except ConnectionClosed:
+                    closed = True
+                else:
+                    pytest.fail(f"a quiet stream sent {msg!r}")  # a cut stream gets no status frame
+            assert closed and 0.9 < time.monotonic() - started < 3
+        assert cluster.exec_idle_closes == before + 1
+    finally:
+        cluster.exec_idle_timeout = None
+
+
+def test_rollout_restart_replaces_the_pod_through_a_new_replicaset(cluster: Cluster, core: Any) -> None:
+    apps = k8s.AppsV1Api(core.api_client)
+    old_pod = api_pod(cluster)
+    old_rs = core.read_namespaced_pod(old_pod, "staging").metadata.owner_references[0].name
+    patch = {"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": "now"}}}}}
+    apps.patch_namespaced_deployment("api", "staging", patch)  # what `kubectl rollout restart` sends
+    deadline = time.monotonic() + 30
+    while cluster.store.get("pods", "staging", old_pod) is not None:
+        assert time.monotonic() < deadline, "the old pod was never deleted"
+        time.sleep(0.05)
+    time.sleep(0.5)  # nothing replaces the old ReplicaSet's pod
+    pods = core.list_namespaced_pod("staging", label_selector="app=api").items
+    assert len(pods) == 1 and pods[0].status.phase == "Running"
+    new_rs = pods[0].metadata.owner_references[0].name
+    assert new_rs != old_rs and pods[0].metadata.annotations["kubectl.kubernetes.io/restartedAt"] == "now"
+    by_name = {rs.metadata.name: rs for rs in apps.list_namespaced_replica_set("staging").items}
+    assert by_name[old_rs].spec.replicas == 0
+    assert by_name[new_rs].metadata.annotations["deployment.kubernetes.io/revision"] == "2"
+    assert apps.read_namespaced_deployment("api", "staging").metadata.generation == 2
+
+
+def test_api_server_restart_keeps_its_address_and_drops_exec_streams(cluster: Cluster, core: Any) -> None:
+    url = ws_url(cluster, api_pod(cluster), ["cat"], container="app", stdin=True)
+    port = cluster.apiserver.port
+    with ws_connect(cluster, url, [V5]) as conn:
+        conn.recv(timeout=5)
+        cluster.restart_apiserver(down_for=0.5)
+        with pytest.raises(ConnectionClosed):
+            conn.recv(timeout=5)  # the stream went with the old server
+    assert cluster.apiserver.port == port
+    assert core.read_namespaced_pod(api_pod(cluster), "staging").status.phase == "Running"  # same kubeconfig
