@@ -135,6 +135,15 @@ class AgentConfig(_Section):
     startup_timeout: float = Field(
         30.0, gt=0, allow_inf_nan=False, description="Seconds to wait for the agent to say hello."
     )
+    keepalive_interval: float = Field(
+        20.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Seconds between the session's keep-alive pings to the agent. They are data on the exec stream, "
+        "so they keep the cluster's streaming idle timeout (4 h; 5 min on hardened clusters) and idle-cutting load "
+        "balancers in front of the API server from ending a quiet session; lower it below such a timeout.",
+    )
 
 
 class FilterConfig(_Section):

@@ -32,11 +32,11 @@ class RemoteError(OSError):
 class AgentLink:
     """Speaks the protocol over a :class:`~mirror_py.transport.channel.Channel` to one agent."""
 
-    PING_INTERVAL = 20.0
     PING_TIMEOUT = 90.0
 
-    def __init__(self, channel: Channel, startup_timeout: float = 30.0) -> None:
+    def __init__(self, channel: Channel, startup_timeout: float = 30.0, ping_interval: float = 20.0) -> None:
         self.channel = channel
+        self.ping_interval = ping_interval
         self.description = channel.description
         self.startup_timeout = startup_timeout
         self.conn = p.Connection("session")
@@ -77,13 +77,14 @@ class AgentLink:
 
     async def _keep_alive(self) -> None:
         """Pings the agent over the protocol itself, not the transport: the pings are data on the exec stream,
-        so they also reset the cluster's idle timeout (4 h, or 5 min on hardened clusters). Only silence
+        so they also reset the cluster's idle timeout (4 h, or 5 min on hardened clusters; every
+        ``agent.keepalive_interval``, 20 s by default). Only silence
         after a ping for PING_TIMEOUT ends the channel — a busy channel keeps sending, and a server whose
         read loop is blocked for a while is not a dead one."""
         token = 0
         loop = asyncio.get_running_loop()
         while self.failure is None:
-            await asyncio.sleep(self.PING_INTERVAL)
+            await asyncio.sleep(self.ping_interval)
             if self.failure is not None:
                 return
             token += 1
@@ -97,7 +98,7 @@ class AgentLink:
                                f"(no reply for {self.PING_TIMEOUT:.0f} s)")
                     self.channel.kill()
                     return
-                await asyncio.sleep(min(1.0, self.PING_INTERVAL))
+                await asyncio.sleep(min(1.0, self.ping_interval))
 
     def _stderr_hint(self) -> str:
         text = self._stderr.decode("utf-8", "replace").strip()

@@ -118,7 +118,7 @@ class Session:
         self.target_description = channel.description
         log.info("starting the agent in %s", self.target_description)
         started = asyncio.get_running_loop().time()
-        self.link = AgentLink(channel, self.cfg.agent.startup_timeout)
+        self.link = AgentLink(channel, self.cfg.agent.startup_timeout, self.cfg.agent.keepalive_interval)
         hello = await self.link.start()
         progress.info("agent ready in %s (python %s, %.1f s)", self.target_description, hello.info.get("python"),
                       asyncio.get_running_loop().time() - started)

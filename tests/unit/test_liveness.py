@@ -14,7 +14,7 @@ from mirror_py_agent import bootstrap
 
 def _link(interval: float, timeout: float) -> AgentLink:
     link = AgentLink(ProcessChannel(bootstrap.command(sys.executable), "a local agent", sys.executable), 10)
-    link.PING_INTERVAL = interval
+    link.ping_interval = interval
     link.PING_TIMEOUT = timeout
     return link
 
