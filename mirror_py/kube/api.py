@@ -36,6 +36,25 @@ class KubeContext:
 
         return client.BatchV1Api(self.api_client)
 
+    def get_json(self, path: str, **query: str) -> Any:
+        """GET ``path`` and return the object as the API server sent it (camelCase JSON).
+
+        The typed API classes of the client library cost about half a second to import and set up on first use
+        (hundreds of validated methods and model classes); finding a target needs only a few GETs, so they are
+        made with the client's own connection pool, auth (refreshing tokens included) and errors
+        (``ApiException`` with the status) without them."""
+        from kubernetes.client.exceptions import ApiException
+
+        method, url, headers, _body, _post = self.api_client.param_serialize(
+            "GET", path, query_params=list(query.items()) or None, header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = self.api_client.call_api(method, url, headers)
+        data = response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=data.decode("utf-8", "replace"), data=None)
+        return json.loads(data)
+
 
 def load(kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None) -> KubeContext:
     """``--kubeconfig`` or ``KUBECONFIG`` (several files joined by ':'), else ~/.kube/config, else in-cluster;

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any
+from urllib.parse import quote
 
 from ..errors import MirrorError
 from .api import KubeContext, explain
@@ -85,7 +85,7 @@ def _suggest(name: str, candidates: list[str]) -> str:
 def _selector(match_labels: dict | None, expressions: list | None = None) -> str:
     parts = [f"{k}={v}" for k, v in sorted((match_labels or {}).items())]
     for expr in expressions or []:
-        key, op, values = expr.key, expr.operator, expr.values or []
+        key, op, values = expr.get("key", ""), expr.get("operator"), expr.get("values") or []
         if op == "In":
             parts.append(f"{key} in ({','.join(values)})")
         elif op == "NotIn":
@@ -97,70 +97,87 @@ def _selector(match_labels: dict | None, expressions: list | None = None) -> str
     return ",".join(parts)
 
 
-def _is_ready(pod: Any) -> bool:
-    if pod.metadata.deletion_timestamp is not None or (pod.status.phase or "") != "Running":
+# Objects below are the API's JSON (camelCase keys), as KubeContext.get_json returns them.
+def _is_ready(pod: dict) -> bool:
+    status = pod.get("status") or {}
+    if pod["metadata"].get("deletionTimestamp") or status.get("phase") != "Running":
         return False
-    for cond in pod.status.conditions or []:
-        if cond.type == "Ready":
-            return cond.status == "True"
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return cond.get("status") == "True"
     return False
 
 
-def _not_ready_reason(pod: Any) -> str:
-    phase = pod.status.phase or "Unknown"
-    for cs in pod.status.container_statuses or []:
-        waiting = cs.state.waiting if cs.state else None
-        if waiting is not None and waiting.reason:
-            return f"{phase}, container {cs.name}: {waiting.reason}"
+def _not_ready_reason(pod: dict) -> str:
+    status = pod.get("status") or {}
+    phase = status.get("phase") or "Unknown"
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason"):
+            return f"{phase}, container {cs.get('name')}: {waiting['reason']}"
     return phase if phase != "Running" else "Running but not Ready"
+
+
+def _names(kube: KubeContext, path: str) -> list[str]:
+    """Names for a "did you mean" hint; none when the user may not list them."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return [o["metadata"]["name"] for o in kube.get_json(path).get("items") or []]
+    except ApiException:
+        return []
 
 
 def _check_namespace(kube: KubeContext, namespace: str) -> None:
     from kubernetes.client.exceptions import ApiException
 
     try:
-        kube.core().read_namespace(namespace)
+        kube.get_json(f"/api/v1/namespaces/{quote(namespace, safe='')}")
     except ApiException as exc:
         if exc.status == 404:
-            try:
-                names = [n.metadata.name for n in kube.core().list_namespace().items]
-            except ApiException:
-                names = []
+            names = _names(kube, "/api/v1/namespaces")
             raise MirrorError(f"namespace {namespace!r} not found{_suggest(namespace, names)}") from None
         if exc.status != 403:  # a user may not be allowed to read namespaces, only to work in one
             raise explain(exc, f"reading namespace {namespace!r}") from None
 
 
-def _owner_selector(kube: KubeContext, ref: TargetRef, namespace: str) -> str:
+# kind -> the collection's path under a namespace
+COLLECTIONS = {
+    "pod": "/api/v1/namespaces/{ns}/pods",
+    "service": "/api/v1/namespaces/{ns}/services",
+    "deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
+    "statefulset": "/apis/apps/v1/namespaces/{ns}/statefulsets",
+    "replicaset": "/apis/apps/v1/namespaces/{ns}/replicasets",
+    "daemonset": "/apis/apps/v1/namespaces/{ns}/daemonsets",
+    "job": "/apis/batch/v1/namespaces/{ns}/jobs",
+}
+
+
+def collection(kind: str, namespace: str) -> str:
+    return COLLECTIONS[kind].format(ns=quote(namespace, safe=""))
+
+
+def _read(kube: KubeContext, kind: str, name: str, namespace: str) -> dict:
+    """The named object; a missing one (or namespace) is a MirrorError with near names."""
     from kubernetes.client.exceptions import ApiException
 
-    apps, batch, core = kube.apps(), kube.batch(), kube.core()
-    readers = {
-        "deployment": (apps.read_namespaced_deployment, apps.list_namespaced_deployment),
-        "statefulset": (apps.read_namespaced_stateful_set, apps.list_namespaced_stateful_set),
-        "replicaset": (apps.read_namespaced_replica_set, apps.list_namespaced_replica_set),
-        "daemonset": (apps.read_namespaced_daemon_set, apps.list_namespaced_daemon_set),
-        "job": (batch.read_namespaced_job, batch.list_namespaced_job),
-        "service": (core.read_namespaced_service, core.list_namespaced_service),
-    }
-    read, listing = readers[ref.kind]
     try:
-        obj = read(ref.name, namespace)
+        return kube.get_json(f"{collection(kind, namespace)}/{quote(name, safe='')}")
     except ApiException as exc:
         if exc.status == 404:
-            try:
-                names = [o.metadata.name for o in listing(namespace).items]
-            except ApiException:
-                names = []
+            names = _names(kube, collection(kind, namespace))
             _check_namespace(kube, namespace)
-            raise MirrorError(f"{ref.kind} {ref.name!r} not found in namespace {namespace!r}"
-                              f"{_suggest(ref.name, names)}") from None
-        raise explain(exc, f"reading {ref.kind} {namespace}/{ref.name}") from None
+            raise MirrorError(f"{kind} {name!r} not found in namespace {namespace!r}{_suggest(name, names)}") from None
+        raise explain(exc, f"reading {kind} {namespace}/{name}") from None
+
+
+def _owner_selector(kube: KubeContext, ref: TargetRef, namespace: str) -> str:
+    spec = _read(kube, ref.kind, ref.name, namespace).get("spec") or {}
     if ref.kind == "service":
-        selector = _selector(obj.spec.selector)
+        selector = _selector(spec.get("selector"))
     else:
-        sel = obj.spec.selector
-        selector = _selector(sel.match_labels, sel.match_expressions) if sel else ""
+        sel = spec.get("selector") or {}
+        selector = _selector(sel.get("matchLabels"), sel.get("matchExpressions"))
     if not selector:
         raise MirrorError(f"{ref.kind} {namespace}/{ref.name} has no pod selector, so it has no pods to target")
     return selector
@@ -168,23 +185,12 @@ def _owner_selector(kube: KubeContext, ref: TargetRef, namespace: str) -> str:
 
 def resolve(kube: KubeContext, ref: TargetRef, namespace: str | None = None) -> ResolvedTarget:
     """Finds a Running and Ready pod for ``ref`` and picks its container; every failure says why."""
-    from kubernetes.client.exceptions import ApiException
-
     ns = namespace or kube.namespace
-    core = kube.core()
     if ref.kind == "pod":
         try:
-            pod = core.read_namespaced_pod(ref.name, ns)
-        except ApiException as exc:
-            if exc.status == 404:
-                try:
-                    names = [p.metadata.name for p in core.list_namespaced_pod(ns).items]
-                except ApiException:
-                    names = []
-                _check_namespace(kube, ns)
-                hint = _suggest(ref.name, names)
-                raise MirrorError(f"pod {ref.name!r} not found in namespace {ns!r}{hint}") from None
-            raise explain(exc, f"reading pod {ns}/{ref.name}") from None
+            pod = _read(kube, "pod", ref.name, ns)
+        except MirrorError:
+            raise
         except Exception as exc:
             raise explain(exc, f"reading pod {ns}/{ref.name}") from None
         if not _is_ready(pod):
@@ -193,29 +199,31 @@ def resolve(kube: KubeContext, ref: TargetRef, namespace: str | None = None) -> 
     else:
         try:
             selector = _owner_selector(kube, ref, ns)
-            pods = core.list_namespaced_pod(ns, label_selector=selector).items
+            pods = kube.get_json(collection("pod", ns), labelSelector=selector).get("items") or []
         except MirrorError:
             raise
         except Exception as exc:
             raise explain(exc, f"listing the pods of {ref.kind} {ns}/{ref.name}") from None
-        ready = sorted((p for p in pods if _is_ready(p)), key=lambda p: p.metadata.name)
+        ready = sorted((p for p in pods if _is_ready(p)), key=lambda p: p["metadata"]["name"])
         if not ready:
-            states = ", ".join(f"{p.metadata.name}: {_not_ready_reason(p)}" for p in pods[:5])
+            states = ", ".join(f"{p['metadata']['name']}: {_not_ready_reason(p)}" for p in pods[:5])
             raise MirrorError(f"{ref.kind} {ns}/{ref.name} has no Running and Ready pod"
                               + (f" ({states})" if states else " (it has no pods)"))
         pod = ready[0]
     container, why = choose_container(pod, ref.container)
-    probes = [p for c in pod.spec.containers if c.name == container for p in probes_of(c)]
-    return ResolvedTarget(ns, pod.metadata.name, container, pod.status.pod_ip, pod.spec.node_name, why, probes)
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    probes = [p for c in spec.get("containers") or [] if c.get("name") == container for p in probes_of(c)]
+    return ResolvedTarget(ns, pod["metadata"]["name"], container, status.get("podIP"), spec.get("nodeName"), why,
+                          probes)
 
 
-def choose_container(pod: Any, wanted: str | None) -> tuple[str, str]:
-    names = [c.name for c in pod.spec.containers]
+def choose_container(pod: dict, wanted: str | None) -> tuple[str, str]:
+    names = [c["name"] for c in (pod.get("spec") or {}).get("containers") or []]
     if wanted:
         if wanted not in names:
-            raise MirrorError(f"pod {pod.metadata.name} has no container {wanted!r}; it has {', '.join(names)}")
+            raise MirrorError(f"pod {pod['metadata']['name']} has no container {wanted!r}; it has {', '.join(names)}")
         return wanted, "named"
-    annotated = (pod.metadata.annotations or {}).get(DEFAULT_CONTAINER_ANNOTATION)
+    annotated = (pod["metadata"].get("annotations") or {}).get(DEFAULT_CONTAINER_ANNOTATION)
     if annotated in names:
         return annotated, f"the {DEFAULT_CONTAINER_ANNOTATION} annotation"
     for name in names:
@@ -224,21 +232,21 @@ def choose_container(pod: Any, wanted: str | None) -> tuple[str, str]:
     return names[0], "the first container"
 
 
-def probes_of(container: Any) -> list[dict]:
-    """The readiness, liveness and startup probes of a Kubernetes container object, with their ports."""
-    named = {p.name: p.container_port for p in (container.ports or []) if p.name}
+def probes_of(container: dict) -> list[dict]:
+    """The readiness, liveness and startup probes of a container (the pod spec's JSON), with their ports."""
+    named = {p["name"]: p.get("containerPort") for p in container.get("ports") or [] if p.get("name")}
     out = []
-    for kind, probe in (("readiness", container.readiness_probe), ("liveness", container.liveness_probe),
-                        ("startup", container.startup_probe)):
-        if probe is None:
+    for kind in ("readiness", "liveness", "startup"):
+        probe = container.get(f"{kind}Probe")
+        if not probe:
             continue
-        for handler, action in (("httpGet", probe.http_get), ("tcpSocket", probe.tcp_socket),
-                                ("grpc", getattr(probe, "grpc", None))):
-            if action is None:
+        for handler in ("httpGet", "tcpSocket", "grpc"):
+            action = probe.get(handler)
+            if not action:
                 continue
-            port = getattr(action, "port", None)
+            port = action.get("port")
             if isinstance(port, str):
                 port = named.get(port) or (int(port) if port.isdigit() else None)
             if isinstance(port, int):
-                out.append({"kind": kind, "container": container.name, "handler": handler, "port": port})
+                out.append({"kind": kind, "container": container.get("name"), "handler": handler, "port": port})
     return out

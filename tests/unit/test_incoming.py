@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import types
 
 from mirror_py.kube.targets import probes_of
 from mirror_py.session.incoming import live_inodes
@@ -13,13 +12,12 @@ from mirror_py.session.incoming import live_inodes
 
 # -------------------------------------------------------------------------------------------- the session
 def test_probes_of_a_container_name_their_ports():
-    ns = types.SimpleNamespace
-    container = ns(
-        name="app", ports=[ns(name="http", container_port=8000)],
-        readiness_probe=ns(http_get=ns(port="http"), tcp_socket=None, grpc=None),
-        liveness_probe=ns(http_get=None, tcp_socket=ns(port=9000), grpc=None),
-        startup_probe=None,
-    )
+    container = {
+        "name": "app", "ports": [{"name": "http", "containerPort": 8000}],
+        "readinessProbe": {"httpGet": {"port": "http", "path": "/healthz"}},
+        "livenessProbe": {"tcpSocket": {"port": 9000}},
+        "startupProbe": {"exec": {"command": ["true"]}},
+    }
     assert probes_of(container) == [
         {"kind": "readiness", "container": "app", "handler": "httpGet", "port": 8000},
         {"kind": "liveness", "container": "app", "handler": "tcpSocket", "port": 9000},

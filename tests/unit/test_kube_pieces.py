@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace as NS
-
 import pytest
 
 from mirror_py.errors import MirrorError
@@ -39,8 +37,8 @@ def test_bad_targets(text, message):
 
 
 def _pod(names, annotations=None):
-    return NS(metadata=NS(name="api-1", annotations=annotations or {}),
-              spec=NS(containers=[NS(name=n) for n in names]))
+    return {"metadata": {"name": "api-1", "annotations": annotations or {}},
+            "spec": {"containers": [{"name": n} for n in names]}}
 
 
 def test_container_choice_order():
