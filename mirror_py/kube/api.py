@@ -21,39 +21,32 @@ class KubeContext:
     namespace: str
     context: str
 
-    def core(self) -> Any:
-        from kubernetes import client
-
-        return client.CoreV1Api(self.api_client)
-
-    def apps(self) -> Any:
-        from kubernetes import client
-
-        return client.AppsV1Api(self.api_client)
-
-    def batch(self) -> Any:
-        from kubernetes import client
-
-        return client.BatchV1Api(self.api_client)
-
     def get_json(self, path: str, **query: str) -> Any:
-        """GET ``path`` and return the object as the API server sent it (camelCase JSON).
+        """GET ``path``: the object as the API server sent it (camelCase JSON)."""
+        return self.request_json("GET", path, **query)
 
-        The typed API classes of the client library cost about half a second to import and set up on first use
-        (hundreds of validated methods and model classes); finding a target needs only a few GETs, so they are
-        made with the client's own connection pool, auth (refreshing tokens included) and errors
-        (``ApiException`` with the status) without them."""
+    def request_json(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
+                     **query: str) -> Any:
+        """One API request with a JSON answer, made with the client's own connection pool, auth (refreshing
+        tokens included) and errors (``ApiException`` with the status).
+
+        The client library's typed API classes and models cost about half a second to import and set up on
+        first use (hundreds of validated methods and model classes) — half of a session's start. mirror-py needs
+        a handful of requests, and reads the API's own JSON."""
         from kubernetes.client.exceptions import ApiException
 
-        method, url, headers, _body, _post = self.api_client.param_serialize(
-            "GET", path, query_params=list(query.items()) or None, header_params={"Accept": "application/json"},
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        method, url, headers, body, _post = self.api_client.param_serialize(
+            method, path, query_params=list(query.items()) or None, header_params=headers, body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.api_client.call_api(method, url, headers)
+        response = self.api_client.call_api(method, url, headers, body)
         data = response.read()
         if not 200 <= response.status <= 299:
             raise ApiException.from_response(http_resp=response, body=data.decode("utf-8", "replace"), data=None)
-        return json.loads(data)
+        return json.loads(data) if data else {}
 
 
 def load(kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None) -> KubeContext:

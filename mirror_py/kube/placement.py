@@ -22,13 +22,14 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Callable
+from urllib.parse import quote
 
 from mirror_py_agent import bootstrap
 
 from ..errors import MirrorError
 from ..transport.k8s_exec import ExecChannel
 from .api import KubeContext, explain
-from .targets import ResolvedTarget
+from .targets import ResolvedTarget, collection
 
 progress = logging.getLogger("mirror_py.progress")
 log = logging.getLogger("mirror_py.session")
@@ -97,10 +98,15 @@ def _placed_environment(container_id: str | None, enter: list[str]) -> Callable[
     return after_hello
 
 
-def _container_id(pod: Any, container: str) -> str | None:
-    for status in pod.status.container_statuses or []:
-        if status.name == container:
-            return status.container_id
+# Pods below are the API's JSON (camelCase keys), as KubeContext.request_json returns them.
+def _pod_path(namespace: str, name: str) -> str:
+    return f"{collection('pod', namespace)}/{quote(name, safe='')}"
+
+
+def _container_id(pod: dict, container: str) -> str | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == container:
+            return status.get("containerID")
     return None
 
 
@@ -110,7 +116,6 @@ async def ephemeral_mode(kube: KubeContext, target: ResolvedTarget, python: str,
 
     token = "mirror-py-" + secrets.token_hex(6)
     name = token
-    core = kube.core()
     body = {"spec": {"ephemeralContainers": [{
         "name": name,
         "image": image,
@@ -124,8 +129,8 @@ async def ephemeral_mode(kube: KubeContext, target: ResolvedTarget, python: str,
     progress.info("creating ephemeral container %s (image %s) in pod %s/%s", name, image, target.namespace,
                   target.pod)
     try:
-        pod = await asyncio.to_thread(core.patch_namespaced_pod_ephemeralcontainers, target.pod, target.namespace,
-                                      body)
+        await asyncio.to_thread(kube.request_json, "PATCH", _pod_path(target.namespace, target.pod) +
+                                "/ephemeralcontainers", body, "application/strategic-merge-patch+json")
     except ApiException as exc:
         if exc.status == 404:
             raise MirrorError(f"the cluster refused an ephemeral container for pod {target.namespace}/{target.pod} "
@@ -144,36 +149,34 @@ async def ephemeral_mode(kube: KubeContext, target: ResolvedTarget, python: str,
     return Placement(channel, "ephemeral", _placed_environment(_container_id(pod, target.container), []))
 
 
-def _ephemeral_state(pod: Any, name: str) -> tuple[str, str]:
-    for status in pod.status.ephemeral_container_statuses or []:
-        if status.name == name:
+def _ephemeral_state(pod: dict, name: str) -> tuple[str, str]:
+    for status in (pod.get("status") or {}).get("ephemeralContainerStatuses") or []:
+        if status.get("name") == name:
             return _state(status)
     return "waiting", "ContainerCreating"
 
 
-def _state(status: Any) -> tuple[str, str]:
-    state = status.state
-    if state is None:
-        return "waiting", "ContainerCreating"
-    if state.running is not None:
+def _state(status: dict) -> tuple[str, str]:
+    state = status.get("state") or {}
+    if state.get("running") is not None:
         return "running", ""
-    if state.terminated is not None:
-        return "terminated", f"{state.terminated.reason or 'exited'} (exit code {state.terminated.exit_code})"
-    waiting = state.waiting
-    reason = (waiting.reason or "ContainerCreating") if waiting else "ContainerCreating"
-    message = waiting.message if waiting and waiting.message else ""
+    terminated = state.get("terminated")
+    if terminated is not None:
+        return "terminated", f"{terminated.get('reason') or 'exited'} (exit code {terminated.get('exitCode')})"
+    waiting = state.get("waiting") or {}
+    reason = waiting.get("reason") or "ContainerCreating"
+    message = waiting.get("message") or ""
     return ("failed" if reason in WAITING_FAILURES else "waiting"), f"{reason}{': ' + message if message else ''}"
 
 
-async def _wait(kube: KubeContext, namespace: str, pod_name: str, state_of: Callable[[Any], tuple[str, str]],
-                timeout: float, what: str) -> Any:
+async def _wait(kube: KubeContext, namespace: str, pod_name: str, state_of: Callable[[dict], tuple[str, str]],
+                timeout: float, what: str) -> dict:
     """Polls the pod until ``what`` runs, showing each new waiting reason; fails with the Kubernetes reason."""
-    core = kube.core()
     deadline = time.monotonic() + timeout
     shown = ""
     while True:
         try:
-            pod = await asyncio.to_thread(core.read_namespaced_pod, pod_name, namespace)
+            pod = await asyncio.to_thread(kube.get_json, _pod_path(namespace, pod_name))
         except Exception as exc:
             raise explain(exc, f"waiting for {what}") from None
         state, reason = state_of(pod)
@@ -191,13 +194,14 @@ async def _wait(kube: KubeContext, namespace: str, pod_name: str, state_of: Call
         await asyncio.sleep(0.3)
 
 
-def _pod_container_state(pod: Any, container: str) -> tuple[str, str]:
-    if pod.status.phase == "Failed":
-        return "failed", pod.status.reason or pod.status.message or "the pod failed"
-    for status in pod.status.container_statuses or []:
-        if status.name == container:
-            return _state(status)
-    return "waiting", pod.status.phase or "Pending"
+def _pod_container_state(pod: dict, container: str) -> tuple[str, str]:
+    status = pod.get("status") or {}
+    if status.get("phase") == "Failed":
+        return "failed", status.get("reason") or status.get("message") or "the pod failed"
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") == container:
+            return _state(cs)
+    return "waiting", status.get("phase") or "Pending"
 
 
 def _agent_pod_spec(token: str, image: str, python: str, **extra: Any) -> dict:
@@ -222,9 +226,9 @@ async def job_mode(kube: KubeContext, target: ResolvedTarget, python: str, image
                      "template": {"metadata": {"labels": {"app.kubernetes.io/managed-by": "mirror-py"}},
                                   "spec": spec}}}
     progress.info("creating agent job %s/%s on node %s (image %s)", ns, token, target.node, image)
-    batch, core = kube.batch(), kube.core()
+    jobs = collection("job", ns)
     try:
-        await asyncio.to_thread(batch.create_namespaced_job, ns, body)
+        await asyncio.to_thread(kube.request_json, "POST", jobs, body)
     except ApiException as exc:
         hint = f"; agent mode job needs create and delete on jobs in namespace {ns}" if exc.status == 403 else ""
         raise MirrorError(f"{explain(exc, 'creating the agent job')}{hint}") from None
@@ -232,13 +236,13 @@ async def job_mode(kube: KubeContext, target: ResolvedTarget, python: str, image
         raise explain(exc, "creating the agent job") from None
 
     def delete() -> None:
-        batch.delete_namespaced_job(token, ns, propagation_policy="Background")
+        kube.request_json("DELETE", f"{jobs}/{token}", propagationPolicy="Background")
 
     placement_cleanup = [delete]
     try:
         pod_name = await _job_pod(kube, ns, token, timeout)
         await _wait(kube, ns, pod_name, lambda p: _pod_container_state(p, "agent"), timeout, f"agent pod {pod_name}")
-        target_pod = await asyncio.to_thread(core.read_namespaced_pod, target.pod, ns)
+        target_pod = await asyncio.to_thread(kube.get_json, _pod_path(ns, target.pod))
     except BaseException:
         delete()
         raise
@@ -249,12 +253,11 @@ async def job_mode(kube: KubeContext, target: ResolvedTarget, python: str, image
 
 
 async def _job_pod(kube: KubeContext, namespace: str, job: str, timeout: float) -> str:
-    core = kube.core()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pods = await asyncio.to_thread(core.list_namespaced_pod, namespace, label_selector=f"job-name={job}")
-        if pods.items:
-            return pods.items[0].metadata.name
+        pods = await asyncio.to_thread(kube.get_json, collection("pod", namespace), labelSelector=f"job-name={job}")
+        if pods.get("items"):
+            return pods["items"][0]["metadata"]["name"]
         await asyncio.sleep(0.3)
     raise MirrorError(f"the agent job {namespace}/{job} created no pod within {timeout:g} s")
 
@@ -263,7 +266,6 @@ async def targetless_mode(kube: KubeContext, namespace: str, python: str, image:
     from kubernetes.client.exceptions import ApiException
 
     token = "mirror-py-" + secrets.token_hex(6)
-    core = kube.core()
     body = {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": token, "namespace": namespace,
                          "labels": {"app.kubernetes.io/managed-by": "mirror-py"}},
@@ -271,7 +273,7 @@ async def targetless_mode(kube: KubeContext, namespace: str, python: str, image:
                                     security_context={"allowPrivilegeEscalation": False})}
     progress.info("no target: creating agent pod %s/%s (image %s)", namespace, token, image)
     try:
-        await asyncio.to_thread(core.create_namespaced_pod, namespace, body)
+        await asyncio.to_thread(kube.request_json, "POST", collection("pod", namespace), body)
     except ApiException as exc:
         hint = f"; a session without a target needs create and delete on pods in namespace {namespace}" \
             if exc.status == 403 else ""
@@ -280,7 +282,7 @@ async def targetless_mode(kube: KubeContext, namespace: str, python: str, image:
         raise explain(exc, "creating the agent pod") from None
 
     def delete() -> None:
-        core.delete_namespaced_pod(token, namespace, grace_period_seconds=0)
+        kube.request_json("DELETE", _pod_path(namespace, token), gracePeriodSeconds="0")
 
     try:
         await _wait(kube, namespace, token, lambda p: _pod_container_state(p, "agent"), timeout, f"agent pod {token}")
