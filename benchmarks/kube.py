@@ -3,7 +3,7 @@
 Run as root from anywhere (it starts its own sandbox cluster from ``examples/k8s/sandbox.yaml`` plus a
 ``bench`` pod defined below, and removes everything after):
 
-    .venv/bin/python benchmarks/kube.py            # full run, about 2.5 minutes
+    .venv/bin/python benchmarks/kube.py            # full run, about 70 seconds
     .venv/bin/python benchmarks/kube.py --quick    # smaller counts, about 30 seconds
 
 Session start: wall time from starting ``mirror-py exec --target deploy/api --agent-mode MODE -- python -c
@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- before any agent starts, in a fresh interpreter: import the CLI {probe['import'] * 1000:.0f} ms, "
               f"load the kubeconfig {probe['kubeconfig'] * 1000:.0f} ms, resolve deploy/api to a pod "
               f"{probe['first_resolve'] * 1000:.0f} ms the first time and {probe['second_resolve'] * 1000:.0f} ms "
-              "the second (same requests; the first pays the client library's lazy set-up)")
+              "the second (same requests; the second reuses the first's connection)")
     print()
     print("Sandbox API server thread CPU during the websocket runs (it relays every byte; medians, whole "
           "mirror-py process):")
