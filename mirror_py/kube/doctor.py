@@ -27,32 +27,25 @@ class Check:
 
 
 def can_i(kube: KubeContext, namespace: str, verb: str, resource: str, subresource: str = "") -> bool:
-    from kubernetes import client
-
-    review = client.V1SelfSubjectAccessReview(
-        spec=client.V1SelfSubjectAccessReviewSpec(
-            resource_attributes=client.V1ResourceAttributes(
-                namespace=namespace, verb=verb, resource=resource, subresource=subresource or None,
-                group=_GROUPS.get(resource, ""),
-            )
-        )
-    )
-    result = client.AuthorizationV1Api(kube.api_client).create_self_subject_access_review(review)
-    return bool(result.status.allowed)
+    attributes = {"namespace": namespace, "verb": verb, "resource": resource, "group": _GROUPS.get(resource, "")}
+    if subresource:
+        attributes["subresource"] = subresource
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+              "spec": {"resourceAttributes": attributes}}
+    result = kube.request_json("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review)
+    return bool((result.get("status") or {}).get("allowed"))
 
 
 def run_checks(kube: KubeContext, namespace: str, target: str | None, python: str) -> list[Check]:
-    from kubernetes import client
-
     checks: list[Check] = []
     try:
-        version = client.VersionApi(kube.api_client).get_code()
+        version = kube.get_json("/version")
     except Exception as exc:
         return [Check(False, f"API server {kube.configuration.host}", str(explain(exc, "reaching it")))]
     checks.append(Check(True, f"API server {kube.configuration.host} (context {kube.context}) answers: "
-                              f"Kubernetes {version.git_version}"))
-    minor = int("".join(ch for ch in (version.minor or "0") if ch.isdigit()) or 0)
-    major = int(version.major or 1)
+                              f"Kubernetes {version.get('gitVersion')}"))
+    minor = int("".join(ch for ch in str(version.get("minor") or "0") if ch.isdigit()) or 0)
+    major = int(version.get("major") or 1)
     ephemeral = (major, minor) >= (1, 25)
     checks.append(Check(ephemeral, "ephemeral containers supported (Kubernetes 1.25 or later)",
                         "" if ephemeral else "use --agent-mode exec or job on this cluster"))
