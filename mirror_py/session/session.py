@@ -28,11 +28,13 @@ from . import files as session_files
 from . import incoming as session_incoming
 from .agent_link import AgentLink, RemoteError
 from .relays import TcpRelayListener, UdpRelay, _key, open_udp_relay
+from .repeats import RepeatLimiter
 from .rpc_server import RpcError, RpcServer
 
 log = logging.getLogger("mirror_py.session")
 RECONNECT_FIRST_DELAY = 0.25
 RECONNECT_MAX_DELAY = 2.0  # a target that is back is used again within about 2 s
+RECONNECT_REPEAT_EVERY = 30.0  # an unchanged reconnect failure is said again at most this often
 progress = logging.getLogger("mirror_py.progress")  # shown at default verbosity: what mirror-py chose
 
 LIB_DIR = os.path.dirname(os.path.dirname(os.path.abspath(mirror_py_agent.__file__)))
@@ -97,12 +99,16 @@ class Session:
             progress.warning("lost the agent (%s); reconnecting", self.link.failure)
             await self.link.close()
             delay = RECONNECT_FIRST_DELAY
+            failures = RepeatLimiter(RECONNECT_REPEAT_EVERY)
             while not self._closing:
                 old = self.placement
                 try:
                     await self._connect_agent()
                 except (MirrorError, RemoteError, OSError) as exc:
-                    progress.warning("reconnect failed: %s; retrying in %.1f s", exc, delay)
+                    if failures.should_say(str(exc)):
+                        held = failures.take_held()
+                        what = f"reconnect still failing after {held} more attempts" if held else "reconnect failed"
+                        progress.warning("%s: %s; retrying every %.0f s at most", what, exc, RECONNECT_MAX_DELAY)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RECONNECT_MAX_DELAY)
                     continue

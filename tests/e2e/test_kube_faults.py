@@ -97,6 +97,7 @@ def test_api_server_restart_under_a_live_session(cluster, tmp_path):
         attempts, err = _finish_pinger(proc, stop)
     assert "lost the agent" in err and "cannot reach the Kubernetes API server" in err, err
     assert "reconnected to pod staging/api-" in err, err
+    assert err.count("reconnect failed") == 1, err  # the same failure is said once, not on every retry
     assert any(not a["ok"] for a in attempts)  # the outage was seen by the app, as OSErrors, not a crash
     took = _first_success_after(attempts, back)
     assert took < BACK_WITHIN, f"the first success came {took:.1f} s after the API server was back"
