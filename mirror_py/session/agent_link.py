@@ -175,8 +175,8 @@ class AgentLink:
                     f"the target {self.description} has no {self.channel.python!r} to run the agent"
                     f" (exit code {code}); {self.channel.no_python_hint}"
                 )
-            return f"the agent for {self.description} exited during start-up (exit code {code}){said}"
-        return f"the agent for {self.description} exited (exit code {code}){said}"
+            return f"the agent for {self.description} exited during start-up ({_ending(code)}){said}"
+        return f"the agent for {self.description} exited ({_ending(code)}){said}"
 
     def _fail(self, message: str) -> None:
         if self.failure is None:
@@ -203,3 +203,8 @@ class AgentLink:
         self._pending[rid] = fut
         self.mux.flush()
         return await fut
+
+
+def _ending(code: int | None) -> str:
+    """An exec stream cut without a status (an API server restart, a dropped connection) has no exit code."""
+    return f"exit code {code}" if code is not None else "its channel closed without an exit status"
