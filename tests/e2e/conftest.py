@@ -1,16 +1,21 @@
-"""A sandbox pod with real servers, and a helper that runs probes natively in it or through mirror-py."""
+"""A sandbox pod with real servers, a helper that runs probes natively in it or through mirror-py, and what the
+sandbox-cluster modules share (their cluster fixture's body, stopping an app under mirror-py)."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.sandbox.cluster import Cluster
 from tests.sandbox.netpod import Network, Pod, PodSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,3 +102,25 @@ def native(pod: Pod):
         return json.loads(out.strip().splitlines()[-1])
 
     return run
+
+
+def sandbox_cluster(manifest: Any, **options: Any) -> Iterator[Cluster]:
+    """The body of a module's ``cluster`` fixture (``yield from sandbox_cluster(MANIFEST)``): a module that
+    replaces pods or restarts the API server must not share its cluster with the others."""
+    if os.geteuid() != 0:
+        pytest.fail("the sandbox cluster builds namespaces and must run as root")
+    with Cluster.start(manifest, **options) as c:
+        yield c
+
+
+def terminate(proc: subprocess.Popen, timeout: float = 30) -> str:
+    """SIGTERM to a ``mirror-py exec`` started with ``start_new_session`` (SIGKILL to its group if it hangs);
+    its stderr."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+    return err

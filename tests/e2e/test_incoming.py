@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import MIRROR_PY, ROOT
+from .conftest import MIRROR_PY, ROOT, terminate
 
 APP = str(Path(__file__).with_name("incoming_app.py"))
 PORT = 8080  # the pod's HTTP server ("server": "podip") listens on 0.0.0.0:8080
@@ -73,13 +73,7 @@ def serving(pod, tmp_path: Path, kind: str = "http", port: int = PORT, *, mode: 
         served = Served(proc, log, ready)
         yield served
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            _, err = proc.communicate()
+        err = terminate(proc, timeout=20)
         if served is not None:
             served.stderr = err
 

@@ -13,7 +13,7 @@ import pytest
 from tests.sandbox.cluster import Cluster
 
 from .backends import Backend, SandboxBackend, k3s_cluster, real_cluster
-from .conftest import MIRROR_PY, PROBE, ROOT
+from .conftest import MIRROR_PY, PROBE, ROOT, sandbox_cluster
 
 UDP_ECHO = """
 ---
@@ -85,10 +85,7 @@ def _run(cluster: Cluster | Backend, *args: str, app: str = APP, env: dict | Non
 
 @pytest.fixture(scope="module")
 def cluster():
-    if os.geteuid() != 0:
-        pytest.fail("the sandbox cluster builds namespaces and must run as root")
-    with Cluster.start(MANIFEST_TEXT) as c:
-        yield c
+    yield from sandbox_cluster(MANIFEST_TEXT)
 
 
 def _check_app(out: subprocess.CompletedProcess, cluster: Cluster | Backend) -> dict:

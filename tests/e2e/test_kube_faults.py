@@ -18,7 +18,7 @@ import pytest
 
 from tests.sandbox.cluster import Cluster
 
-from .conftest import MIRROR_PY, ROOT
+from .conftest import MIRROR_PY, ROOT, sandbox_cluster, terminate
 from .test_incoming import APP as INCOMING_APP
 from .test_incoming import _wait_ready
 from .test_kube_incoming import PORT, _get
@@ -45,10 +45,7 @@ PINGER = (
 
 @pytest.fixture(scope="module")
 def cluster():
-    if os.geteuid() != 0:
-        pytest.fail("the sandbox cluster builds namespaces and must run as root")
-    with Cluster.start(MANIFEST) as c:
-        yield c
+    yield from sandbox_cluster(MANIFEST)
 
 
 def _env(cluster: Cluster) -> dict[str, str]:
@@ -148,12 +145,7 @@ def test_rollout_moves_the_session_and_its_steal_to_the_new_pod(cluster, tmp_pat
         assert answer.get("server") == "local" and answer["sockname"] == [new_ip, PORT], answer
         assert took < BACK_WITHIN, f"the steal came back {took:.1f} s after the old pod ended"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            _, err = proc.communicate()
+        err = terminate(proc)
     assert "lost the agent" in err and f"reconnected to pod staging/{new[0]}" in err, err
     assert "Traceback" not in err, err
 

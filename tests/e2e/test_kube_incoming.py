@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 
 from tests.sandbox.cluster import Cluster
 
-from .conftest import MIRROR_PY, ROOT
+from .conftest import MIRROR_PY, ROOT, sandbox_cluster, terminate
 from .test_incoming import APP, _wait_ready
 
 MANIFEST = (ROOT / "examples" / "k8s" / "sandbox.yaml").read_text()
@@ -25,10 +24,7 @@ PORT = 8000  # deploy/api serves http.server on 8000, with a tcpSocket readiness
 
 @pytest.fixture(scope="module")
 def cluster():
-    if os.geteuid() != 0:
-        pytest.fail("the sandbox cluster builds namespaces and must run as root")
-    with Cluster.start(MANIFEST) as c:
-        yield c
+    yield from sandbox_cluster(MANIFEST)
 
 
 def _run_app(cluster: Cluster, tmp_path, *flags: str) -> tuple[subprocess.Popen, str]:
@@ -39,16 +35,6 @@ def _run_app(cluster: Cluster, tmp_path, *flags: str) -> tuple[subprocess.Popen,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT), start_new_session=True)
     _wait_ready(proc, timeout=60)
     return proc, str(log)
-
-
-def _stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate()
-    return err
 
 
 def _get(ip: str, path: str) -> tuple[int, bytes]:
@@ -80,14 +66,14 @@ def test_exec_agent_mirrors_but_cannot_steal_and_says_why(cluster, tmp_path):
             time.sleep(0.05)
         assert json.loads(open(log).read().splitlines()[0])["path"] == "/app.yaml"
     finally:
-        _stop(proc)
+        terminate(proc)
 
     proc, _ = _run_app(cluster, tmp_path, "--agent-mode", "exec", "--incoming", "steal")
     try:
         status, body = _get(pod.ip, "/app.yaml")
         assert status == 200 and body.startswith(b"greeting"), "the pod keeps its traffic"
     finally:
-        err = _stop(proc)
+        err = terminate(proc)
     assert "steal of port 8000 failed, the target keeps its traffic" in err, err
     assert "the agent has no CAP_NET_ADMIN" in err
     assert "agent mode exec runs the agent in the target container, which has no NET_ADMIN" in err
@@ -104,7 +90,7 @@ def test_ephemeral_agent_steals_and_warns_about_the_readiness_probe(cluster, tmp
         assert status == 200 and answer["server"] == "local" and answer["sockname"] == [pod.ip, PORT]
         assert _chains(cluster)
     finally:
-        err = _stop(proc)
+        err = terminate(proc)
     assert ("stealing port 8000 without an HTTP filter takes the readiness probe of container app "
             "(tcpSocket on port 8000) too") in err, err
     assert _chains(cluster) == []

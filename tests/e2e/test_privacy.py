@@ -21,10 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.sandbox.cluster import Cluster
 from tests.sandbox.netpod import TCP_ECHO_PORT, Network, PodSpec
 
-from .conftest import MIRROR_PY, ROOT
+from .conftest import MIRROR_PY, ROOT, sandbox_cluster
 
 SECRET_ENV = "env-" + secrets.token_hex(12)
 SECRET_FILE = "file-" + secrets.token_hex(12)
@@ -134,10 +133,7 @@ spec:
 
 @pytest.fixture(scope="module")
 def cluster():
-    if os.geteuid() != 0:
-        pytest.fail("the sandbox cluster builds namespaces and must run as root")
-    with Cluster.start(MANIFEST) as c:
-        yield c
+    yield from sandbox_cluster(MANIFEST)
 
 
 @pytest.mark.parametrize("verbosity", [[], ["-v"], ["-vv"]], ids=["default", "-v", "-vv"])
