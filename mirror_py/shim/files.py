@@ -498,6 +498,17 @@ def _route(path: Any, write: bool, dir_fd: Any = None) -> tuple[int, str, Any]:
     return decision, mapped, shown
 
 
+def _remote_path(path: Any, write: bool, dir_fd: Any = None) -> tuple[str, Any] | None:
+    """``(remote path, shown)`` when the target serves ``path``; None when the original call should run. A path
+    the rules declare not found raises FileNotFoundError here, so no wrapper can forget it."""
+    decision, rpath, shown = _route(path, write, dir_fd)
+    if decision == LOCAL:
+        return None
+    if decision == NOT_FOUND:
+        raise _not_found(shown)
+    return rpath, shown
+
+
 def _fast_local(path: Any, write: bool) -> bool:
     """The hot path: a str path whose decision is cached as local."""
     if path.__class__ is str and _rules:
@@ -516,11 +527,10 @@ def make_stat(orig: Callable) -> Callable:
             if entry is not None:
                 return _fd_stat(path, entry)
             return orig(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
-        decision, rpath, shown = _route(path, False, dir_fd)
-        if decision == LOCAL:
+        remote = _remote_path(path, False, dir_fd)
+        if remote is None:
             return orig(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
-        if decision == NOT_FOUND:
-            raise _not_found(shown)
+        rpath, shown = remote
         return stat_from_list(_call("stat", shown, path=rpath, follow=bool(follow_symlinks)))
 
     return stat
@@ -530,11 +540,10 @@ def make_lstat(orig: Callable) -> Callable:
     def lstat(path, *, dir_fd=None):
         if dir_fd is None and _fast_local(path, False):
             return orig(path)
-        decision, rpath, shown = _route(path, False, dir_fd)
-        if decision == LOCAL:
+        remote = _remote_path(path, False, dir_fd)
+        if remote is None:
             return orig(path, dir_fd=dir_fd)
-        if decision == NOT_FOUND:
-            raise _not_found(shown)
+        rpath, shown = remote
         return stat_from_list(_call("stat", shown, path=rpath, follow=False))
 
     return lstat
@@ -590,11 +599,10 @@ def make_listdir(orig: Callable) -> Callable:
             if entry is None:
                 return orig(path)
             return list(_call("listdir", path, path=entry.path))
-        decision, rpath, shown = _route(path, False)
-        if decision == LOCAL:
+        remote = _remote_path(path, False)
+        if remote is None:
             return orig(path)
-        if decision == NOT_FOUND:
-            raise _not_found(shown)
+        rpath, shown = remote
         return _names(_call("listdir", shown, path=rpath), isinstance(shown, bytes))
 
     return listdir
@@ -705,11 +713,10 @@ def make_scandir(orig: Callable) -> Callable:
             if entry is None:
                 return orig(path)
             return _scan(entry.path, path, "", True)
-        decision, rpath, shown = _route(path, False)
-        if decision == LOCAL:
+        remote = _remote_path(path, False)
+        if remote is None:
             return orig(path)
-        if decision == NOT_FOUND:
-            raise _not_found(shown)
+        rpath, shown = remote
         return _scan(rpath, shown, shown, False)
 
     return scandir
@@ -719,11 +726,10 @@ def make_readlink(orig: Callable) -> Callable:
     def readlink(path, *, dir_fd=None):
         if dir_fd is None and _fast_local(path, False):
             return orig(path)
-        decision, rpath, shown = _route(path, False, dir_fd)
-        if decision == LOCAL:
+        remote = _remote_path(path, False, dir_fd)
+        if remote is None:
             return orig(path, dir_fd=dir_fd)
-        if decision == NOT_FOUND:
-            raise _not_found(shown)
+        rpath, shown = remote
         target = _call("readlink", shown, path=rpath)
         return os.fsencode(target) if isinstance(shown, bytes) else target
 
@@ -759,11 +765,10 @@ def make_os_open(orig: Callable) -> Callable:
     def open(path, flags, mode=0o777, *, dir_fd=None):
         if dir_fd is None and _fast_local(path, bool(flags & _WRITE_FLAGS)):
             return orig(path, flags, mode)
-        decision, rpath, shown = _route(path, bool(flags & _WRITE_FLAGS), dir_fd)
-        if decision == LOCAL:
+        remote = _remote_path(path, bool(flags & _WRITE_FLAGS), dir_fd)
+        if remote is None:
             return orig(path, flags, mode, dir_fd=dir_fd)
-        if decision == NOT_FOUND:
-            raise _not_found(shown)
+        rpath, shown = remote
         return remote_open(rpath, int(flags), int(mode), shown)
 
     return open
@@ -809,11 +814,10 @@ def _simple_write(orig: Callable, fn: str) -> Callable:
     def op(path, *, dir_fd=None):
         if dir_fd is None and _fast_local(path, True):
             return orig(path)
-        decision, rpath, shown = _route(path, True, dir_fd)
-        if decision == LOCAL:
+        remote = _remote_path(path, True, dir_fd)
+        if remote is None:
             return orig(path, dir_fd=dir_fd)
-        if decision == NOT_FOUND:
-            raise _not_found(shown)
+        rpath, shown = remote
         _call(fn, shown, path=rpath)
         return None
 
@@ -842,11 +846,10 @@ def make_mkdir(orig: Callable) -> Callable:
     def mkdir(path, mode=0o777, *, dir_fd=None):
         if dir_fd is None and _fast_local(path, True):
             return orig(path, mode)
-        decision, rpath, shown = _route(path, True, dir_fd)
-        if decision == LOCAL:
+        remote = _remote_path(path, True, dir_fd)
+        if remote is None:
             return orig(path, mode, dir_fd=dir_fd)
-        if decision == NOT_FOUND:
-            raise _not_found(shown)
+        rpath, shown = remote
         _call("mkdir", shown, path=rpath, mode=int(mode), umask=_umask())
         return None
 
@@ -886,11 +889,10 @@ def make_truncate(orig: Callable) -> Callable:
             return orig(path, length)
         if _fast_local(path, True):
             return orig(path, length)
-        decision, rpath, shown = _route(path, True)
-        if decision == LOCAL:
+        remote = _remote_path(path, True)
+        if remote is None:
             return orig(path, length)
-        if decision == NOT_FOUND:
-            raise _not_found(shown)
+        rpath, shown = remote
         _call("truncate", shown, path=rpath, length=int(length))
         return None
 
@@ -901,11 +903,10 @@ def make_chmod(orig: Callable) -> Callable:
     def chmod(path, mode, *, dir_fd=None, follow_symlinks=True):
         if dir_fd is None and _fast_local(path, True):
             return orig(path, mode, follow_symlinks=follow_symlinks)
-        decision, rpath, shown = _route(path, True, dir_fd)
-        if decision == LOCAL:
+        remote = _remote_path(path, True, dir_fd)
+        if remote is None:
             return orig(path, mode, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
-        if decision == NOT_FOUND:
-            raise _not_found(shown)
+        rpath, shown = remote
         _call("chmod", shown, path=rpath, mode=int(mode), follow=bool(follow_symlinks))
         return None
 
@@ -918,13 +919,12 @@ def make_utime(orig: Callable) -> Callable:
             if ns is None:
                 return orig(path, times, follow_symlinks=follow_symlinks)
             return orig(path, times, ns=ns, follow_symlinks=follow_symlinks)
-        decision, rpath, shown = _route(path, True, dir_fd)
-        if decision == LOCAL:
+        remote = _remote_path(path, True, dir_fd)
+        if remote is None:
             if ns is None:
                 return orig(path, times, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
             return orig(path, times, ns=ns, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
-        if decision == NOT_FOUND:
-            raise _not_found(shown)
+        rpath, shown = remote
         if times is not None and ns is not None:
             raise ValueError("utime: you may specify either 'times' or 'ns' but not both")
         if times is not None:
@@ -939,11 +939,10 @@ def make_symlink(orig: Callable) -> Callable:
     def symlink(src, dst, target_is_directory=False, *, dir_fd=None):
         if dir_fd is None and _fast_local(dst, True):
             return orig(src, dst, target_is_directory)
-        decision, rpath, shown = _route(dst, True, dir_fd)
-        if decision == LOCAL:
+        remote = _remote_path(dst, True, dir_fd)
+        if remote is None:
             return orig(src, dst, target_is_directory, dir_fd=dir_fd)
-        if decision == NOT_FOUND:
-            raise _not_found(shown)
+        rpath, shown = remote
         _call("symlink", src, shown, target=os.fsdecode(os.fspath(src)), path=rpath)
         return None
 
@@ -954,11 +953,10 @@ def make_listxattr(orig: Callable) -> Callable:
     def listxattr(path=None, *, follow_symlinks=True):
         if path is None or path.__class__ is int or _fast_local(path, False):
             return orig(path, follow_symlinks=follow_symlinks)
-        decision, rpath, shown = _route(path, False)
-        if decision == LOCAL:
+        remote = _remote_path(path, False)
+        if remote is None:
             return orig(path, follow_symlinks=follow_symlinks)
-        if decision == NOT_FOUND:
-            raise _not_found(shown)
+        rpath, shown = remote
         return list(_call("listxattr", shown, path=rpath, follow=bool(follow_symlinks)))
 
     return listxattr
@@ -968,11 +966,10 @@ def make_getxattr(orig: Callable) -> Callable:
     def getxattr(path, attribute, *, follow_symlinks=True):
         if path.__class__ is int or _fast_local(path, False):
             return orig(path, attribute, follow_symlinks=follow_symlinks)
-        decision, rpath, shown = _route(path, False)
-        if decision == LOCAL:
+        remote = _remote_path(path, False)
+        if remote is None:
             return orig(path, attribute, follow_symlinks=follow_symlinks)
-        if decision == NOT_FOUND:
-            raise _not_found(shown)
+        rpath, shown = remote
         _, data = _call("getxattr", shown, path=rpath, name=os.fsdecode(attribute), follow=bool(follow_symlinks))
         return bytes(data)
 
