@@ -59,6 +59,18 @@ def log(message: str) -> None:
 # ----------------------------------------------------------------------------------------------- machine
 
 
+def machine_lines(info: dict[str, str]) -> list[str]:
+    """The report's machine lines; the load average at the end of the run stands beside the one at its start,
+    because a loaded machine is the first suspect when a figure moves."""
+    end_load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return [
+        f"- CPU: {info['cpu']}, {info['cores']}",
+        f"- Memory: {info['memory']}; load average (1/5/15 min) at start: {info['load']}, at end: {end_load}",
+        f"- Python: {info['python']}",
+        f"- Kernel: {info['kernel']}",
+    ]
+
+
 def machine() -> dict[str, str]:
     cpu = "unknown"
     try:
@@ -361,11 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "--quick" if args.quick else "full"
     print(f"## mirror-py core benchmark, {today} ({mode} mode)")
     print()
-    print(f"- CPU: {info['cpu']}, {info['cores']}")
-    end_load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    print(f"- Memory: {info['memory']}; load average (1/5/15 min) at start: {info['load']}, at end: {end_load}")
-    print(f"- Python: {info['python']}")
-    print(f"- Kernel: {info['kernel']}")
+    print("\n".join(machine_lines(info)))
     print(f"- Pod IP {clients['pod_ip']}; direct = host netns -> pod IP; mirror-py = "
           f"`mirror-py exec --target pid/<pod>` from the host -> same pod IP")
     print(f"- Client figures: median of {cfg['repeat']} runs per side; {cfg['rtt']:,} round trips after "

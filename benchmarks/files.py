@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIM_DIR = ROOT / "sitecustomize_shim"
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.core import accepted, log, machine, mirror_py_command  # noqa: E402
+from benchmarks.core import accepted, log, machine, machine_lines, mirror_py_command  # noqa: E402
 
 AIM_LOCAL_RATIO = 1.5
 AIM_IMPORT_RATIO = 1.1
@@ -306,11 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"## mirror-py file benchmark, {datetime.date.today().isoformat()} "
           f"({'--quick' if args.quick else 'full'} mode)")
     print()
-    print(f"- CPU: {info['cpu']}, {info['cores']}")
-    end_load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    print(f"- Memory: {info['memory']}; load average (1/5/15 min) at start: {info['load']}, at end: {end_load}")
-    print(f"- Python: {info['python']}")
-    print(f"- Kernel: {info['kernel']}")
+    print("\n".join(machine_lines(info)))
     print(f"- Local rows: median of {cfg['local_repeat']} alternating client runs per side ({cfg['stats']:,} stats, "
           f"{cfg['opens']:,} opens each); imports: {cfg['import_runs']} alternating runs per side")
     print(f"- Remote rows: direct = the client inside the pod; mirror-py = `mirror-py exec --target pid/<pod>` "

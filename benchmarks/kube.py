@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in (str(ROOT), str(ROOT / "benchmarks")):
         if path not in sys.path:
             sys.path.insert(0, path)  # tests.sandbox, and core's helpers
-    from core import machine
+    from core import machine, machine_lines
 
     from tests.sandbox.cluster import Cluster
 
@@ -453,11 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     today = datetime.date.today().isoformat()
     print(f"## mirror-py Kubernetes benchmark, {today} ({'--quick' if args.quick else 'full'} mode)")
     print()
-    print(f"- CPU: {info['cpu']}, {info['cores']}")
-    end_load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    print(f"- Memory: {info['memory']}; load average (1/5/15 min) at start: {info['load']}, at end: {end_load}")
-    print(f"- Python: {info['python']}")
-    print(f"- Kernel: {info['kernel']}")
+    print("\n".join(machine_lines(info)))
     print(f"- Sandbox cluster: api pod {api_pod}; bench pod IP {bench_ip} (echo :{ECHO_PORT}, sink :{SINK_PORT}, "
           f"source :{SOURCE_PORT}); websocket = `--target deploy/api --agent-mode exec`, local = "
           f"`--target pid/<api container pid>`")
