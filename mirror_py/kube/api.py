@@ -46,7 +46,12 @@ class KubeContext:
         data = response.read()
         if not 200 <= response.status <= 299:
             raise ApiException.from_response(http_resp=response, body=data.decode("utf-8", "replace"), data=None)
-        return json.loads(data) if data else {}
+        try:
+            return json.loads(data) if data else {}
+        except ValueError:
+            kind = response.headers.get("content-type") or "no content type"
+            raise MirrorError(f"{self.configuration.host} answered {method} {path} with something that is not JSON "
+                              f"({kind}); is the kubeconfig's server a Kubernetes API server?") from None
 
 
 def load(kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None) -> KubeContext:

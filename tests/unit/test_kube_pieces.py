@@ -76,3 +76,45 @@ def test_rejections_say_what_to_do():
                                        "staging", "api")
     assert "needs get and create on pods/exec in namespace staging" in text
     assert "older than 1.30" in k8s_exec.describe_rejection(403, b"", "staging", "api")
+
+
+def test_a_server_that_is_not_an_api_server_is_named_clearly(tmp_path):
+    """A kubeconfig pointing at some other web server (a proxy's login page, a typo'd port) gets one clear line,
+    not a JSON decoding error."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from mirror_py.kube import api as kube_api
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<html><body>Please sign in</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = tmp_path / "config"
+        config.write_text(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+            f"clusters: [{{name: k, cluster: {{server: 'http://127.0.0.1:{server.server_port}'}}}}]\n"
+            "users: [{name: u, user: {token: t}}]\n"
+            "contexts: [{name: c, context: {cluster: k, user: u, namespace: staging}}]\n"
+        )
+        kube = kube_api.load(str(config))
+        with pytest.raises(MirrorError) as info:
+            targets.resolve(kube, targets.parse("deploy/api"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert str(info.value) == (
+        f"http://127.0.0.1:{server.server_port} answered GET /apis/apps/v1/namespaces/staging/deployments/api with "
+        "something that is not JSON (text/html); is the kubeconfig's server a Kubernetes API server?"
+    )
