@@ -75,17 +75,27 @@ class Session:
         self._supervisor = asyncio.ensure_future(self._supervise())
 
     async def _connect_agent(self) -> None:
+        """Starts an agent and only then makes it the session's link (and its placement the session's).
+
+        During a reconnect, requests that arrive meanwhile fail at once on the old, failed link: they must not
+        reach an agent that has not said hello yet (they would be lost) or that has not yet entered the target's
+        namespaces (they would run in the wrong place). An attempt that fails cleans up what it placed."""
         path = self.cfg.target.path
+        env: dict | None = None
+        placed = None
         if path and local_transport.is_local(path):
             channel, env_args = self._local_channel(path)
-            await self._start_agent(channel)
+            link = await self._start_agent(channel)
             if self.cfg.env.enabled and env_args is not None:
                 try:
-                    self.remote_env = await self.link.request("environ", env_args)  # type: ignore[union-attr]
+                    env = await link.request("environ", env_args)
                 except RemoteError as exc:
                     log.warning("could not read the target's environment: %s", exc.message)
         else:
-            await self._start_kube(path)
+            link, placed, env = await self._start_kube(path)
+        self.link, self.placement = link, placed
+        if env is not None:
+            self.remote_env = env
 
     async def _supervise(self) -> None:
         """Keeps the session alive across a lost agent: a dropped channel, a killed agent, a deleted or replaced
@@ -120,14 +130,15 @@ class Session:
                 progress.warning("reconnected to %s", self.target_description)
                 break
 
-    async def _start_agent(self, channel: Channel) -> None:
+    async def _start_agent(self, channel: Channel) -> AgentLink:
         self.target_description = channel.description
         log.info("starting the agent in %s", self.target_description)
         started = asyncio.get_running_loop().time()
-        self.link = AgentLink(channel, self.cfg.agent.startup_timeout, self.cfg.agent.keepalive_interval)
-        hello = await self.link.start()
+        link = AgentLink(channel, self.cfg.agent.startup_timeout, self.cfg.agent.keepalive_interval)
+        hello = await link.start()
         progress.info("agent ready in %s (python %s, %.1f s)", self.target_description, hello.info.get("python"),
                       asyncio.get_running_loop().time() - started)
+        return link
 
     def _local_channel(self, path: str) -> tuple[Channel, dict | None]:
         target = local_transport.resolve(path)
@@ -135,7 +146,8 @@ class Session:
         channel = ProcessChannel(argv, target.describe(), self.cfg.agent.python)
         return channel, ({"pid": target.env_pid} if target.env_pid is not None else None)
 
-    async def _start_kube(self, path: str | None) -> None:
+    async def _start_kube(self, path: str | None) -> tuple[AgentLink, Any, dict | None]:
+        """(link, placement, the target's environment or None) for a Kubernetes target, or targetless."""
         from ..kube import api as kube_api
         from ..kube import placement, targets
 
@@ -144,19 +156,16 @@ class Session:
         kube = await asyncio.to_thread(kube_api.load, t.kubeconfig, t.context, t.namespace)
         timeout = agent.startup_timeout
         if ref is None:
-            self.placement = await placement.targetless_mode(kube, kube.namespace, agent.python, agent.image, timeout)
-            await self._start_placed()
-            return
+            placed = await placement.targetless_mode(kube, kube.namespace, agent.python, agent.image, timeout)
+            return await self._start_placed(placed)
         resolved = await asyncio.to_thread(targets.resolve, kube, ref)
         self.incoming.probes = resolved.probes
         progress.info("target %s: pod %s/%s, container %r (chosen by %s)", ref, resolved.namespace, resolved.pod,
                       resolved.container, resolved.container_choice)
         mode = agent.mode
         if mode in ("auto", "exec"):
-            self.placement = placement.exec_mode(kube, resolved, agent.python, timeout)
             try:
-                await self._start_placed()
-                return
+                return await self._start_placed(placement.exec_mode(kube, resolved, agent.python, timeout))
             except MirrorError as exc:
                 if mode == "exec" or "has no" not in str(exc) or "to run the agent" not in str(exc):
                     raise
@@ -164,20 +173,26 @@ class Session:
                               agent.python)
             mode = "ephemeral"
         if mode == "ephemeral":
-            self.placement = await placement.ephemeral_mode(kube, resolved, agent.python, agent.image, timeout)
+            placed = await placement.ephemeral_mode(kube, resolved, agent.python, agent.image, timeout)
         else:
-            self.placement = await placement.job_mode(kube, resolved, agent.python, agent.image, timeout)
-        await self._start_placed()
+            placed = await placement.job_mode(kube, resolved, agent.python, agent.image, timeout)
+        return await self._start_placed(placed)
 
-    async def _start_placed(self) -> None:
-        assert self.placement is not None
-        await self._start_agent(self.placement.channel)
+    async def _start_placed(self, placed: Any) -> tuple[AgentLink, Any, dict | None]:
+        """Starts the agent on a placement and has it reach the target; on failure both are cleaned up."""
+        link: AgentLink | None = None
         try:
-            env = await self.placement.after_hello(self.link)
-        except RemoteError as exc:
-            raise MirrorError(f"the {self.placement.mode} agent could not reach the target: {exc.message}") from None
-        if self.cfg.env.enabled:
-            self.remote_env = env
+            link = await self._start_agent(placed.channel)
+            try:
+                env = await placed.after_hello(link)
+            except RemoteError as exc:
+                raise MirrorError(f"the {placed.mode} agent could not reach the target: {exc.message}") from None
+        except BaseException:
+            if link is not None:
+                await link.close()
+            await asyncio.to_thread(placed.close)
+            raise
+        return link, placed, (env if self.cfg.env.enabled else None)
 
     async def close(self) -> None:
         self._closing = True
