@@ -101,9 +101,12 @@ def _raise(err: dict, shown: Any, shown2: Any = None) -> OSError:
     exc = errors.to_exception(err)
     num = exc.errno
     if isinstance(num, int) and num:
+        # The target's file errors read like local ones; a reset is the session losing its agent, and its
+        # message (which agent, why) is what the user needs to see.
+        text = exc.strerror if num == _errno.ECONNRESET and exc.strerror else os.strerror(num)
         if shown2 is not None:
-            return OSError(num, os.strerror(num), shown, None, shown2)
-        return OSError(num, os.strerror(num), shown)
+            return OSError(num, text, shown, None, shown2)
+        return OSError(num, text, shown)
     return exc
 
 
