@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -82,6 +83,48 @@ def test_agent_killed_mid_session_resets_streams_and_reconnects(pod):
     assert (word, answer) == ("echo", "ping") and float(seconds) < 5, res.stdout
     assert "lost the agent" in res.stderr and "reconnected to pid/" in res.stderr
     assert "Traceback" not in res.stderr
+
+def test_dns_and_file_calls_in_flight_fail_with_clear_oserrors(pod):
+    """The agent is frozen while a DNS lookup and a file read wait for it, then killed: both calls fail with an
+    OSError that names the lost agent — no hang, no crash — and the same calls work again after the reconnect."""
+    script = (
+        "import json, os, signal, socket, threading, time\n"
+        "session = os.getppid()\n"
+        "children = open(f'/proc/{session}/task/{session}/children').read().split()\n"
+        "agent = [int(c) for c in children if int(c) != os.getpid()][0]\n"
+        "def dns(): return socket.getaddrinfo('api.pod.internal', 80, socket.AF_INET)[0][4][0]\n"
+        "def read(): return open('/etc/nsswitch.conf').read().strip()\n"
+        "out = {'before': [dns(), read()]}\n"
+        "os.kill(agent, signal.SIGSTOP)\n"
+        "def call(name, fn):\n"
+        "    try:\n"
+        "        out[name] = ['ok', fn()]\n"
+        "    except OSError as e:\n"
+        "        out[name] = [type(e).__name__, str(e)]\n"
+        "threads = [threading.Thread(target=call, args=a) for a in (('dns', dns), ('file', read))]\n"
+        "for t in threads: t.start()\n"
+        "time.sleep(0.5)\n"
+        "out['waiting'] = sorted(n for n in ('dns', 'file') if n not in out)\n"
+        "os.kill(agent, signal.SIGKILL)\n"
+        "for t in threads: t.join(10)\n"
+        "start = time.monotonic()\n"
+        "while time.monotonic() - start < 10:\n"
+        "    try:\n"
+        "        out['after'] = [dns(), read()]; break\n"
+        "    except OSError:\n"
+        "        time.sleep(0.1)\n"
+        "print(json.dumps(out))\n"
+    )
+    res = run_mirror(f"pid/{pod.pid}", [sys.executable, "-c", script], timeout=60)
+    assert res.code == 0 and "Traceback" not in res.stderr, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["before"] == ["127.0.0.1", "hosts: files"] and out["after"] == out["before"], out
+    assert out["waiting"] == ["dns", "file"], out  # both really were in flight when the agent died
+    for name in ("dns", "file"):
+        kind, message = out[name]
+        assert kind in ("OSError", "gaierror", "ConnectionResetError"), out
+        assert "agent" in message and "pid/" in message, out
+
 
 def test_ctrl_c_stops_the_app_session_and_agent(pod, tmp_path):
     import os
