@@ -81,17 +81,32 @@ def _first_success_after(attempts: list[dict], t: float) -> float:
     return later[0] - t
 
 
-def test_api_server_restart_under_a_live_session(cluster, tmp_path):
+def _agent_jobs(cluster: Cluster) -> list[str]:
+    return [j["metadata"]["name"] for j in cluster.store.list("jobs", "staging")
+            if j["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by") == "mirror-py"]
+
+
+@pytest.mark.parametrize("mode", ["exec", "job"])
+def test_api_server_restart_under_a_live_session(cluster, tmp_path, mode):
     """The API server goes away for 3 s (every exec stream with it) and comes back on the same address: the app
-    never crashes, its calls fail with OSErrors meanwhile, and the session reconnects with a new agent."""
-    proc, stop = _start_pinger(cluster, tmp_path)
+    never crashes, its calls fail with OSErrors meanwhile, and the session reconnects with a new agent. A job
+    agent's old Job is deleted once the new one serves, and the last one when the session ends."""
+    proc, stop = _start_pinger(cluster, tmp_path, "--agent-mode", mode)
     try:
+        first_jobs = _agent_jobs(cluster)
         time.sleep(0.5)
         cluster.restart_apiserver(down_for=3.0)
         back = time.monotonic()
         time.sleep(BACK_WITHIN + 1)
+        jobs_after = _agent_jobs(cluster)
     finally:
         attempts, err = _finish_pinger(proc, stop)
+    if mode == "job":
+        assert len(first_jobs) == 1 and len(jobs_after) == 1 and jobs_after != first_jobs, (first_jobs, jobs_after)
+        deadline = time.monotonic() + 10
+        while _agent_jobs(cluster) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _agent_jobs(cluster) == []
     assert "lost the agent" in err and "cannot reach the Kubernetes API server" in err, err
     assert "reconnected to pod staging/api-" in err, err
     assert err.count("reconnect failed") == 1, err  # the same failure is said once, not on every retry
