@@ -16,6 +16,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+from collections.abc import Callable
 
 from mirror_py_agent import protocol as p
 from mirror_py_agent.relay import Mux, StreamEndpoint, TcpRelay
@@ -94,22 +95,32 @@ def _normal_ip(host: str) -> str:
 
 
 class UdpRelay(asyncio.DatagramProtocol, StreamEndpoint):
-    """The session's half of one tunneled UDP socket."""
+    """The session's half of one tunneled UDP socket.
 
-    def __init__(self, mux: Mux, sid: int, app: tuple[str, int], peer: tuple[str, int] | None) -> None:
-        self.mux = mux
-        self.sid = sid
+    Its loopback port is what the app's socket sends to (or is connected to), so it outlives a lost agent: the
+    relay is detached (datagrams meanwhile are dropped, as a network may drop them) and attached to a new
+    agent's socket after the reconnect. Only a close of this one stream by a healthy agent ends it."""
+
+    def __init__(self, mux: Mux, sid: int, app: tuple[str, int], peer: tuple[str, int] | None, family: int,
+                 link_failed: Callable[[], bool] = lambda: False) -> None:
         self.app = _key(*app)
         self.peer = (_normal_ip(peer[0]), peer[1]) if peer else None
+        self.family = family
         self.transport: asyncio.DatagramTransport | None = None
+        self.attach(mux, sid, link_failed)
+
+    def attach(self, mux: Mux, sid: int, link_failed: Callable[[], bool]) -> None:
+        """Use stream ``sid`` of ``mux``; ``link_failed`` tells a lost channel from a closed stream."""
+        self.mux, self.sid, self._link_failed = mux, sid, link_failed
+        self.attached = True
         mux.streams[sid] = self
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
-        if _key(addr[0], addr[1]) != self.app:
-            return  # only the app's own socket may use this relay
+        if _key(addr[0], addr[1]) != self.app or not self.attached:
+            return  # only the app's own socket may use this relay; while detached, datagrams are lost
         if self.peer is not None:
             self.mux.conn.send_datagram(self.sid, self.peer[0], self.peer[1], data)
         else:
@@ -131,13 +142,16 @@ class UdpRelay(asyncio.DatagramProtocol, StreamEndpoint):
             self.transport.sendto(p.encode_address(host, port) + data, self.app)
 
     def on_channel_close(self, errno: str | None) -> None:
-        if self.transport is not None:
+        if self._link_failed():
+            self.attached = False  # the agent is gone, not this socket: wait for the next one
+        elif self.transport is not None:
             self.transport.close()
 
     def error_received(self, exc: Exception) -> None:
         pass
 
     def close(self) -> None:
+        self.attached = False
         if self.mux.streams.pop(self.sid, None) is not None:
             self.mux.conn.send_close(self.sid, None, "closed")
             self.mux.flush()
@@ -146,9 +160,10 @@ class UdpRelay(asyncio.DatagramProtocol, StreamEndpoint):
 
 
 async def open_udp_relay(
-    mux: Mux, sid: int, app: tuple[str, int], peer: tuple[str, int] | None
+    mux: Mux, sid: int, app: tuple[str, int], peer: tuple[str, int] | None, family: int,
+    link_failed: Callable[[], bool] = lambda: False,
 ) -> UdpRelay:
     loop = asyncio.get_running_loop()
-    relay = UdpRelay(mux, sid, app, peer)
+    relay = UdpRelay(mux, sid, app, peer, family, link_failed)
     await loop.create_datagram_endpoint(lambda: relay, local_addr=("127.0.0.1", 0), family=socket.AF_INET)
     return relay

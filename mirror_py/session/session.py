@@ -126,6 +126,7 @@ class Session:
                     await asyncio.to_thread(old.close)
                 assert self.link is not None and self.listener is not None
                 self.listener.mux = self.link.mux
+                await self._restore_udp(self.link)
                 await self.incoming.restore(self.link)
                 progress.warning("reconnected to %s", self.target_description)
                 break
@@ -273,9 +274,11 @@ class Session:
         local = (str(req["local"][0]), int(req["local"][1]))
         peer = req.get("peer")
         sid = link.new_stream_id()
-        relay = await open_udp_relay(link.mux, sid, local, (str(peer[0]), int(peer[1])) if peer else None)
+        family = int(req["family"])
+        relay = await open_udp_relay(link.mux, sid, local, (str(peer[0]), int(peer[1])) if peer else None, family,
+                                     lambda: link.failure is not None)
         try:
-            res = await link.request("udp_open", {"sid": sid, "family": int(req["family"])}, opens_stream=sid)
+            res = await link.request("udp_open", {"sid": sid, "family": family}, opens_stream=sid)
         except RemoteError as exc:
             relay.close()
             raise RpcError(exc.name, exc.message) from None
@@ -283,6 +286,23 @@ class Session:
         address = relay.transport.get_extra_info("sockname")[:2]
         self.udp_relays[_key(*address)] = relay
         return {"relay": list(address), "sock": res["sock"]}
+
+    async def _restore_udp(self, link: AgentLink) -> None:
+        """The app's UDP sockets outlive a lost agent: each relay gets a socket in the new agent (a new source
+        port on the far side, as after a NAT rebinding). One the new agent refuses is closed, which a connected
+        app socket sees as ECONNREFUSED."""
+        for key, relay in list(self.udp_relays.items()):
+            if relay.transport is None or relay.transport.is_closing():
+                self.udp_relays.pop(key, None)
+                continue
+            sid = link.new_stream_id()
+            relay.attach(link.mux, sid, lambda: link.failure is not None)
+            try:
+                await link.request("udp_open", {"sid": sid, "family": relay.family}, opens_stream=sid)
+            except RemoteError as exc:
+                log.warning("could not reopen a UDP socket in the new agent: %s", exc.message)
+                relay.close()
+                self.udp_relays.pop(key, None)
 
     async def _release(self, req: dict) -> dict:
         relay = self.udp_relays.pop(_key(str(req["relay"][0]), int(req["relay"][1])), None)

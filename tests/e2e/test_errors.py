@@ -126,6 +126,41 @@ def test_dns_and_file_calls_in_flight_fail_with_clear_oserrors(pod):
         assert "agent" in message and "pid/" in message, out
 
 
+def test_udp_sockets_keep_working_after_the_agent_is_replaced(pod):
+    """An app's UDP sockets (a metrics client, a resolver) are long-lived: after the agent is lost and replaced,
+    the same sockets — connected or not — reach the target's network again instead of going silent."""
+    script = (
+        "import json, os, signal, socket, sys, time\n"
+        "session = os.getppid()\n"
+        "children = open(f'/proc/{session}/task/{session}/children').read().split()\n"
+        "agent = [int(c) for c in children if int(c) != os.getpid()][0]\n"
+        "far = (sys.argv[1], 9999)\n"
+        "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(1)\n"
+        "c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.settimeout(1); c.connect(far)\n"
+        "def unconnected(word):\n"
+        "    u.sendto(word, far); data, addr = u.recvfrom(100); return data.decode()\n"
+        "def connected(word):\n"
+        "    c.send(word); return c.recv(100).decode()\n"
+        "out = {'before': [unconnected(b'a'), connected(b'b')]}\n"
+        "os.kill(agent, signal.SIGKILL)\n"
+        "out['after'] = []\n"
+        "for fn, word in ((unconnected, b'x'), (connected, b'y')):\n"
+        "    start, got = time.monotonic(), None\n"
+        "    while got is None and time.monotonic() - start < 10:\n"
+        "        try:\n"
+        "            got = fn(word)\n"
+        "        except OSError:\n"
+        "            time.sleep(0.1)\n"
+        "    out['after'].append(got)\n"
+        "print(json.dumps(out))\n"
+    )
+    res = run_mirror(f"pid/{pod.pid}", [sys.executable, "-c", script, pod.ip], timeout=60)
+    assert res.code == 0 and "Traceback" not in res.stderr, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out == {"before": ["echo:a", "echo:b"], "after": ["echo:x", "echo:y"]}, (out, res.stderr)
+    assert "reconnected to pid/" in res.stderr
+
+
 def test_ctrl_c_stops_the_app_session_and_agent(pod, tmp_path):
     import os
     import signal
