@@ -18,6 +18,11 @@ from .relay import Mux, errno_name
 
 CAPABILITIES = ["tcp", "udp", "dns", "env", "fs", "incoming"]
 _F_SETPIPE_SZ = 1031
+# A session pings at least every ``keepalive`` seconds (it says how often in its hello). Silence for this many
+# intervals means it is gone without closing the channel (a laptop asleep, a network dropped without a reset):
+# the agent then exits, so stolen ports go back to the target instead of waiting for a 4-hour idle timeout.
+SILENCE_INTERVALS = 3
+MIN_SILENCE = 5.0
 
 
 class _ChannelWriter(asyncio.Protocol):
@@ -55,6 +60,7 @@ class Agent:
         self.mux = Mux(self.conn, write)
         self.done = asyncio.get_running_loop().create_future()
         self.tasks: set[asyncio.Task] = set()
+        self.last_heard = asyncio.get_running_loop().time()
         self.conn.send_hello()
         self.mux.flush()
 
@@ -63,6 +69,7 @@ class Agent:
             self.done.set_result(None)
 
     def on_bytes(self, data: bytes) -> None:
+        self.last_heard = asyncio.get_running_loop().time()
         for ev in self.conn.receive_data(data):
             if self.mux.dispatch(ev):
                 continue
@@ -144,6 +151,25 @@ def _info() -> dict:
     }
 
 
+def silence_limit(hello: p.Hello | None) -> float | None:
+    """Seconds of silence after which the session counts as gone; None for a session that does not ping."""
+    keepalive = hello.info.get("keepalive") if hello is not None else None
+    if isinstance(keepalive, bool) or not isinstance(keepalive, (int, float)) or not keepalive > 0:
+        return None
+    return max(SILENCE_INTERVALS * float(keepalive), MIN_SILENCE)
+
+
+async def _watch_silence(agent: Agent) -> None:
+    loop = asyncio.get_running_loop()
+    while not agent.done.done():
+        limit = silence_limit(agent.conn.peer_hello)
+        if limit is not None and loop.time() - agent.last_heard > limit:
+            print(f"mirror-py agent: nothing from the session for {limit:g} s; exiting", file=sys.stderr)
+            agent.finish()
+            return
+        await asyncio.sleep(1.0 if limit is None else min(1.0, limit / 5))
+
+
 async def _serve(in_fd: int, out_fd: int) -> None:
     loop = asyncio.get_running_loop()
     for fd in (in_fd, out_fd):
@@ -158,7 +184,9 @@ async def _serve(in_fd: int, out_fd: int) -> None:
     agent = Agent(writer_transport.write)
     writer.agent = agent
     await loop.connect_read_pipe(lambda: _ChannelReader(agent), in_pipe)
+    watchdog = asyncio.ensure_future(_watch_silence(agent))
     await agent.done
+    watchdog.cancel()
     await incoming.close_all()  # before the streams end: stolen ports go back to the target first
     agent.mux.close_all()
     files.close_all()

@@ -39,7 +39,7 @@ class AgentLink:
         self.ping_interval = ping_interval
         self.description = channel.description
         self.startup_timeout = startup_timeout
-        self.conn = p.Connection("session")
+        self.conn = p.Connection("session", info={"keepalive": ping_interval})  # the agent's silence limit
         self.mux = Mux(self.conn, channel.write)
         self.hello: p.Hello | None = None
         self._pending: dict[int, asyncio.Future] = {}

@@ -57,3 +57,17 @@ def test_an_agent_that_stops_answering_ends_the_channel():
     failure, closed, elapsed = asyncio.run(main())
     assert closed and failure is not None and "stopped answering" in failure
     assert elapsed < 5
+
+
+def test_the_agents_silence_limit_follows_the_sessions_keepalive():
+    from mirror_py_agent.protocol import Hello
+    from mirror_py_agent.server import silence_limit
+
+    def hello(info: dict) -> Hello:
+        return Hello(1, [], 1 << 20, info)
+
+    assert silence_limit(hello({"keepalive": 20})) == 60.0  # three missed pings
+    assert silence_limit(hello({"keepalive": 0.5})) == 5.0  # never shorter than a brief stall
+    for info in ({}, {"keepalive": 0}, {"keepalive": -1}, {"keepalive": True}, {"keepalive": "20"}):
+        assert silence_limit(hello(info)) is None  # a session that does not say it pings is never timed out
+    assert silence_limit(None) is None
