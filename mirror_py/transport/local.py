@@ -58,7 +58,7 @@ def _pid_target(name: str) -> LocalTarget:
     if not name.isdigit() or int(name) <= 0:
         raise MirrorError(f"pid target {name!r} is not a process ID: write it as pid/4242")
     pid = int(name)
-    if not os.path.exists(f"/proc/{pid}"):
+    if not os.path.exists(f"/proc/{pid}") or _is_zombie(pid):
         raise MirrorError(f"no process with PID {pid} is running (target pid/{pid}); check the PID with `ps`")
     if not os.access(f"/proc/{pid}/ns/net", os.R_OK):
         raise MirrorError(
@@ -68,6 +68,15 @@ def _pid_target(name: str) -> LocalTarget:
     nsenter = _need("nsenter", "to enter the namespaces of a pid/ target (Debian package util-linux)")
     # Enter network, mount and UTS namespaces: the target's sockets, resolv.conf/hosts and hostname.
     return LocalTarget("pid", name, (nsenter, "-t", str(pid), "-n", "-m", "-u", "--"), pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """An exited process its parent has not reaped yet: its /proc entry is there, its namespaces are not."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _netns_target(name: str) -> LocalTarget:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 
 import pytest
 
@@ -45,3 +47,18 @@ def test_pid_target_enters_net_mount_and_uts_namespaces():
 def test_bad_targets(path, message):
     with pytest.raises(MirrorError, match=message):
         local.resolve(path)
+
+
+def test_an_exited_but_unreaped_pid_is_not_running():
+    """A target that died while its parent has not reaped it yet still has a /proc entry; it must read as gone,
+    not as a permissions problem with its namespaces."""
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        child.kill()
+        deadline = time.monotonic() + 5
+        while not local._is_zombie(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(MirrorError, match=f"no process with PID {child.pid} is running"):
+            local.resolve(f"pid/{child.pid}")
+    finally:
+        child.wait()
