@@ -18,6 +18,14 @@ def _agent_of(session_pid: int) -> int:
     raise AssertionError("no agent process under the session")
 
 
+def _stolen(pod) -> bool:
+    """Whether a request to the pod reaches the local app (the steal is in place)."""
+    try:
+        return get(pod.ip, "/after")["server"] == "local"
+    except (OSError, AssertionError):
+        return False
+
+
 def test_steal_is_restored_after_the_agent_is_killed(pod, tmp_path):
     with serving(pod, tmp_path, mode="steal") as app:
         assert get(pod.ip, "/before")["server"] == "local"
@@ -27,14 +35,7 @@ def test_steal_is_restored_after_the_agent_is_killed(pod, tmp_path):
         assert wait_for(lambda: chains(pod) == [], timeout=5)
         # ... and once the session has a new agent, the subscription is back.
         started = time.monotonic()
-
-        def stolen_again() -> bool:
-            try:
-                return get(pod.ip, "/after")["server"] == "local"
-            except (OSError, AssertionError):
-                return False
-
-        assert wait_for(stolen_again, timeout=10, step=0.2)
+        assert wait_for(lambda: _stolen(pod), timeout=10, step=0.2)
         assert time.monotonic() - started < 10
         assert _agent_of(app.proc.pid) != old
     assert "reconnected to pid/" in app.stderr
@@ -66,12 +67,5 @@ def test_an_agent_whose_session_goes_silent_gives_the_ports_back(pod, tmp_path):
             assert chains(pod) == [] and get(pod.ip, "/meanwhile")["server"] == "podip"
         finally:
             os.kill(app.proc.pid, signal.SIGCONT)
-
-        def stolen_again() -> bool:
-            try:
-                return get(pod.ip, "/after")["server"] == "local"
-            except (OSError, AssertionError):
-                return False
-
-        assert wait_for(stolen_again, timeout=15, step=0.2)
+        assert wait_for(lambda: _stolen(pod), timeout=15, step=0.2)
     assert "reconnected to pid/" in app.stderr
