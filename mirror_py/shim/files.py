@@ -185,10 +185,7 @@ def _entry(fd: Any) -> _Remote | None:
     except OSError:
         st = None
     if st is None or (st.st_dev, st.st_ino) != entry.dev_ino:
-        with _fds_lock:
-            if _fds.get(fd) is entry:
-                del _fds[fd]
-        _release(entry)
+        _forget(fd, entry)
         return None
     return entry
 
@@ -310,14 +307,19 @@ def sync(fd: int, entry: _Remote, force: bool = False) -> None:
     entry.dirty_mark = mark
 
 
+def _forget(fd: int, entry: _Remote) -> None:
+    """The descriptor no longer stands for the remote file (unless it was already reused for another)."""
+    with _fds_lock:
+        if _fds.get(fd) is entry:
+            del _fds[fd]
+    _release(entry)
+
+
 def _close_entry(fd: int, entry: _Remote) -> None:
     try:
         sync(fd, entry)
     finally:
-        with _fds_lock:
-            if _fds.get(fd) is entry:
-                del _fds[fd]
-        _release(entry)
+        _forget(fd, entry)
 
 
 # ---------------------------------------------------------------------------------- open() and FileIO
@@ -353,26 +355,25 @@ class RemoteFileIO(io.FileIO):
             entry = _fds.get(fd) if fd >= 0 else None
             super().close()
             if entry is not None:
-                with _fds_lock:
-                    if _fds.get(fd) is entry:
-                        del _fds[fd]
-                _release(entry)
+                _forget(fd, entry)
 
 
-class _SyncingWriter(io.BufferedWriter):
+class _SyncOnFlush:
+    """A buffer whose flush() also writes the remote file back, as flush() on a local file reaches the disk."""
+
     def flush(self) -> None:
-        super().flush()
-        sync_raw = getattr(self.raw, "_sync", None)
+        super().flush()  # type: ignore[misc]
+        sync_raw = getattr(self.raw, "_sync", None)  # type: ignore[attr-defined]
         if sync_raw is not None:
             sync_raw()
 
 
-class _SyncingRandom(io.BufferedRandom):
-    def flush(self) -> None:
-        super().flush()
-        sync_raw = getattr(self.raw, "_sync", None)
-        if sync_raw is not None:
-            sync_raw()
+class _SyncingWriter(_SyncOnFlush, io.BufferedWriter):
+    pass
+
+
+class _SyncingRandom(_SyncOnFlush, io.BufferedRandom):
+    pass
 
 
 def _open_stack(file: Any, mode: str, buffering: int, encoding: Any, errors_: Any, newline: Any, closefd: bool,
@@ -786,10 +787,7 @@ def make_close(orig: Callable) -> Callable:
                     sync(fd, entry)
                 finally:
                     orig(fd)
-                    with _fds_lock:
-                        if _fds.get(fd) is entry:
-                            del _fds[fd]
-                    _release(entry)
+                    _forget(fd, entry)
                 return None
             if entry is not None:
                 with _fds_lock:
