@@ -25,6 +25,10 @@ class KubeContext:
         """GET ``path``: the object as the API server sent it (camelCase JSON)."""
         return self.request_json("GET", path, **query)
 
+    def list_items(self, path: str, **query: str) -> list[dict]:
+        """The objects of a list (GET on a collection)."""
+        return self.get_json(path, **query).get("items") or []
+
     def request_json(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
                      **query: str) -> Any:
         """One API request with a JSON answer, made with the client's own connection pool, auth (refreshing

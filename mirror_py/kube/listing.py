@@ -10,8 +10,8 @@ def list_targets(kube: KubeContext, namespace: str) -> list[tuple[str, str, str]
     """Rows of (target, containers, state)."""
     rows: list[tuple[str, str, str]] = []
     try:
-        pods = kube.get_json(collection("pod", namespace)).get("items") or []
-        workloads = [(kind, kube.get_json(collection(kind, namespace)).get("items") or [])
+        pods = kube.list_items(collection("pod", namespace))
+        workloads = [(kind, kube.list_items(collection(kind, namespace)))
                      for kind in ("deployment", "statefulset", "daemonset", "job")]
     except Exception as exc:
         raise explain(exc, f"listing namespace {namespace!r}") from None

@@ -22,14 +22,13 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Callable
-from urllib.parse import quote
 
 from mirror_py_agent import bootstrap
 
 from ..errors import MirrorError
 from ..transport.k8s_exec import ExecChannel
 from .api import KubeContext, explain
-from .targets import ResolvedTarget, collection
+from .targets import ResolvedTarget, collection, object_path
 
 progress = logging.getLogger("mirror_py.progress")
 log = logging.getLogger("mirror_py.session")
@@ -99,10 +98,6 @@ def _placed_environment(container_id: str | None, enter: list[str]) -> Callable[
 
 
 # Pods below are the API's JSON (camelCase keys), as KubeContext.request_json returns them.
-def _pod_path(namespace: str, name: str) -> str:
-    return f"{collection('pod', namespace)}/{quote(name, safe='')}"
-
-
 def _container_id(pod: dict, container: str) -> str | None:
     for status in (pod.get("status") or {}).get("containerStatuses") or []:
         if status.get("name") == container:
@@ -129,7 +124,7 @@ async def ephemeral_mode(kube: KubeContext, target: ResolvedTarget, python: str,
     progress.info("creating ephemeral container %s (image %s) in pod %s/%s", name, image, target.namespace,
                   target.pod)
     try:
-        await asyncio.to_thread(kube.request_json, "PATCH", _pod_path(target.namespace, target.pod) +
+        await asyncio.to_thread(kube.request_json, "PATCH", object_path("pod", target.namespace, target.pod) +
                                 "/ephemeralcontainers", body, "application/strategic-merge-patch+json")
     except ApiException as exc:
         if exc.status == 404:
@@ -176,7 +171,7 @@ async def _wait(kube: KubeContext, namespace: str, pod_name: str, state_of: Call
     shown = ""
     while True:
         try:
-            pod = await asyncio.to_thread(kube.get_json, _pod_path(namespace, pod_name))
+            pod = await asyncio.to_thread(kube.get_json, object_path("pod", namespace, pod_name))
         except Exception as exc:
             raise explain(exc, f"waiting for {what}") from None
         state, reason = state_of(pod)
@@ -226,9 +221,8 @@ async def job_mode(kube: KubeContext, target: ResolvedTarget, python: str, image
                      "template": {"metadata": {"labels": {"app.kubernetes.io/managed-by": "mirror-py"}},
                                   "spec": spec}}}
     progress.info("creating agent job %s/%s on node %s (image %s)", ns, token, target.node, image)
-    jobs = collection("job", ns)
     try:
-        await asyncio.to_thread(kube.request_json, "POST", jobs, body)
+        await asyncio.to_thread(kube.request_json, "POST", collection("job", ns), body)
     except ApiException as exc:
         hint = f"; agent mode job needs create and delete on jobs in namespace {ns}" if exc.status == 403 else ""
         raise MirrorError(f"{explain(exc, 'creating the agent job')}{hint}") from None
@@ -236,13 +230,13 @@ async def job_mode(kube: KubeContext, target: ResolvedTarget, python: str, image
         raise explain(exc, "creating the agent job") from None
 
     def delete() -> None:
-        kube.request_json("DELETE", f"{jobs}/{token}", propagationPolicy="Background")
+        kube.request_json("DELETE", object_path("job", ns, token), propagationPolicy="Background")
 
     placement_cleanup = [delete]
     try:
         pod_name = await _job_pod(kube, ns, token, timeout)
         await _wait(kube, ns, pod_name, lambda p: _pod_container_state(p, "agent"), timeout, f"agent pod {pod_name}")
-        target_pod = await asyncio.to_thread(kube.get_json, _pod_path(ns, target.pod))
+        target_pod = await asyncio.to_thread(kube.get_json, object_path("pod", ns, target.pod))
     except BaseException:
         delete()
         raise
@@ -255,9 +249,9 @@ async def job_mode(kube: KubeContext, target: ResolvedTarget, python: str, image
 async def _job_pod(kube: KubeContext, namespace: str, job: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pods = await asyncio.to_thread(kube.get_json, collection("pod", namespace), labelSelector=f"job-name={job}")
-        if pods.get("items"):
-            return pods["items"][0]["metadata"]["name"]
+        pods = await asyncio.to_thread(kube.list_items, collection("pod", namespace), labelSelector=f"job-name={job}")
+        if pods:
+            return pods[0]["metadata"]["name"]
         await asyncio.sleep(0.3)
     raise MirrorError(f"the agent job {namespace}/{job} created no pod within {timeout:g} s")
 
@@ -282,7 +276,7 @@ async def targetless_mode(kube: KubeContext, namespace: str, python: str, image:
         raise explain(exc, "creating the agent pod") from None
 
     def delete() -> None:
-        kube.request_json("DELETE", _pod_path(namespace, token), gracePeriodSeconds="0")
+        kube.request_json("DELETE", object_path("pod", namespace, token), gracePeriodSeconds="0")
 
     try:
         await _wait(kube, namespace, token, lambda p: _pod_container_state(p, "agent"), timeout, f"agent pod {token}")

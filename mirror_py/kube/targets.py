@@ -123,7 +123,7 @@ def _names(kube: KubeContext, path: str) -> list[str]:
     from kubernetes.client.exceptions import ApiException
 
     try:
-        return [o["metadata"]["name"] for o in kube.get_json(path).get("items") or []]
+        return [o["metadata"]["name"] for o in kube.list_items(path)]
     except ApiException:
         return []
 
@@ -157,12 +157,16 @@ def collection(kind: str, namespace: str) -> str:
     return COLLECTIONS[kind].format(ns=quote(namespace, safe=""))
 
 
+def object_path(kind: str, namespace: str, name: str) -> str:
+    return f"{collection(kind, namespace)}/{quote(name, safe='')}"
+
+
 def _read(kube: KubeContext, kind: str, name: str, namespace: str) -> dict:
     """The named object; a missing one (or namespace) is a MirrorError with near names."""
     from kubernetes.client.exceptions import ApiException
 
     try:
-        return kube.get_json(f"{collection(kind, namespace)}/{quote(name, safe='')}")
+        return kube.get_json(object_path(kind, namespace, name))
     except ApiException as exc:
         if exc.status == 404:
             names = _names(kube, collection(kind, namespace))
@@ -199,7 +203,7 @@ def resolve(kube: KubeContext, ref: TargetRef, namespace: str | None = None) -> 
     else:
         try:
             selector = _owner_selector(kube, ref, ns)
-            pods = kube.get_json(collection("pod", ns), labelSelector=selector).get("items") or []
+            pods = kube.list_items(collection("pod", ns), labelSelector=selector)
         except MirrorError:
             raise
         except Exception as exc:
