@@ -93,7 +93,7 @@ class Mux:
         for sid, relay in list(self.streams.items()):
             self.streams.pop(sid, None)
             self.conn.forget_stream(sid)
-            relay.on_channel_close(errno)
+            relay.on_channel_lost(errno)
 
 
 class StreamEndpoint:
@@ -113,6 +113,10 @@ class StreamEndpoint:
 
     def on_channel_close(self, errno: str | None) -> None:
         pass
+
+    def on_channel_lost(self, errno: str | None) -> None:
+        """The whole channel is gone (not just this stream): by default the same as a close."""
+        self.on_channel_close(errno)
 
     def on_datagram(self, host: str, port: int, data: bytes) -> None:
         pass

@@ -16,7 +16,6 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable
 
 from mirror_py_agent import protocol as p
 from mirror_py_agent.relay import Mux, StreamEndpoint, TcpRelay
@@ -101,17 +100,16 @@ class UdpRelay(asyncio.DatagramProtocol, StreamEndpoint):
     relay is detached (datagrams meanwhile are dropped, as a network may drop them) and attached to a new
     agent's socket after the reconnect. Only a close of this one stream by a healthy agent ends it."""
 
-    def __init__(self, mux: Mux, sid: int, app: tuple[str, int], peer: tuple[str, int] | None, family: int,
-                 link_failed: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, mux: Mux, sid: int, app: tuple[str, int], peer: tuple[str, int] | None, family: int) -> None:
         self.app = _key(*app)
         self.peer = (_normal_ip(peer[0]), peer[1]) if peer else None
         self.family = family
         self.transport: asyncio.DatagramTransport | None = None
-        self.attach(mux, sid, link_failed)
+        self.attach(mux, sid)
 
-    def attach(self, mux: Mux, sid: int, link_failed: Callable[[], bool]) -> None:
-        """Use stream ``sid`` of ``mux``; ``link_failed`` tells a lost channel from a closed stream."""
-        self.mux, self.sid, self._link_failed = mux, sid, link_failed
+    def attach(self, mux: Mux, sid: int) -> None:
+        """Use stream ``sid`` of ``mux`` (a new agent's, after a reconnect)."""
+        self.mux, self.sid = mux, sid
         self.attached = True
         mux.streams[sid] = self
 
@@ -142,10 +140,11 @@ class UdpRelay(asyncio.DatagramProtocol, StreamEndpoint):
             self.transport.sendto(p.encode_address(host, port) + data, self.app)
 
     def on_channel_close(self, errno: str | None) -> None:
-        if self._link_failed():
-            self.attached = False  # the agent is gone, not this socket: wait for the next one
-        elif self.transport is not None:
+        if self.transport is not None:
             self.transport.close()
+
+    def on_channel_lost(self, errno: str | None) -> None:
+        self.attached = False  # the agent is gone, not this socket: wait for the next one
 
     def error_received(self, exc: Exception) -> None:
         pass
@@ -160,10 +159,9 @@ class UdpRelay(asyncio.DatagramProtocol, StreamEndpoint):
 
 
 async def open_udp_relay(
-    mux: Mux, sid: int, app: tuple[str, int], peer: tuple[str, int] | None, family: int,
-    link_failed: Callable[[], bool] = lambda: False,
+    mux: Mux, sid: int, app: tuple[str, int], peer: tuple[str, int] | None, family: int
 ) -> UdpRelay:
     loop = asyncio.get_running_loop()
-    relay = UdpRelay(mux, sid, app, peer, family, link_failed)
+    relay = UdpRelay(mux, sid, app, peer, family)
     await loop.create_datagram_endpoint(lambda: relay, local_addr=("127.0.0.1", 0), family=socket.AF_INET)
     return relay

@@ -275,8 +275,7 @@ class Session:
         peer = req.get("peer")
         sid = link.new_stream_id()
         family = int(req["family"])
-        relay = await open_udp_relay(link.mux, sid, local, (str(peer[0]), int(peer[1])) if peer else None, family,
-                                     lambda: link.failure is not None)
+        relay = await open_udp_relay(link.mux, sid, local, (str(peer[0]), int(peer[1])) if peer else None, family)
         try:
             res = await link.request("udp_open", {"sid": sid, "family": family}, opens_stream=sid)
         except RemoteError as exc:
@@ -296,7 +295,7 @@ class Session:
                 self.udp_relays.pop(key, None)
                 continue
             sid = link.new_stream_id()
-            relay.attach(link.mux, sid, lambda: link.failure is not None)
+            relay.attach(link.mux, sid)
             try:
                 await link.request("udp_open", {"sid": sid, "family": relay.family}, opens_stream=sid)
             except RemoteError as exc:
