@@ -98,6 +98,12 @@ def _install_files() -> None:
     patches.install(patches.FILE_SURFACE)
 
 
+def _install_host() -> None:
+    from . import patches
+
+    patches.install(patches.HOST_SURFACE)
+
+
 def _files_wanted() -> bool:
     # Read without parsing the JSON (start-up stays free of the json import): the session writes
     # '"fs": {"mode": "..."' itself; anything unexpected falls back to the full parse.
@@ -115,6 +121,7 @@ def _files_wanted() -> bool:
 def install() -> None:
     """Interposes now (socket already imported) or when socket is first imported; files at once."""
     _watch_c_networking()
+    _install_host()
     _install_files()
     if not _fork_registered:
         os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -9,12 +9,11 @@ from __future__ import annotations
 import socket
 from typing import Any, Callable
 
-from . import errors, rpc, settings
+from . import errors, host, rpc, settings
 
 # Names learned from remote answers, so an outgoing filter written with a hostname matches a connect by IP.
 _names: dict[str, str] = {}
 _MAX_NAMES = 4096
-_hostname_cache: list[str] = []
 _LOCAL_NAMES = frozenset(("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"))
 _local_hostname: list[str] = []
 
@@ -157,10 +156,7 @@ def make_getnameinfo(orig: Callable) -> Callable:
 
 def make_gethostname(orig: Callable) -> Callable:
     def gethostname():
-        if not settings.get().dns_enabled:
-            return orig()
-        if not _hostname_cache:
-            _hostname_cache.append(_call("gethostname"))
-        return _hostname_cache[0]
+        name = host.pod_hostname()
+        return orig() if name is None else name
 
     return gethostname

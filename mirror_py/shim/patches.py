@@ -17,6 +17,7 @@ class Patch(NamedTuple):
     owner: str | None  # a class in the module, or None for a module-level function
     name: str
     factory: str  # "shim_module.function" that wraps the original; imported only when the row is installed
+    loaded_only: bool = False  # patch only when the module is already imported (never import it for this)
 
 
 SOCKET_SURFACE: tuple[Patch, ...] = (
@@ -39,6 +40,13 @@ SOCKET_SURFACE: tuple[Patch, ...] = (
     Patch("socket", None, "gethostbyaddr", "dns.make_gethostbyaddr"),
     Patch("socket", None, "getnameinfo", "dns.make_getnameinfo"),
     Patch("socket", None, "gethostname", "dns.make_gethostname"),
+)
+
+# The host's name: os.uname is patched at start-up (os is always there), and platform's cached uname is dropped
+# when platform was imported before the shim, so that all three spellings of the name give the pod's.
+HOST_SURFACE: tuple[Patch, ...] = (
+    Patch("os", None, "uname", "host.make_uname"),
+    Patch("platform", None, "_uname_cache", "host.drop_platform_cache", loaded_only=True),
 )
 
 # Files: builtins/io/os are imported before any app code runs, so this surface is installed with the shim itself.
@@ -111,6 +119,8 @@ def install(surface: tuple[Patch, ...] = SOCKET_SURFACE) -> None:
     _installed[key] = saved
     _order.append(key)
     for patch in surface:
+        if patch.loaded_only and patch.module not in sys.modules:
+            continue
         obj = _owner(patch)
         if not hasattr(obj, patch.name):
             continue  # a platform without this function (listxattr on some systems)

@@ -166,7 +166,10 @@ def resolve(name: str) -> dict:
 
 @probe
 def names(ip: str) -> dict:
-    out = {"hostname": socket.gethostname(), "fqdn": socket.getfqdn()}
+    import platform
+
+    out = {"hostname": socket.gethostname(), "fqdn": socket.getfqdn(), "nodename": os.uname().nodename,
+           "platform_node": platform.node()}
     try:
         out["byaddr"] = socket.gethostbyaddr(ip)[0]
     except OSError as exc:

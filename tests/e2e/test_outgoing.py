@@ -100,7 +100,7 @@ def test_dns_answers_come_from_the_pod(through, native):
 
 def test_hostname_and_reverse_lookups_parity(through, native, pod):
     out = through("names", pod.ip)
-    assert out["hostname"] == "api-7d9f"
+    assert out["hostname"] == out["nodename"] == out["platform_node"] == "api-7d9f"
     assert out == native("names", pod.ip)
 
 
