@@ -165,6 +165,58 @@ def resolve(name: str) -> dict:
 
 
 @probe
+def threads(count: str, rounds: str = "4") -> dict:
+    """Each thread resolves its own name, reads its own file and echoes its own bytes, all at once: an answer
+    that reaches the wrong thread shows up as a mismatch."""
+    import threading
+
+    n, r = int(count), int(rounds)
+    barrier = threading.Barrier(n)
+    wrong: list[str] = []
+    failed: list[str] = []
+
+    def work(i: int) -> None:
+        try:
+            for k in range(r):
+                barrier.wait(30)
+                addr = socket.getaddrinfo(f"t{i}.pod.internal", 7000, socket.AF_INET, socket.SOCK_STREAM)[0][4]
+                if addr != (f"127.0.1.{i + 1}", 7000):
+                    wrong.append(f"{i}/{k} dns {addr}")
+                with open(f"/srv/threads/{i}") as f:
+                    text = f.read()
+                if text != f"thread {i}\n" * (i + 1):
+                    wrong.append(f"{i}/{k} file {text[:20]!r}")
+                payload = (f"{i}:{k}:".encode() * 4096)[: 8192 + i * 512]
+                with socket.create_connection(addr, timeout=20) as s:
+                    s.sendall(payload)
+                    s.shutdown(socket.SHUT_WR)
+                    echo = _read_to_eof(s)
+                if echo != payload:
+                    wrong.append(f"{i}/{k} echo {len(echo)} bytes")
+        except Exception as exc:
+            failed.append(f"{i}: {type(exc).__name__}: {exc}")
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(120)
+    return {"threads": n, "wrong": sorted(wrong), "failed": sorted(failed)}
+
+
+@probe
+def byname(name: str) -> dict:
+    """The old resolver calls: answers, and for an unknown name the exception's class, errno and text."""
+    out = {}
+    for fn in (socket.gethostbyname, socket.gethostbyname_ex):
+        try:
+            out[fn.__name__] = fn(name)
+        except OSError as exc:
+            out[fn.__name__] = {"error": type(exc).__name__, "args": list(exc.args)}
+    return out
+
+
+@probe
 def names(ip: str) -> dict:
     import platform
 

@@ -98,6 +98,18 @@ def test_dns_answers_come_from_the_pod(through, native):
     assert out == native("resolve", "secure.pod.internal")
 
 
+@pytest.mark.parametrize("name", ["api.pod.internal", "nowhere.pod.internal"])
+def test_gethostbyname_and_gethostbyname_ex_parity(through, native, name):
+    # api.pod.internal is only in the pod's /etc/hosts; the other name is unknown there (EAI_NONAME's text).
+    out = through("byname", name)
+    assert out == native("byname", name)
+    if name == "api.pod.internal":
+        assert out["gethostbyname"] == "127.0.0.1"
+        assert out["gethostbyname_ex"] == ["api.pod.internal", [], ["127.0.0.1"]]
+    else:
+        assert out["gethostbyname"]["error"] == "gaierror"
+
+
 def test_hostname_and_reverse_lookups_parity(through, native, pod):
     out = through("names", pod.ip)
     assert out["hostname"] == out["nodename"] == out["platform_node"] == "api-7d9f"
