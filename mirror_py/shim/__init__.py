@@ -61,9 +61,10 @@ def _remove_hook() -> None:
 
 
 def _patch() -> None:
-    from . import patches
+    from . import bypass, patches
 
     patches.install()
+    bypass.install()
 
 
 def _after_fork_in_child() -> None:
@@ -141,6 +142,9 @@ def uninstall() -> None:
         watch = _watch.pop()
         if watch in sys.meta_path:
             sys.meta_path.remove(watch)
+    bypass = sys.modules.get(__name__ + ".bypass")
+    if bypass is not None:
+        bypass.uninstall()
     patches = sys.modules.get(__name__ + ".patches")
     if patches is not None:
         patches.uninstall()
