@@ -46,6 +46,14 @@ def _shim_dir() -> str:
     return os.path.dirname(os.path.abspath(sitecustomize_shim.__file__))
 
 
+def _failure_text(exc: BaseException) -> str:
+    """A reconnect failure in one line: mirror-py's and the system's errors speak for themselves; anything else
+    (a bug, a library's surprise) is named by its type so that it can be reported."""
+    if isinstance(exc, (MirrorError, RemoteError, OSError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc} (unexpected; run with -v for details)"
+
+
 class Session:
     def __init__(self, cfg: config_mod.Config) -> None:
         self.cfg = cfg
@@ -107,29 +115,46 @@ class Session:
             if self._closing:
                 return
             progress.warning("lost the agent (%s); reconnecting", self.link.failure)
-            await self.link.close()
+            try:
+                await self.link.close()
+            except Exception:
+                log.debug("closing the lost link failed", exc_info=True)
             delay = RECONNECT_FIRST_DELAY
             failures = RepeatLimiter(RECONNECT_REPEAT_EVERY)
             while not self._closing:
-                old = self.placement
                 try:
-                    await self._connect_agent()
-                except (MirrorError, RemoteError, OSError) as exc:
-                    if failures.should_say(str(exc)):
+                    await self._reconnect_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # anything: a supervisor that dies leaves the session dead for good
+                    text = _failure_text(exc)
+                    if failures.should_say(text):
                         held = failures.take_held()
                         what = f"reconnect still failing after {held} more attempts" if held else "reconnect failed"
-                        progress.warning("%s: %s; retrying every %.0f s at most", what, exc, RECONNECT_MAX_DELAY)
+                        progress.warning("%s: %s; retrying every %.0f s at most", what, text, RECONNECT_MAX_DELAY)
+                    if not isinstance(exc, (MirrorError, RemoteError, OSError)):
+                        log.debug("unexpected reconnect failure", exc_info=True)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RECONNECT_MAX_DELAY)
                     continue
-                if old is not None and old is not self.placement:
-                    await asyncio.to_thread(old.close)
-                assert self.link is not None and self.listener is not None
-                self.listener.mux = self.link.mux
-                await self._restore_udp(self.link)
-                await self.incoming.restore(self.link)
                 progress.warning("reconnected to %s", self.target_description)
                 break
+
+    async def _reconnect_once(self) -> None:
+        """One attempt: a new agent, then what the old one held (the old placement removed, UDP sockets and
+        incoming subscriptions restored). Raises whatever went wrong; the supervisor reports and retries."""
+        old = self.placement
+        await self._connect_agent()
+        if old is not None and old is not self.placement:
+            await asyncio.to_thread(old.close)
+        assert self.link is not None and self.listener is not None
+        try:
+            self.listener.mux = self.link.mux
+            await self._restore_udp(self.link)
+            await self.incoming.restore(self.link)
+        except BaseException:
+            await self.link.close()  # the next attempt starts a fresh agent: this one must not linger
+            raise
 
     async def _start_agent(self, channel: Channel) -> AgentLink:
         self.target_description = channel.description
