@@ -13,6 +13,7 @@ from . import __version__
 from .config import FLAG_KEYS, FLAG_VARIABLES, Config, ConfigError, flag_source, load_config
 from .errors import MirrorError
 from .kube.api import KubeContext
+from .terminal import printable
 
 _LOG_LEVELS = {"error": logging.ERROR, "warning": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG}
 
@@ -27,7 +28,7 @@ def _setup_logging(verbose: int) -> None:
     if named in _LOG_LEVELS and verbose == 0:
         level = _LOG_LEVELS[named]
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("mirror-py: %(message)s"))
+    handler.setFormatter(_PrintableFormatter("mirror-py: %(message)s"))
     root = logging.getLogger("mirror_py")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -41,11 +42,19 @@ def _setup_logging(verbose: int) -> None:
         progress.propagate = False
 
 
+class _PrintableFormatter(logging.Formatter):
+    """Messages carry text from the target (its agent's stderr, its error messages): never let it drive the
+    terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 class _TerminalProgress(logging.Handler):
     FINAL = ("agent ready",)
 
     def emit(self, record: logging.LogRecord) -> None:
-        text = f"mirror-py: {record.getMessage()}"
+        text = printable(f"mirror-py: {record.getMessage()}")
         final = record.levelno >= logging.WARNING or text.startswith(tuple(f"mirror-py: {f}" for f in self.FINAL))
         end = "\n" if final else ""
         sys.stderr.write(f"\r\033[K{text}{end}")
@@ -55,7 +64,7 @@ class _TerminalProgress(logging.Handler):
 def _fail(message: str) -> NoReturn:
     if sys.stderr.isatty():
         sys.stderr.write("\r\033[K")  # end a progress line the error interrupts
-    click.echo(f"mirror-py: error: {message}", err=True)
+    click.echo(printable(f"mirror-py: error: {message}"), err=True)
     sys.exit(1)
 
 

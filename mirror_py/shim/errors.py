@@ -6,10 +6,12 @@ import errno as _errno
 import os
 import socket
 
+from ..terminal import printable
+
 
 def to_exception(err: dict) -> OSError:
     name = str(err.get("errno", "EIO"))
-    msg = str(err.get("msg", ""))
+    msg = printable(str(err.get("msg", "")))  # the target's words end up in the app's tracebacks and logs
     if name.startswith("EAI_"):
         code = getattr(socket, name, socket.EAI_FAIL)
         return socket.gaierror(code, msg or name)

@@ -83,7 +83,9 @@ def _publish() -> None:
 def _warn(text: str) -> None:
     if text not in _warned:
         _warned.add(text)
-        sys.stderr.write(f"mirror-py: warning: {text}\n")
+        from ..terminal import printable
+
+        sys.stderr.write(printable(f"mirror-py: warning: {text}") + "\n")
 
 
 def remote_port(port: int) -> int | None:
