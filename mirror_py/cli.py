@@ -83,6 +83,8 @@ def _target_options(fn: Callable) -> Callable:
         click.option("-n", "--namespace", envvar=FLAG_VARIABLES["namespace"], help="Kubernetes namespace"),
         click.option("--kubeconfig", envvar=FLAG_VARIABLES["kubeconfig"], help="kubeconfig file"),
         click.option("--context", envvar=FLAG_VARIABLES["context"], help="kubeconfig context"),
+        click.option("--request-timeout", type=float, envvar=FLAG_VARIABLES["request_timeout"],
+                     help="seconds a Kubernetes API request may take (default 30)"),
         click.option("-f", "--config", "config_file", envvar=FLAG_VARIABLES["config"],
                      help="configuration file (TOML or JSON)"),
         click.option("--agent-python", envvar=FLAG_VARIABLES["agent_python"],
@@ -169,27 +171,31 @@ def _kube_options(fn: Callable) -> Callable:
         click.option("-n", "--namespace", envvar=FLAG_VARIABLES["namespace"], help="Kubernetes namespace"),
         click.option("--kubeconfig", envvar=FLAG_VARIABLES["kubeconfig"], help="kubeconfig file"),
         click.option("--context", envvar=FLAG_VARIABLES["context"], help="kubeconfig context"),
+        click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0,
+                     envvar=FLAG_VARIABLES["request_timeout"],
+                     help="seconds a Kubernetes API request may take (default 30)"),
     ]):
         fn = option(fn)
     return fn
 
 
-def _kube(kubeconfig: str | None, context: str | None, namespace: str | None) -> KubeContext:
+def _kube(kubeconfig: str | None, context: str | None, namespace: str | None,
+          request_timeout: float) -> KubeContext:
     from .kube import api
 
     try:
-        return api.load(kubeconfig, context, namespace)
+        return api.load(kubeconfig, context, namespace, request_timeout)
     except MirrorError as exc:
         _fail(str(exc))
 
 
 @main.command("ls")
 @_kube_options
-def ls(namespace: str | None, kubeconfig: str | None, context: str | None) -> None:
+def ls(namespace: str | None, kubeconfig: str | None, context: str | None, request_timeout: float) -> None:
     """List what can be targeted in a namespace, as --target takes it."""
     from .kube.listing import list_targets
 
-    kube = _kube(kubeconfig, context, namespace)
+    kube = _kube(kubeconfig, context, namespace, request_timeout)
     try:
         rows = list_targets(kube, kube.namespace)
     except MirrorError as exc:
@@ -208,12 +214,12 @@ def ls(namespace: str | None, kubeconfig: str | None, context: str | None) -> No
 @_kube_options
 @click.option("-t", "--target", envvar=FLAG_VARIABLES["target"], help="also check this target")
 @click.option("--agent-python", default="python3", envvar=FLAG_VARIABLES["agent_python"])
-def doctor(namespace: str | None, kubeconfig: str | None, context: str | None, target: str | None,
-           agent_python: str) -> None:
+def doctor(namespace: str | None, kubeconfig: str | None, context: str | None, request_timeout: float,
+           target: str | None, agent_python: str) -> None:
     """Check the cluster, RBAC for each agent mode, and the target; print what to fix."""
     from .kube.doctor import run_checks
 
-    kube = _kube(kubeconfig, context, namespace)
+    kube = _kube(kubeconfig, context, namespace, request_timeout)
     checks = run_checks(kube, kube.namespace, target, agent_python)
     for check in checks:
         click.echo(f"{'ok ' if check.ok else 'FIX'}  {check.what}" + (f"\n     -> {check.fix}" if check.fix else ""))

@@ -117,6 +117,13 @@ class TargetConfig(_Section):
         None, min_length=1, description="Kubeconfig file(s), ':'-separated; default KUBECONFIG, then ~/.kube/config."
     )
     context: str | None = Field(None, min_length=1, description="Kubeconfig context; default the current one.")
+    request_timeout: float = Field(
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds a Kubernetes API request may take to connect and to answer (as kubectl's "
+        "--request-timeout); during a session's start no request waits longer than agent.startup_timeout.",
+    )
 
 
 class AgentConfig(_Section):
@@ -361,6 +368,7 @@ FLAG_VARIABLES: dict[str, str] = {
     "namespace": "MIRROR_PY_NAMESPACE",
     "kubeconfig": "MIRROR_PY_KUBECONFIG",
     "context": "MIRROR_PY_CONTEXT",
+    "request_timeout": "MIRROR_PY_REQUEST_TIMEOUT",
     "agent_python": "MIRROR_PY_AGENT_PYTHON",
     "agent_mode": "MIRROR_PY_AGENT_MODE",
     "fs_mode": "MIRROR_PY_FS_MODE",
@@ -379,6 +387,7 @@ FLAG_KEYS: dict[str, str] = {
     "namespace": "target.namespace",
     "kubeconfig": "target.kubeconfig",
     "context": "target.context",
+    "request_timeout": "target.request_timeout",
     "agent_python": "agent.python",
     "agent_mode": "agent.mode",
     "fs_mode": "fs.mode",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ class KubeContext:
     configuration: Any  # kubernetes.client.Configuration
     namespace: str
     context: str
+    request_timeout: float = 30.0  # seconds for the connect and for the answer of each request
 
     def get_json(self, path: str, **query: str) -> Any:
         """GET ``path``: the object as the API server sent it (camelCase JSON)."""
@@ -46,7 +48,7 @@ class KubeContext:
             method, path, query_params=list(query.items()) or None, header_params=headers, body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.api_client.call_api(method, url, headers, body)
+        response = self.api_client.call_api(method, url, headers, body, _request_timeout=self.request_timeout)
         data = response.read()
         if not 200 <= response.status <= 299:
             raise ApiException.from_response(http_resp=response, body=data.decode("utf-8", "replace"), data=None)
@@ -58,7 +60,8 @@ class KubeContext:
                               f"({kind}); is the kubeconfig's server a Kubernetes API server?") from None
 
 
-def load(kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None) -> KubeContext:
+def load(kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None,
+         request_timeout: float = 30.0) -> KubeContext:
     """``--kubeconfig`` or ``KUBECONFIG`` (several files joined by ':'), else ~/.kube/config, else in-cluster;
     the namespace is ``-n``, else the context's, else ``default``."""
     from kubernetes import client, config
@@ -70,9 +73,10 @@ def load(kubeconfig: str | None = None, context: str | None = None, namespace: s
     if not existing:
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
             cfg = client.Configuration()
+            _no_read_retries(cfg)
             config.load_incluster_config(client_configuration=cfg)
             ns = namespace or _incluster_namespace()
-            return KubeContext(client.ApiClient(cfg), cfg, ns, "in-cluster")
+            return KubeContext(client.ApiClient(cfg), cfg, ns, "in-cluster", request_timeout)
         raise MirrorError(
             f"no kubeconfig found at {path}; pass --kubeconfig or set KUBECONFIG (or use a local target: pid/PID)"
         )
@@ -88,12 +92,21 @@ def load(kubeconfig: str | None = None, context: str | None = None, namespace: s
         raise MirrorError(f"{what} kubeconfig {existing[0]} (contexts: {known}); pass --context NAME")
     ctx = next(c for c in contexts if c["name"] == chosen)
     cfg = client.Configuration()
+    _no_read_retries(cfg)
     try:
         config.load_kube_config(config_file=existing[0], context=chosen, client_configuration=cfg)
     except (ConfigException, OSError, ValueError) as exc:
         raise MirrorError(f"cannot use context {chosen!r} of {existing[0]}: {exc}") from None
     ns = namespace or ctx.get("context", {}).get("namespace") or "default"
-    return KubeContext(client.ApiClient(cfg), cfg, ns, chosen)
+    return KubeContext(client.ApiClient(cfg), cfg, ns, chosen, request_timeout)
+
+
+def _no_read_retries(cfg: Any) -> None:
+    """A refused connection is retried (an API server restarting), an unanswered request is not: the request
+    timeout is then the longest a request waits, not four times it."""
+    from urllib3.util.retry import Retry
+
+    cfg.retries = Retry(total=3, read=0, status=0, raise_on_status=False)
 
 
 def _incluster_namespace() -> str:
@@ -122,8 +135,20 @@ def explain(exc: BaseException, doing: str) -> MirrorError:
             return MirrorError(f"{doing}: forbidden: {message}")
         return MirrorError(f"{doing}: {message} ({exc.status})")
     if isinstance(exc, (HTTPError, OSError)):
+        if _timed_out(exc):
+            return MirrorError(f"{doing}: cannot reach the Kubernetes API server: it did not answer within the "
+                               "request timeout (timed out); check the server, proxy or VPN, or raise "
+                               "--request-timeout (target.request_timeout)")
         return MirrorError(f"{doing}: cannot reach the Kubernetes API server: {_short(exc)}")
     return MirrorError(f"{doing}: {exc}")
+
+
+def _timed_out(exc: BaseException) -> bool:
+    from urllib3.exceptions import MaxRetryError, TimeoutError
+
+    if isinstance(exc, MaxRetryError):
+        exc = exc.reason or exc
+    return isinstance(exc, (TimeoutError, socket.timeout))
 
 
 def _short(exc: BaseException) -> str:

@@ -179,7 +179,9 @@ class Session:
 
         t, agent = self.cfg.target, self.cfg.agent
         ref = targets.parse(path) if path else None
-        kube = await asyncio.to_thread(kube_api.load, t.kubeconfig, t.context, t.namespace)
+        # No request waits longer than the start may take (a server that accepts and never answers).
+        kube = await asyncio.to_thread(kube_api.load, t.kubeconfig, t.context, t.namespace,
+                                       min(t.request_timeout, agent.startup_timeout))
         timeout = agent.startup_timeout
         if ref is None:
             placed = await placement.targetless_mode(kube, kube.namespace, agent.python, agent.image, timeout)
