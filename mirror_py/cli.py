@@ -29,6 +29,10 @@ def _setup_logging(verbose: int) -> None:
         level = _LOG_LEVELS[named]
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_PrintableFormatter("mirror-py: %(message)s"))
+    # Libraries log on the root logger (and logging.error() on an unconfigured root prints "ERROR:root:" lines);
+    # mirror-py reports what matters itself, in its own words.
+    if not logging.getLogger().handlers:
+        logging.getLogger().addHandler(logging.NullHandler())
     root = logging.getLogger("mirror_py")
     root.handlers[:] = [handler]
     root.setLevel(level)

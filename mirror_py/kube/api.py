@@ -6,9 +6,12 @@ line the user can act on, as kubectl prints them.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,42 +66,108 @@ class KubeContext:
 def load(kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None,
          request_timeout: float = 30.0) -> KubeContext:
     """``--kubeconfig`` or ``KUBECONFIG`` (several files joined by ':'), else ~/.kube/config, else in-cluster;
-    the namespace is ``-n``, else the context's, else ``default``."""
+    the namespace is ``-n``, else the context's, else ``default``.
+
+    Whatever is wrong with the configuration ends here as one MirrorError: the client library raises YAML
+    errors, TypeErrors for a wrongly shaped file, and only logs a failing exec credential plugin."""
     from kubernetes import client, config
-    from kubernetes.config.config_exception import ConfigException
 
     path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     files = [p for p in path.split(os.pathsep) if p]
     existing = [p for p in files if os.path.exists(p)]
     if not existing:
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            cfg = client.Configuration()
-            _no_read_retries(cfg)
-            config.load_incluster_config(client_configuration=cfg)
+            cfg = _configuration()
+            try:
+                config.load_incluster_config(client_configuration=cfg)
+            except Exception as exc:
+                raise MirrorError(f"no kubeconfig found at {path}, and the in-cluster configuration cannot be used "
+                                  f"({_problem(exc)}); pass --kubeconfig or set KUBECONFIG") from None
             ns = namespace or _incluster_namespace()
             return KubeContext(client.ApiClient(cfg), cfg, ns, "in-cluster", request_timeout)
         raise MirrorError(
             f"no kubeconfig found at {path}; pass --kubeconfig or set KUBECONFIG (or use a local target: pid/PID)"
         )
+    source = existing[0]
     try:
-        contexts, active = config.list_kube_config_contexts(config_file=existing[0])
-    except (ConfigException, OSError, ValueError) as exc:
-        raise MirrorError(f"cannot read kubeconfig {existing[0]}: {exc}") from None
-    names = [c["name"] for c in contexts]
+        contexts, active = config.list_kube_config_contexts(config_file=source)
+        names = [c["name"] for c in contexts]
+    except Exception as exc:
+        raise MirrorError(f"cannot read kubeconfig {source}: {_problem(exc)}") from None
     chosen = context or (active or {}).get("name")
     if chosen not in names:
-        known = ", ".join(names) or "none"
+        known = ", ".join(map(str, names)) or "none"
         what = f"context {chosen!r} is not in" if chosen else "no current context in"
-        raise MirrorError(f"{what} kubeconfig {existing[0]} (contexts: {known}); pass --context NAME")
+        raise MirrorError(f"{what} kubeconfig {source} (contexts: {known}); pass --context NAME")
     ctx = next(c for c in contexts if c["name"] == chosen)
+    cfg = _configuration()
+    with _logged_errors() as logged:
+        try:
+            config.load_kube_config(config_file=source, context=chosen, client_configuration=cfg)
+        except Exception as exc:
+            raise MirrorError(f"cannot use context {chosen!r} of {source}: {_problem(exc)}") from None
+    if logged:  # the library logs a failing exec credential plugin and goes on without credentials
+        raise MirrorError(f"cannot use context {chosen!r} of {source}: its exec credential plugin failed "
+                          f"({logged[-1]})")
+    if not cfg.verify_ssl:
+        _quiet_insecure_warnings()
+    ns = namespace or (ctx.get("context") or {}).get("namespace") or "default"
+    return KubeContext(client.ApiClient(cfg), cfg, ns, chosen, request_timeout)
+
+
+def _configuration() -> Any:
+    from kubernetes import client
+
     cfg = client.Configuration()
     _no_read_retries(cfg)
+    return cfg
+
+
+def _problem(exc: BaseException) -> str:
+    """A configuration error in words: YAML's own problem and place, the library's message, or, for a file of
+    the wrong shape, that it is malformed."""
+    import yaml
+    from kubernetes.config.config_exception import ConfigException
+
+    if isinstance(exc, yaml.MarkedYAMLError):
+        where = f" at line {exc.problem_mark.line + 1}" if exc.problem_mark is not None else ""
+        return f"it is not valid YAML ({exc.problem}{where})"
+    if isinstance(exc, yaml.YAMLError):
+        return f"it is not valid YAML ({exc})"
+    if isinstance(exc, (ConfigException, OSError, ValueError)):
+        return str(exc)
+    return f"it is malformed ({type(exc).__name__}: {exc}); 'kubectl config view' shows what is wrong"
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.ERROR)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _logged_errors() -> Iterator[list[str]]:
+    """Collects what the client library logs at ERROR on the root logger while loading, instead of printing it
+    as ``ERROR:root:`` noise."""
+    messages: list[str] = []
+    root = logging.getLogger()
+    handler = _Collect(messages)
+    root.addHandler(handler)
     try:
-        config.load_kube_config(config_file=existing[0], context=chosen, client_configuration=cfg)
-    except (ConfigException, OSError, ValueError) as exc:
-        raise MirrorError(f"cannot use context {chosen!r} of {existing[0]}: {exc}") from None
-    ns = namespace or ctx.get("context", {}).get("namespace") or "default"
-    return KubeContext(client.ApiClient(cfg), cfg, ns, chosen, request_timeout)
+        yield messages
+    finally:
+        root.removeHandler(handler)
+
+
+def _quiet_insecure_warnings() -> None:
+    """The kubeconfig itself asked for no TLS verification (insecure-skip-tls-verify); kubectl does not warn on
+    every request, and neither does mirror-py."""
+    import urllib3
+
+    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
 
 def _no_read_retries(cfg: Any) -> None:
@@ -144,11 +213,12 @@ def explain(exc: BaseException, doing: str) -> MirrorError:
 
 
 def _timed_out(exc: BaseException) -> bool:
-    from urllib3.exceptions import MaxRetryError, TimeoutError
+    from urllib3.exceptions import MaxRetryError, NewConnectionError, TimeoutError
 
     if isinstance(exc, MaxRetryError):
         exc = exc.reason or exc
-    return isinstance(exc, (TimeoutError, socket.timeout))
+    # NewConnectionError is a TimeoutError subclass in urllib3, but it means refused or unreachable.
+    return isinstance(exc, (TimeoutError, socket.timeout)) and not isinstance(exc, NewConnectionError)
 
 
 def _short(exc: BaseException) -> str:
