@@ -141,16 +141,26 @@ def exec(ctx: click.Context, config_file: str | None, verbose: int, command: tup
     """
     _setup_logging(verbose)
     cfg = _load(ctx, config_file, flags)
-    from .session.session import run_command
+    from .session.session import StartInterrupted, run_command
 
     try:
         code = asyncio.run(run_command(cfg, list(command)))
     except MirrorError as exc:
         _fail(str(exc))
         return
+    except StartInterrupted as exc:
+        _stopped(exc)
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
+
+
+def _stopped(exc: Exception) -> NoReturn:
+    signum = getattr(exc, "signum", 15)
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+    click.echo(f"mirror-py: {exc}; nothing was left behind", err=True)
+    sys.exit(128 + signum)
 
 
 @main.command("_serve", hidden=True)
@@ -163,11 +173,14 @@ def serve(ctx: click.Context, config_file: str | None, verbose: int, mode: str, 
     _setup_logging(verbose)
     cfg = _load(ctx, config_file, flags)
     from .session.daemon import serve as serve_session
+    from .session.session import StartInterrupted
 
     try:
         asyncio.run(serve_session(cfg, mode))
     except MirrorError as exc:
         _fail(str(exc))
+    except StartInterrupted as exc:
+        _stopped(exc)
 
 
 def _kube_options(fn: Callable) -> Callable:

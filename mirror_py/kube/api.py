@@ -116,9 +116,17 @@ def load(kubeconfig: str | None = None, context: str | None = None, namespace: s
 
 
 def _configuration() -> Any:
+    """A client Configuration whose credential files never stay on disk: the library sets them at load and sets
+    them again from its token-refresh hook before requests, and each time a written file becomes a memory file."""
     from kubernetes import client
 
-    cfg = client.Configuration()
+    class Configuration(client.Configuration):
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name in _CREDENTIAL_FILES:
+                value = _in_memory(value)
+            super().__setattr__(name, value)
+
+    cfg = Configuration()
     _no_read_retries(cfg)
     return cfg
 
@@ -160,6 +168,43 @@ def _logged_errors() -> Iterator[list[str]]:
         yield messages
     finally:
         root.removeHandler(handler)
+
+
+_moved: dict[str, str] = {}  # a file the client library wrote -> the memory file now standing for it
+_memory_files: list[int] = []  # their descriptors: open for the process's life, like the paths
+_CREDENTIAL_FILES = ("key_file", "cert_file", "ssl_ca_cert")
+
+
+def _in_memory(path: Any) -> Any:
+    """The client library writes a kubeconfig's ``client-key-data`` (and certificate data) to files in the temp
+    directory, removed only at a clean exit: a signal or a crash leaves the user's private key in /tmp. Such a
+    file is moved at once into an anonymous memory file, reached as ``/proc/self/fd/N`` (TLS loads it by path on
+    every new connection, so the descriptor stays open), and removed from the disk. Other paths (files the
+    user's kubeconfig names) are left as they are."""
+    if not isinstance(path, str) or not path:
+        return path
+    if path in _moved:
+        return _moved[path]
+    from kubernetes.config import kube_config
+
+    if path not in getattr(kube_config, "_temp_files", {}).values() or not hasattr(os, "memfd_create"):
+        return path
+    try:
+        with open(path, "rb") as f:
+            content = f.read()
+        fd = os.memfd_create("mirror-py-credential", os.MFD_CLOEXEC)
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        return path  # keep the library's file: working beats failing
+    _memory_files.append(fd)
+    _moved[path] = f"/proc/self/fd/{fd}"
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+    return _moved[path]
 
 
 def _quiet_insecure_warnings() -> None:

@@ -353,6 +353,36 @@ class Session:
         return {"target": self.target_description, "agent": hello.info if hello else None}
 
 
+class StartInterrupted(Exception):
+    """A signal arrived before the app started; what the start had placed was cleaned up."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} before the app started")
+
+
+def cancel_start_on_signals() -> list[int]:
+    """Until the app runs, SIGINT, SIGTERM and SIGHUP cancel the current task instead of killing the process,
+    so the usual cleanup runs: an agent job or pod placed half-way is deleted, and nothing (a kubeconfig's
+    credentials included) is left behind. Returns the list the signal numbers land in."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    got: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        got.append(sig)
+        if task is not None:
+            task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, on_signal, sig)
+    return got
+
+
 async def run_command(cfg: config_mod.Config, command: list[str]) -> int:
     """Runs ``command`` interposed on ``cfg``'s target and returns its exit status.
 
@@ -362,8 +392,14 @@ async def run_command(cfg: config_mod.Config, command: list[str]) -> int:
     import signal
 
     session = Session(cfg)
+    interrupted = cancel_start_on_signals()
     try:
-        await session.start()
+        try:
+            await session.start()
+        except asyncio.CancelledError:
+            if interrupted:
+                raise StartInterrupted(interrupted[0]) from None
+            raise
         env = session.app_environment(os.environ)
         try:
             proc = await asyncio.create_subprocess_exec(*command, env=env)
