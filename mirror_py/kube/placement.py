@@ -213,7 +213,8 @@ async def job_mode(kube: KubeContext, target: ResolvedTarget, python: str, image
 
     token = "mirror-py-" + secrets.token_hex(6)
     ns = target.namespace
-    spec = _agent_pod_spec(token, image, python, nodeName=target.node, hostPID=True,
+    # The agent never calls the API: a privileged pod has no use for a token that anyone entering it could take.
+    spec = _agent_pod_spec(token, image, python, nodeName=target.node, hostPID=True, automountServiceAccountToken=False,
                            tolerations=[{"operator": "Exists"}], security_context={"privileged": True})
     body = {"apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": token, "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "mirror-py"}},

@@ -284,6 +284,7 @@ def test_agent_privileges_are_what_the_docs_say(recorded):
     for job in jobs:
         spec = job["spec"]["template"]["spec"]
         assert spec["hostPID"] is True and spec["nodeName"]
+        assert spec["automountServiceAccountToken"] is False
         assert [c["securityContext"] for c in spec["containers"]] == [{"privileged": True}]
         assert not spec.get("hostNetwork")
     assert "privileged pod with hostPID" in _docs_row("job")

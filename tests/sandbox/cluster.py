@@ -1318,11 +1318,12 @@ class Cluster:
             files.update(self._volume_files(rt.namespace, spec))
         except ApiError as exc:
             rt.config_error = exc.message
-        sa = spec.get("serviceAccountName") or "default"
-        sa_user = self.users.get(f"system:serviceaccount:{rt.namespace}:{sa}")
-        files[f"{SA_DIR}/token"] = sa_user.token if sa_user else ""
-        files[f"{SA_DIR}/namespace"] = rt.namespace
-        files[f"{SA_DIR}/ca.crt"] = Path(self.ca_file).read_text()
+        if spec.get("automountServiceAccountToken") is not False:  # as the kubelet: no token volume when off
+            sa = spec.get("serviceAccountName") or "default"
+            sa_user = self.users.get(f"system:serviceaccount:{rt.namespace}:{sa}")
+            files[f"{SA_DIR}/token"] = sa_user.token if sa_user else ""
+            files[f"{SA_DIR}/namespace"] = rt.namespace
+            files[f"{SA_DIR}/ca.crt"] = Path(self.ca_file).read_text()
         files["/etc/resolv.conf"] = (
             f"search {rt.namespace}.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}\n"
             f"nameserver {self.network.gateway}\noptions ndots:5\n"
