@@ -6,7 +6,6 @@ The channel may be a local process's pipes or a Kubernetes exec websocket; the p
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from typing import Any, Callable
 
@@ -29,6 +28,9 @@ class RemoteError(OSError):
         self.message = message
 
 
+STREAM_ID_LIMIT = 1 << 32
+
+
 class AgentLink:
     """Speaks the protocol over a :class:`~mirror_py.transport.channel.Channel` to one agent."""
 
@@ -44,7 +46,7 @@ class AgentLink:
         self.hello: p.Hello | None = None
         self._pending: dict[int, asyncio.Future] = {}
         self._hello_waiter: asyncio.Future | None = None
-        self._sids = itertools.count(1, 2)  # odd ids: the session opens streams; the agent may use even ones
+        self._next_sid = 1  # odd ids: the session opens streams; the agent uses even ones
         self._stderr = bytearray()
         self.closed = asyncio.Event()
         self.failure: str | None = None
@@ -193,7 +195,14 @@ class AgentLink:
 
     # ---------------------------------------------------------------------------------------- requests
     def new_stream_id(self) -> int:
-        return next(self._sids)
+        """The next free odd stream id. Ids wrap below 2**32 (the frame header's field) and skip those still in
+        use, so a long session never runs out: an id comes back only after two billion others, far beyond the
+        life of any frame still in flight for it."""
+        while True:
+            sid = self._next_sid
+            self._next_sid = sid + 2 if sid + 2 < STREAM_ID_LIMIT else 1
+            if sid not in self.mux.streams and not self.conn.is_open(sid):
+                return sid
 
     async def request(self, op: str, args: dict | None = None, opens_stream: int | None = None) -> Any:
         if self.failure is not None:
