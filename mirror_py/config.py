@@ -173,6 +173,13 @@ class OutgoingConfig(_Section):
     tcp: bool = Field(True, description="Send outgoing TCP through the target.")
     udp: bool = Field(True, description="Send outgoing UDP through the target.")
     filter: FilterConfig | None = Field(None, description="Which destinations are local or remote.")
+    local_listeners: Literal["session", "laptop", "none"] = Field(
+        "session",
+        description='Which laptop listeners keep a connect to a loopback address local when no filter rule '
+        'matches: "session" (a socket of this process, its descendants or another process of this session '
+        'listens on that address and port), "laptop" (any laptop listener on it), "none" (loopback goes to the '
+        'target, whatever listens here).',
+    )
 
 
 class DnsConfig(_Section):
@@ -1008,6 +1015,7 @@ def shim_settings(cfg: Config) -> dict:
             "tcp": cfg.network.outgoing.tcp,
             "udp": cfg.network.outgoing.udp,
             "filter": outgoing.to_json(),
+            "local_listeners": cfg.network.outgoing.local_listeners,
         },
         "dns": {"enabled": cfg.network.dns.enabled, "filter": dns.to_json()},
         "incoming": {

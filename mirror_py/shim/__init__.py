@@ -74,6 +74,9 @@ def _after_fork_in_child() -> None:
     files = sys.modules.get(__name__ + ".files")
     if files is not None:
         files.after_fork_in_child()
+    listeners = sys.modules.get(__name__ + ".local_listeners")
+    if listeners is not None:
+        listeners.forget_all()  # "this process" is another one now
 
 
 def _watch_c_networking() -> None:

@@ -9,23 +9,24 @@ from __future__ import annotations
 import socket
 from typing import Any, Callable
 
-from . import errors, host, rpc, settings
+from . import errors, host, resolved, rpc, settings
 
-# Names learned from remote answers, so an outgoing filter written with a hostname matches a connect by IP.
-_names: dict[str, str] = {}
-_MAX_NAMES = 4096
 _LOCAL_NAMES = frozenset(("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"))
 _local_hostname: list[str] = []
 
 
-def name_for(ip: str) -> str | None:
-    return _names.get(ip)
-
-
-def _remember(ip: str, name: str) -> None:
-    if len(_names) >= _MAX_NAMES:
-        _names.clear()
-    _names[ip] = name
+def _answered(host: Any, addresses: Any, *names: Any) -> None:
+    """Remember, for the outgoing filter, that each address was an answer for ``host`` (and ``names``)."""
+    if isinstance(host, (bytes, bytearray)):
+        try:
+            host = bytes(host).decode("idna")
+        except UnicodeError:
+            return
+    if not isinstance(host, str) or not host:
+        return
+    for address in addresses:
+        if address != host:
+            resolved.remember(address, (host, *names))
 
 
 def is_ip(host: str) -> bool:
@@ -87,7 +88,9 @@ def make_getaddrinfo(orig: Callable) -> Callable:
     def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
         name = remote_name(host, port, flags)
         if name is None:
-            return orig(host, port, family, type, proto, flags)
+            infos = orig(host, port, family, type, proto, flags)
+            _answered(host, [info[4][0] for info in infos])
+            return infos
         if isinstance(port, (bytes, bytearray)):
             port = bytes(port).decode()
         if port is not None and not isinstance(port, (int, str)):
@@ -98,9 +101,9 @@ def make_getaddrinfo(orig: Callable) -> Callable:
         )
         out = []
         for fam, kind, pr, canon, sockaddr in result:
-            _remember(sockaddr[0], name.lower().rstrip("."))
             out.append((_enum(socket.AddressFamily, fam), _enum(socket.SocketKind, kind), pr, canon,
                         tuple(sockaddr)))
+        _answered(name, [info[4][0] for info in out])
         return out
 
     return getaddrinfo
@@ -109,10 +112,8 @@ def make_getaddrinfo(orig: Callable) -> Callable:
 def make_gethostbyname(orig: Callable) -> Callable:
     def gethostbyname(hostname):
         name = remote_name(hostname)
-        if name is None:
-            return orig(hostname)
-        ip = _call("gethostbyname", host=name)
-        _remember(ip, name.lower())
+        ip = orig(hostname) if name is None else _call("gethostbyname", host=name)
+        _answered(hostname, (ip,))
         return ip
 
     return gethostbyname
@@ -122,8 +123,10 @@ def make_gethostbyname_ex(orig: Callable) -> Callable:
     def gethostbyname_ex(hostname):
         name = remote_name(hostname)
         if name is None:
-            return orig(hostname)
-        canon, aliases, addrs = _call("gethostbyname_ex", host=name)
+            canon, aliases, addrs = orig(hostname)
+        else:
+            canon, aliases, addrs = _call("gethostbyname_ex", host=name)
+        _answered(hostname, addrs, canon, *aliases)
         return canon, list(aliases), list(addrs)
 
     return gethostbyname_ex

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from mirror_py_agent.addresses import decode_address, encode_address
 
-from . import dns, errors, rpc, settings
+from . import dns, errors, local_listeners, resolved, rpc, settings
 
 _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
@@ -76,17 +76,29 @@ def plan(sock: Any, address: Any, proto: str | None = None) -> tuple[str, int, s
     if not isinstance(host, str) or not isinstance(port, int):
         return None
     if _literal_ip(host):
-        ip, hostname = host, dns.name_for(host)
+        ip, names = host, resolved.names_for(host)
     elif host == "":
         return None
     else:
         infos = socket.getaddrinfo(host, port, family, kind)  # the patched lookup: remote when DNS is
         if not infos:
             return None
-        ip, hostname = infos[0][4][0], host.lower().rstrip(".")
-    if not st.outgoing_filter.is_remote(proto, ip, port, hostname):
+        ip, names = infos[0][4][0], (host.lower().rstrip("."),)
+    if not goes_remote(st, proto, ip, port, names):
         return None
-    return ip, port, hostname
+    return ip, port, names[0] if names else None
+
+
+def goes_remote(st: settings.Settings, proto: str, ip: str, port: int, names: tuple[str, ...]) -> bool:
+    """The order of the outgoing decision: a rule of ``network.outgoing.filter`` that matches the address or a
+    name it was resolved from decides; else a listener of the app's own on the laptop keeps a loopback connect
+    local (``network.outgoing.local_listeners``); else the filter's default (remote, unless it lists remotes)."""
+    said = st.outgoing_filter.rule_says(proto, ip, port, names)
+    if said is not None:
+        return said
+    if not st.outgoing_filter.default_remote:
+        return False
+    return not local_listeners.stays_local(proto, ip, port, st.local_listeners)
 
 
 def _loopback_for(sock: Any) -> str:

@@ -386,6 +386,29 @@ class TrafficFilter(_Filter):
         name = _norm_name(hostname) if hostname and self._names else None
         return self._decide(proto, key, port, name)
 
+    def rule_says(self, proto: str, ip: str | None, port: int | None, names: tuple[str, ...] = ()) -> bool | None:
+        """What an explicit rule says about a connection: True (remote) or False (local) when a rule matches
+        the address, or any of ``names`` (every name the app resolved to get ``ip``); None when no rule does.
+
+        Unlike :meth:`is_remote` this tells "a rule decided" from "nothing matched", so that the caller can
+        put its own default between the rules and the filter's default.
+        """
+        rules = self._rules
+        if rules is None:
+            return None
+        key = _ip_key(ip) if ip and self._nets else None
+        norms = [_norm_name(n) for n in names] if names and self._names else [None]
+        for rule in rules:
+            for name in norms:
+                if rule._match(proto, key, port, name):
+                    return self._remote_mode
+        return None
+
+    @property
+    def default_remote(self) -> bool:
+        """Where a connection no rule matches goes: remote, except under a ``remote`` list."""
+        return not self._remote_mode
+
     @classmethod
     def from_json(cls, d: dict) -> TrafficFilter:
         """Rebuild a filter from :meth:`to_json` output; the rules are parsed (and checked) again."""

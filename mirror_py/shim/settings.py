@@ -12,8 +12,8 @@ ENV_VAR = "MIRROR_PY_SHIM_SETTINGS"
 
 
 class Settings:
-    __slots__ = ("dns_enabled", "dns_filter", "fs", "ignore_ports", "incoming_mode", "outgoing_enabled",
-                 "outgoing_filter", "port_mapping", "tcp", "udp")
+    __slots__ = ("dns_enabled", "dns_filter", "fs", "ignore_ports", "incoming_mode", "local_listeners",
+                 "outgoing_enabled", "outgoing_filter", "port_mapping", "tcp", "udp")
 
     def __init__(self, data: dict[str, Any]) -> None:
         from .rules import NameFilter, TrafficFilter
@@ -24,6 +24,8 @@ class Settings:
         self.tcp = bool(out.get("tcp", True))
         self.udp = bool(out.get("udp", True))
         self.outgoing_filter = TrafficFilter.from_json(out.get("filter") or {})
+        # Which laptop listeners keep a loopback connect local (mirror_py.shim.local_listeners).
+        self.local_listeners = str(out.get("local_listeners", "session"))
         self.dns_enabled = bool(dns.get("enabled", True))
         self.dns_filter = NameFilter.from_json(dns.get("filter") or {})
         # Incoming: which listening ports get the target's traffic (absent: none, for hand-written settings).

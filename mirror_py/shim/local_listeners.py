@@ -1,0 +1,227 @@
+"""Does a process of this session listen on this loopback address and port on the laptop?
+
+Outgoing traffic goes through the target, loopback included, because a service's sidecars listen on the
+pod's loopback (a database proxy on 5432, a mesh's admin port). But tests and tools start servers of their own
+on 127.0.0.1 and then connect to them: pytest-httpserver, aiohttp's test server, debugpy's adapter, a
+multiprocessing manager. Those connects must reach the laptop. The rule
+(``network.outgoing.local_listeners``):
+
+- ``"session"`` (default): a connect to a loopback address stays local when a socket of the laptop listens on
+  that address and port (a TCP listener, or a bound unconnected UDP socket; wildcard binds included) and the
+  socket belongs to this process, to a descendant of it, or to a process whose environment carries this
+  session's ``MIRROR_PY_SESSION`` (a process started under the session, even one that daemonized itself, as
+  debugpy's adapter does). A server the developer runs on the laptop by hand does not count: the pod's
+  sidecar on the same port wins.
+- ``"laptop"``: any listener of the laptop on that address and port wins, whoever owns it.
+- ``"none"``: every loopback connect goes to the target.
+
+Cost: only connects to loopback ask, and they read ``/proc/net/{tcp,udp}[6]`` (the laptop's network
+namespace); finding the owner walks ``/proc`` only when a laptop listener exists, and its answer is cached per
+listening socket (port and inode) until another socket listens there. Nothing here raises: an unreadable
+``/proc`` means "no listener found", so the connect goes to the target as it would without this rule.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the shim's start-up imports nothing it does not use
+    from collections.abc import Iterable, Iterator
+
+MODES = ("session", "laptop", "none")
+
+_TCP_LISTEN = "0A"
+_UDP_UNCONNECTED = "07"
+_V4_LOOPBACK = bytes((127, 0, 0, 1))
+_V6_LOOPBACK = bytes(15) + b"\x01"
+_MAPPED = bytes(10) + b"\xff\xff"
+
+# (proto, port) -> (the listening inodes found, whether one of them is the session's)
+_decided: dict[tuple[str, int], tuple[frozenset[int], bool]] = {}
+
+
+def loopback_key(ip: str) -> tuple[int, bytes] | None:
+    """``(4, 4 bytes)`` or ``(6, 16 bytes)`` for an address of this host (loopback, or 0.0.0.0/``::``, which a
+    connect treats as loopback), None for any other address. IPv4-mapped IPv6 addresses count as IPv4."""
+    if not isinstance(ip, str) or not ip.startswith(("127.", "0", ":")):
+        return None  # the common case, a remote address, without parsing it
+    from socket import AF_INET, AF_INET6, inet_pton
+
+    try:
+        if ":" in ip:
+            raw = inet_pton(AF_INET6, ip.partition("%")[0])
+            if raw.startswith(_MAPPED):
+                raw4 = raw[12:]
+                return (4, raw4) if raw4[0] == 127 else (4, _V4_LOOPBACK) if raw4 == bytes(4) else None
+            if raw == _V6_LOOPBACK:
+                return 6, raw
+            return (6, _V6_LOOPBACK) if raw == bytes(16) else None
+        raw = inet_pton(AF_INET, ip)
+    except (OSError, ValueError, TypeError):
+        return None
+    if raw[0] == 127:
+        return 4, raw
+    return (4, _V4_LOOPBACK) if raw == bytes(4) else None
+
+
+def kernel_hex(raw: bytes, byteorder: str = sys.byteorder) -> str:
+    """An address as ``/proc/net/*`` spells it: each 32-bit word in the host's byte order, upper-case hex."""
+    if byteorder == "big":
+        return raw.hex().upper()
+    return "".join(raw[i:i + 4][::-1].hex().upper() for i in range(0, len(raw), 4))
+
+
+def entries(text: str) -> Iterator[tuple[str, str, str, int]]:
+    """``(local address hex, port hex, state, inode)`` of each socket line of a ``/proc/net`` table."""
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10:
+            continue
+        addr, sep, port = fields[1].rpartition(":")
+        if not sep:
+            continue
+        try:
+            inode = int(fields[9])
+        except ValueError:
+            continue
+        yield addr, port, fields[3], inode
+
+
+def wanted_addresses(key: tuple[int, bytes], byteorder: str = sys.byteorder) -> dict[str, set[str]]:
+    """Table name ('4' or '6') -> the local addresses (kernel hex) whose sockets take a connect to ``key``:
+    the address itself, the wildcard of its family, and for IPv4 the dual-stack forms of an IPv6 socket."""
+    version, raw = key
+    if version == 6:
+        return {"6": {kernel_hex(raw, byteorder), kernel_hex(bytes(16), byteorder)}}
+    return {
+        "4": {kernel_hex(raw, byteorder), kernel_hex(bytes(4), byteorder)},
+        "6": {kernel_hex(_MAPPED + raw, byteorder), kernel_hex(bytes(16), byteorder)},
+    }
+
+
+def listening_inodes(text: str, proto: str, addresses: Iterable[str], port: int) -> set[int]:
+    """Inodes of the sockets in one ``/proc/net`` table that listen on one of ``addresses`` (kernel hex) and
+    ``port``: TCP in LISTEN state, UDP bound and not connected."""
+    state = _TCP_LISTEN if proto == "tcp" else _UDP_UNCONNECTED
+    port_hex = f"{port:04X}"
+    wanted = set(addresses)
+    return {inode for addr, p, st, inode in entries(text) if p == port_hex and st == state and addr in wanted}
+
+
+def laptop_listeners(proto: str, ip: str, port: int) -> set[int]:
+    """Inodes of the laptop's sockets that a ``proto`` connect to ``ip``:``port`` would reach (empty when the
+    address is not this host's, or /proc cannot be read)."""
+    key = loopback_key(ip)
+    if key is None:
+        return set()
+    found: set[int] = set()
+    for version, addresses in wanted_addresses(key).items():
+        name = proto if version == "4" else proto + "6"
+        try:
+            with open(f"/proc/net/{name}", encoding="ascii", errors="replace") as table:
+                text = table.read()
+        except OSError:
+            continue
+        found |= listening_inodes(text, proto, addresses, port)
+    return found
+
+
+# ---------------------------------------------------------------------------------------- owners
+def _holds(pid: str, links: set[str]) -> bool:
+    try:
+        with os.scandir(f"/proc/{pid}/fd") as it:
+            for entry in it:
+                try:
+                    if os.readlink(entry.path) in links:
+                        return True
+                except OSError:
+                    continue
+    except OSError:
+        return False
+    return False
+
+
+def _parent(pid: str) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: the fields after it start past the last ')'.
+    rest = stat[stat.rfind(b")") + 2:].split()
+    return rest[1].decode() if len(rest) > 1 else None
+
+
+def _descends_from(pid: str, ancestor: str, parents: dict[str, str | None]) -> bool:
+    seen = 0
+    while pid not in ("0", "1") and seen < 256:
+        parent = parents.get(pid) if pid in parents else _parent(pid)
+        if parent is None:
+            return False
+        if parent == ancestor:
+            return True
+        pid, seen = parent, seen + 1
+    return False
+
+
+def _carries(pid: str, marker: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return marker in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def session_owns(inodes: Iterable[int], me: str | None = None, session: str | None = None) -> bool:
+    """Is one of these sockets held by this process, a descendant of it, or a process whose environment has
+    ``MIRROR_PY_SESSION`` = ``session`` (default: this process's own value)?"""
+    links = {f"socket:[{inode}]" for inode in inodes}
+    if not links:
+        return False
+    me = me or str(os.getpid())
+    if _holds(me, links):
+        return True
+    if session is None:
+        session = os.environ.get("MIRROR_PY_SESSION") or ""
+    marker = f"MIRROR_PY_SESSION={session}".encode() if session else None
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit() and name != me]
+    except OSError:
+        return False
+    parents = {pid: _parent(pid) for pid in pids}
+    for pid in pids:
+        if (marker is not None and _carries(pid, marker)) or _descends_from(pid, me, parents):
+            if _holds(pid, links):
+                return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------- the decision
+def stays_local(proto: str, ip: str, port: int, mode: str) -> bool:
+    """Should a ``proto`` connect to ``ip``:``port`` stay on the laptop because one of its own listeners (in
+    the sense of ``mode``) takes it? Never raises."""
+    if mode == "none":
+        return False
+    try:
+        inodes = frozenset(laptop_listeners(proto, ip, port))
+        if not inodes:
+            return False
+        if mode == "laptop":
+            return True
+        known = _decided.get((proto, port))
+        if known is not None and known[0] == inodes:
+            return known[1]
+        answer = session_owns(inodes)
+        if len(_decided) >= 1024:
+            _decided.clear()
+        _decided[(proto, port)] = (inodes, answer)
+        return answer
+    except Exception:  # a check that fails leaves the connect to its default route
+        return False
+
+
+def forget_all() -> None:
+    """Drops cached owner decisions (a forked child is another process: "this process" changed)."""
+    _decided.clear()
