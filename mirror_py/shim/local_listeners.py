@@ -15,10 +15,13 @@ multiprocessing manager. Those connects must reach the laptop. The rule
 - ``"laptop"``: any listener of the laptop on that address and port wins, whoever owns it.
 - ``"none"``: every loopback connect goes to the target.
 
-Cost: only connects to loopback ask, and they read ``/proc/net/{tcp,udp}[6]`` (the laptop's network
-namespace); finding the owner walks ``/proc`` only when a laptop listener exists, and its answer is cached per
-listening socket (port and inode) until another socket listens there. Nothing here raises: an unreadable
-``/proc`` means "no listener found", so the connect goes to the target as it would without this rule.
+Cost: only connects to loopback ask. They list the laptop's listening sockets (its network namespace):
+through the kernel's sock_diag netlink interface, which walks only the listening table (tens of
+microseconds), or where that is unavailable from ``/proc/net/{tcp,udp}[6]`` (the same sockets, but the kernel
+walks every connection hash bucket to print them: milliseconds). Finding the owner walks ``/proc`` only when a
+laptop listener exists, and its answer is cached per listening socket (port and inode) until another socket
+listens there. Nothing here raises: what cannot be read means "no listener found", so the connect goes to the
+target as it would without this rule.
 """
 
 from __future__ import annotations
@@ -89,16 +92,18 @@ def entries(text: str) -> Iterator[tuple[str, str, str, int]]:
         yield addr, port, fields[3], inode
 
 
-def wanted_addresses(key: tuple[int, bytes], byteorder: str = sys.byteorder) -> dict[str, set[str]]:
-    """Table name ('4' or '6') -> the local addresses (kernel hex) whose sockets take a connect to ``key``:
+def wanted_raw(key: tuple[int, bytes]) -> dict[int, set[bytes]]:
+    """IP version of a socket -> the local addresses (network order) whose sockets take a connect to ``key``:
     the address itself, the wildcard of its family, and for IPv4 the dual-stack forms of an IPv6 socket."""
     version, raw = key
     if version == 6:
-        return {"6": {kernel_hex(raw, byteorder), kernel_hex(bytes(16), byteorder)}}
-    return {
-        "4": {kernel_hex(raw, byteorder), kernel_hex(bytes(4), byteorder)},
-        "6": {kernel_hex(_MAPPED + raw, byteorder), kernel_hex(bytes(16), byteorder)},
-    }
+        return {6: {raw, bytes(16)}}
+    return {4: {raw, bytes(4)}, 6: {_MAPPED + raw, bytes(16)}}
+
+
+def wanted_addresses(key: tuple[int, bytes], byteorder: str = sys.byteorder) -> dict[str, set[str]]:
+    """:func:`wanted_raw` as ``/proc/net`` spells it, keyed by table suffix ('4': tcp, '6': tcp6)."""
+    return {str(v): {kernel_hex(a, byteorder) for a in addrs} for v, addrs in wanted_raw(key).items()}
 
 
 def listening_inodes(text: str, proto: str, addresses: Iterable[str], port: int) -> set[int]:
@@ -110,22 +115,100 @@ def listening_inodes(text: str, proto: str, addresses: Iterable[str], port: int)
     return {inode for addr, p, st, inode in entries(text) if p == port_hex and st == state and addr in wanted}
 
 
-def laptop_listeners(proto: str, ip: str, port: int) -> set[int]:
-    """Inodes of the laptop's sockets that a ``proto`` connect to ``ip``:``port`` would reach (empty when the
-    address is not this host's, or /proc cannot be read)."""
-    key = loopback_key(ip)
-    if key is None:
-        return set()
+def from_proc(proto: str, wanted: dict[int, set[bytes]], port: int) -> set[int]:
+    """The listeners from ``/proc/net/{proto}[6]``; a table that cannot be read counts as empty."""
     found: set[int] = set()
-    for version, addresses in wanted_addresses(key).items():
-        name = proto if version == "4" else proto + "6"
+    for version, addresses in wanted.items():
+        name = proto if version == 4 else proto + "6"
         try:
             with open(f"/proc/net/{name}", encoding="ascii", errors="replace") as table:
                 text = table.read()
         except OSError:
             continue
-        found |= listening_inodes(text, proto, addresses, port)
+        found |= listening_inodes(text, proto, {kernel_hex(a) for a in addresses}, port)
     return found
+
+
+# The same sockets from the kernel's sock_diag netlink interface (what ``ss -l`` reads). Asked for listeners
+# only, the kernel walks just its small listening table, where /proc/net/tcp always walks the whole
+# established-connections hash table: milliseconds on a machine with much memory, for every loopback connect.
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_DUMP_REQUEST = 0x301
+_NLMSG_ERROR = 2
+_NLMSG_DONE = 3
+_DIAG_STATES = {"tcp": 1 << 10, "udp": 1 << 7}  # TCP_LISTEN; TCP_CLOSE is an unconnected UDP socket
+_DIAG_PROTOCOLS = {"tcp": 6, "udp": 17}
+_netlink_broken: list[bool] = []
+
+
+def diag_request(version: int, proto: str, seq: int) -> bytes:
+    """A dump request (``inet_diag_req_v2``) for the listening sockets of one family and protocol."""
+    import struct
+
+    family = 2 if version == 4 else 10
+    body = struct.pack("=BBBBI", family, _DIAG_PROTOCOLS[proto], 0, 0, _DIAG_STATES[proto]) + bytes(48)
+    return struct.pack("=IHHII", 16 + len(body), _SOCK_DIAG_BY_FAMILY, _NLM_F_DUMP_REQUEST, seq, 0) + body
+
+
+def diag_sockets(data: bytes) -> tuple[list[tuple[int, bytes, int, int]], bool]:
+    """``(state, local address, local port, inode)`` of each ``inet_diag_msg`` in a netlink reply, and
+    whether the dump is done. An error message raises OSError."""
+    import struct
+
+    out = []
+    at = 0
+    while at + 16 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, at)
+        if length < 16 or at + length > len(data):
+            raise OSError("truncated sock_diag reply")
+        if kind == _NLMSG_DONE:
+            return out, True
+        if kind == _NLMSG_ERROR:
+            code = struct.unpack_from("=i", data, at + 16)[0]
+            raise OSError(-code, "sock_diag refused the request")
+        if kind == _SOCK_DIAG_BY_FAMILY and length >= 16 + 72:
+            family, state = data[at + 16], data[at + 17]
+            port = struct.unpack_from("!H", data, at + 20)[0]
+            size = 4 if family == 2 else 16
+            inode = struct.unpack_from("=I", data, at + 16 + 68)[0]
+            out.append((state, bytes(data[at + 24:at + 24 + size]), port, inode))
+        at += (length + 3) & ~3
+    return out, False
+
+
+def from_netlink(proto: str, wanted: dict[int, set[bytes]], port: int) -> set[int]:
+    """The listeners as the kernel's sock_diag reports them; OSError when the interface is unavailable."""
+    import _socket
+
+    found: set[int] = set()
+    sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC, _NETLINK_SOCK_DIAG)
+    try:
+        sock.settimeout(2.0)
+        for seq, (version, addresses) in enumerate(wanted.items(), 1):
+            sock.sendto(diag_request(version, proto, seq), (0, 0))
+            done = False
+            while not done:
+                rows, done = diag_sockets(sock.recv(1 << 16))
+                found.update(inode for _, addr, p, inode in rows if p == port and addr in addresses)
+    finally:
+        sock.close()
+    return found
+
+
+def laptop_listeners(proto: str, ip: str, port: int) -> set[int]:
+    """Inodes of the laptop's sockets that a ``proto`` connect to ``ip``:``port`` would reach (empty when the
+    address is not this host's, or neither sock_diag nor /proc can be read)."""
+    key = loopback_key(ip)
+    if key is None:
+        return set()
+    wanted = wanted_raw(key)
+    if not _netlink_broken:
+        try:
+            return from_netlink(proto, wanted, port)
+        except (OSError, ValueError, AttributeError):
+            _netlink_broken.append(True)  # no sock_diag here (a sandbox, another kernel): /proc from now on
+    return from_proc(proto, wanted, port)
 
 
 # ---------------------------------------------------------------------------------------- owners

@@ -113,6 +113,54 @@ def test_finds_this_processes_listeners_by_inode():
         assert local_listeners.session_owns({_inode(s), _inode(u)})
 
 
+def test_sock_diag_and_proc_report_the_same_listeners(monkeypatch):
+    with socket.socket() as s, socket.socket(socket.AF_INET6) as s6, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as connected:
+        s.bind(("0.0.0.0", 0))
+        s.listen()
+        s6.bind(("::1", 0))
+        s6.listen()
+        u.bind(("127.0.0.3", 0))
+        connected.bind(("127.0.0.1", 0))
+        connected.connect(u.getsockname())
+        cases = [("tcp", "127.0.0.7", s, {_inode(s)}), ("tcp", "::1", s6, {_inode(s6)}),
+                 ("tcp", "127.0.0.1", s6, set()), ("udp", "127.0.0.3", u, {_inode(u)}),
+                 ("udp", "127.0.0.1", connected, set())]
+        for proto, ip, sock, expected in cases:
+            wanted = local_listeners.wanted_raw(local_listeners.loopback_key(ip))
+            port = sock.getsockname()[1]
+            assert local_listeners.from_netlink(proto, wanted, port) == expected, (proto, ip)
+            assert local_listeners.from_proc(proto, wanted, port) == expected, (proto, ip)
+        # Without sock_diag (a kernel or sandbox that refuses it) the answer comes from /proc.
+        monkeypatch.setattr(local_listeners, "_netlink_broken", [])
+
+        def refused(*args):
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(local_listeners, "from_netlink", refused)
+        assert local_listeners.laptop_listeners("tcp", "127.0.0.7", s.getsockname()[1]) == {_inode(s)}
+        assert local_listeners._netlink_broken == [True]
+
+
+def test_sock_diag_reply_parsing():
+    import struct
+
+    def message(family: int, state: int, port: int, addr: bytes, inode: int) -> bytes:
+        body = bytes((family, state, 0, 0)) + struct.pack("!HH", port, 0) + addr.ljust(16, b"\0") + bytes(16 + 12)
+        body += struct.pack("=IIIII", 0, 0, 0, 0, inode)
+        return struct.pack("=IHHII", 16 + len(body), 20, 2, 1, 0) + body
+
+    data = message(2, 10, 8080, bytes((127, 0, 0, 1)), 77) + message(10, 10, 22, bytes(16), 78)
+    rows, done = local_listeners.diag_sockets(data)
+    assert rows == [(10, bytes((127, 0, 0, 1)), 8080, 77), (10, bytes(16), 22, 78)] and not done
+    assert local_listeners.diag_sockets(struct.pack("=IHHIIi", 20, 3, 2, 1, 0, 0)) == ([], True)
+    with pytest.raises(OSError):
+        local_listeners.diag_sockets(struct.pack("=IHHIIi", 20, 2, 0, 1, 0, -1))
+    with pytest.raises(OSError):
+        local_listeners.diag_sockets(struct.pack("=IHHII", 400, 20, 2, 1, 0))
+
+
 _LISTENER = textwrap.dedent('''
     import os, socket, sys, time
     detach = sys.argv[1] == "detach"
@@ -205,6 +253,7 @@ def test_unreadable_proc_means_no_listener(monkeypatch):
         def denied(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
 
+        monkeypatch.setattr(local_listeners, "_netlink_broken", [True])
         monkeypatch.setattr(local_listeners, "open", denied, raising=False)
         assert local_listeners.laptop_listeners("tcp", "127.0.0.1", port) == set()
         assert not local_listeners.stays_local("tcp", "127.0.0.1", port, "laptop")
