@@ -258,7 +258,7 @@ def test_unknown_key_names_the_key_the_file_and_the_choices(tmp_path):
         load_config(cwd=tmp_path)
     assert str(info.value) == (
         f"unknown key network.outgoing.tpc (from {conf}); allowed in [network.outgoing]: "
-        "enabled, tcp, udp, filter; did you mean 'tcp'?"
+        "enabled, tcp, udp, filter, local_listeners; did you mean 'tcp'?"
     )
 
 
@@ -535,6 +535,7 @@ def test_shim_settings_round_trip_through_json(tmp_path):
             "tcp": True,
             "udp": False,
             "filter": {"local": ["127.0.0.1", "*.corp:443"]},
+            "local_listeners": "session",
         },
         "dns": {"enabled": True, "filter": {"remote": ["*.svc.cluster.local"]}},
         "incoming": {"mode": "mirror", "port_mapping": [], "ignore_ports": []},
@@ -548,7 +549,7 @@ def test_shim_settings_round_trip_through_json(tmp_path):
 
 def test_shim_settings_defaults():
     assert shim_settings(Config()) == {
-        "outgoing": {"enabled": True, "tcp": True, "udp": True, "filter": {}},
+        "outgoing": {"enabled": True, "tcp": True, "udp": True, "filter": {}, "local_listeners": "session"},
         "dns": {"enabled": True, "filter": {}},
         "incoming": {"mode": "mirror", "port_mapping": [], "ignore_ports": []},
         "fs": {"mode": "read", "read_write": [], "read_only": [], "local": [], "not_found": [], "mapping": []},
