@@ -2,6 +2,7 @@
 
     debuggee            fetch from the pod's loopback server (the app debugpy runs)
     names CLIENT URL    fetch URL (a name the laptop resolves) with requests, urllib3, asyncio or socket
+    own PORT            serve HTTP on 127.0.0.1:PORT in a thread, then fetch from 127.0.0.1:PORT
 """
 
 from __future__ import annotations
@@ -58,9 +59,34 @@ def fetch(client: str, url: str) -> dict:
     raise SystemExit(f"unknown client {client!r}")
 
 
+def own(port: int) -> dict:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            data = json.dumps({"server": "own"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        return fetch("socket", f"http://127.0.0.1:{port}/own")
+    finally:
+        server.shutdown()
+
+
 def main(argv: list[str]) -> None:
     if argv[0] == "debuggee":
         out = debuggee()
+    elif argv[0] == "own":
+        out = {"server": own(int(argv[1])).get("server")}
     elif argv[0] == "names":
         body = fetch(argv[1], argv[2])
         out = {"server": body.get("server"), "peer": socket.gethostbyname(urllib.parse.urlsplit(argv[2]).hostname)}

@@ -311,3 +311,33 @@ def test_a_name_resolved_on_the_laptop_connects_on_the_laptop(pod, tmp_path, lap
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(t) for t in proc.stdout.splitlines() if t.startswith("{")]
     assert lines == [{"server": "laptop", "peer": "127.0.0.1"}], proc.stdout + proc.stderr
+
+
+# --- whose listener wins on a port both the laptop and the pod's loopback serve -----------------------------
+
+
+def _exec_app(pod: Pod, tmp_path: Path, mode: str | None, *app: str) -> dict:
+    extra = []
+    if mode is not None:
+        config = tmp_path / "mirror-py.toml"
+        config.write_text(f'[network.outgoing]\nlocal_listeners = "{mode}"\n')
+        extra = ["--config", str(config)]
+    proc = subprocess.run([*MIRROR_PY, "exec", *extra, "--target", f"pid/{pod.pid}", "--", sys.executable, APPS, *app],
+                          capture_output=True, text=True, timeout=120, env=_env(), cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("mode, expected", [(None, "pod"), ("session", "pod"), ("laptop", "laptop"), ("none", "pod")])
+def test_someone_elses_laptop_listener_wins_only_in_laptop_mode(pod, tmp_path, laptop_and_pod_server, mode, expected):
+    port = laptop_and_pod_server
+    out = _exec_app(pod, tmp_path, mode, "names", "socket", f"http://127.0.0.1:{port}/x")
+    assert out["server"] == expected
+
+
+@pytest.mark.parametrize("mode, expected", [(None, "own"), ("laptop", "own"), ("none", "pod")])
+def test_the_apps_own_listener_wins_unless_none(pod, tmp_path, mode, expected):
+    port = _free_port()
+    with pod_http(pod, port, "pod"):
+        out = _exec_app(pod, tmp_path, mode, "own", str(port))
+    assert out["server"] == expected
