@@ -347,35 +347,49 @@ def _realpath(args: dict) -> str:
     return root().realpath(_path(args), bool(args.get("strict")))
 
 
+def _on(args: dict, follow: bool, on_fd: Callable[[int], Any], on_path: Callable[[Resolved], Any]) -> Any:
+    """Runs an operation on what the request names: ``h``, a file the agent holds open for the app (the app's
+    fd stands for it, so ``fchmod`` reaches the very file even after a rename), or ``path``, resolved inside
+    the root."""
+    if args.get("h") is not None:
+        return on_fd(_handle(args))
+    return _with(_path(args), follow, on_path)
+
+
+def _through_fd(res: Resolved, follow: bool, call: Callable[[str, bool], Any]) -> Any:
+    """For the calls that take no ``dir_fd`` (xattrs, statvfs): inside a root other than ``/`` the resolved
+    name is opened with ``O_PATH | O_NOFOLLOW`` and reached through ``/proc/self/fd``, so the kernel never
+    resolves the path again."""
+    if res.dir_fd is None:
+        return call(res.name, follow)
+    fd = os.open(res.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _O_PATH, dir_fd=res.dir_fd)
+    try:
+        return call(f"/proc/self/fd/{fd}", True)
+    finally:
+        os.close(fd)
+
+
 def _listxattr(args: dict) -> list:
     follow = bool(args.get("follow", True))
-
-    def run(res: Resolved) -> list:
-        if res.dir_fd is None:
-            return os.listxattr(res.name, follow_symlinks=follow)
-        fd = os.open(res.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _O_PATH, dir_fd=res.dir_fd)
-        try:
-            return os.listxattr(f"/proc/self/fd/{fd}")
-        finally:
-            os.close(fd)
-
-    return _with(_path(args), follow, run)
+    return _on(args, follow, os.listxattr,
+               lambda res: _through_fd(res, follow, lambda p, f: os.listxattr(p, follow_symlinks=f)))
 
 
 def _getxattr(args: dict) -> bytes:
     follow = bool(args.get("follow", True))
     attr = _path(args, "name")
+    return _on(args, follow, lambda fd: os.getxattr(fd, attr),
+               lambda res: _through_fd(res, follow, lambda p, f: os.getxattr(p, attr, follow_symlinks=f)))
 
-    def run(res: Resolved) -> bytes:
-        if res.dir_fd is None:
-            return os.getxattr(res.name, attr, follow_symlinks=follow)
-        fd = os.open(res.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _O_PATH, dir_fd=res.dir_fd)
-        try:
-            return os.getxattr(f"/proc/self/fd/{fd}", attr)
-        finally:
-            os.close(fd)
 
-    return _with(_path(args), follow, run)
+def statvfs_list(st: os.statvfs_result) -> list:
+    """A statvfs result on the wire, ``f_fsid`` last."""
+    return [st.f_bsize, st.f_frsize, st.f_blocks, st.f_bfree, st.f_bavail, st.f_files, st.f_ffree, st.f_favail,
+            st.f_flag, st.f_namemax, getattr(st, "f_fsid", 0)]
+
+
+def _statvfs(args: dict) -> list:
+    return statvfs_list(_on(args, True, os.statvfs, lambda res: _through_fd(res, True, lambda p, f: os.statvfs(p))))
 
 
 # ------------------------------------------------------------------------------------------------ changes
@@ -413,6 +427,32 @@ def _symlink(args: dict) -> None:
     _with(_path(args), False, lambda res: os.symlink(target, res.name, **_kw(res)))
 
 
+def _link(args: dict) -> None:
+    """A hard link. The existing file is resolved inside the root like any other path (following a final
+    symlink only when asked), so a link can only ever give a second name to a file of the target."""
+    follow = bool(args.get("follow", True))
+    r = root()
+    src = r.resolve(_path(args, "src"), follow_last=follow)
+    try:
+        dst = r.resolve(_path(args, "dst"), follow_last=False)
+        try:
+            if src.dir_fd is None:
+                os.link(src.name, dst.name, follow_symlinks=follow)
+            else:
+                os.link(src.name, dst.name, src_dir_fd=src.dir_fd, dst_dir_fd=dst.dir_fd, follow_symlinks=False)
+        finally:
+            dst.close(r)
+    finally:
+        src.close(r)
+
+
+def _mknod(args: dict) -> None:
+    """FIFOs (``os.mkfifo``), regular files and, with the privilege, device nodes."""
+    mode = _mode(args, 0o600)
+    device = _int(args, "device", 0)
+    _with(_path(args), False, lambda res: os.mknod(res.name, mode, device, **_kw(res)))
+
+
 def _truncate(args: dict) -> None:
     length = _int(args, "length")
 
@@ -446,7 +486,15 @@ def _chmod(args: dict) -> None:
         finally:
             os.close(fd)
 
-    _with(_path(args), follow, run)
+    _on(args, follow, lambda fd: os.chmod(fd, mode), run)
+
+
+def _chown(args: dict) -> None:
+    uid = _int(args, "uid")
+    gid = _int(args, "gid")
+    follow = bool(args.get("follow", True))
+    _on(args, follow, lambda fd: os.chown(fd, uid, gid),
+        lambda res: os.chown(res.name, uid, gid, **_kw(res), follow_symlinks=_nofollow(res, follow)))
 
 
 def _utime(args: dict) -> None:
@@ -464,7 +512,25 @@ def _utime(args: dict) -> None:
         else:
             os.utime(res.name, ns=times, **_kw(res), follow_symlinks=_nofollow(res, follow))
 
-    _with(_path(args), follow, run)
+    _on(args, follow, lambda fd: os.utime(fd) if times is None else os.utime(fd, ns=times), run)
+
+
+def _setxattr(args: dict) -> None:
+    follow = bool(args.get("follow", True))
+    attr = _path(args, "name")
+    value = args.get("data")
+    if not isinstance(value, (bytes, bytearray)):
+        raise TypeError("data must be bytes")
+    flags = _int(args, "flags", 0)
+    _on(args, follow, lambda fd: os.setxattr(fd, attr, value, flags),
+        lambda res: _through_fd(res, follow, lambda p, f: os.setxattr(p, attr, value, flags, follow_symlinks=f)))
+
+
+def _removexattr(args: dict) -> None:
+    follow = bool(args.get("follow", True))
+    attr = _path(args, "name")
+    _on(args, follow, lambda fd: os.removexattr(fd, attr),
+        lambda res: _through_fd(res, follow, lambda p, f: os.removexattr(p, attr, follow_symlinks=f)))
 
 
 # ------------------------------------------------------------------------------------------------ content
@@ -606,6 +672,12 @@ _FUNCTIONS: dict[str, Callable[[dict], Any]] = {
     "unlink": _unlink,
     "rename": _rename,
     "symlink": _symlink,
+    "link": _link,
+    "mknod": _mknod,
+    "chown": _chown,
+    "setxattr": _setxattr,
+    "removexattr": _removexattr,
+    "statvfs": _statvfs,
     "truncate": _truncate,
     "chmod": _chmod,
     "utime": _utime,

@@ -22,7 +22,7 @@ IN_FLIGHT = 8
 
 async def handle(link: AgentLink, req: dict) -> Any:
     """Serves one ``{"op": "fs", "fn": ...}`` request of a shim."""
-    args = {k: v for k, v in req.items() if k not in ("op", "data")}
+    args = {k: v for k, v in req.items() if k != "op"}  # raw bytes (an xattr's value) go on as "data"
     fn = args.get("fn")
     try:
         if fn == "read":

@@ -106,6 +106,25 @@ def run(base):
     out["truncate_outside"] = _try(lambda: c({"fn": "truncate", "path": "/abs_outside", "length": 0}))
     out["chmod_outside"] = _try(lambda: c({"fn": "chmod", "path": "/esc", "mode": 0o600}))
     out["outside_mode"] = oct(os.stat(os.path.join(outside, "secret")).st_mode & 0o777)
+    # A hard link's existing file is resolved inside the root: no second name for a file outside it.
+    out["link_outside_by_relative_link"] = _try(lambda: c({"fn": "link", "src": "/esc", "dst": "/hard"}))
+    out["link_outside_by_absolute_link"] = _try(lambda: c({"fn": "link", "src": "/abs_outside", "dst": "/hard"}))
+    out["link_outside_by_dotdot"] = _try(lambda: c({"fn": "link", "src": "/../../outside/secret", "dst": "/hard"}))
+    c({"fn": "link", "src": "/link_up/etc/secret.txt", "dst": "/link_root/hard"})
+    out["link_inside"] = os.stat(os.path.join(root, "hard")).st_ino == os.stat(os.path.join(root, "etc",
+                                                                                             "secret.txt")).st_ino
+    c({"fn": "link", "src": "/esc", "dst": "/hard_symlink", "follow": False})
+    out["link_nofollow_is_the_symlink"] = os.readlink(os.path.join(root, "hard_symlink"))
+    ids = {"uid": os.getuid(), "gid": os.getgid()}
+    out["chown_outside"] = _try(lambda: c({"fn": "chown", "path": "/esc", **ids}))
+    out["setxattr_outside"] = _try(lambda: c({"fn": "setxattr", "path": "/abs_outside", "name": "user.x",
+                                              "data": b"x"}))
+    out["removexattr_outside"] = _try(lambda: c({"fn": "removexattr", "path": "/esc", "name": "user.x"}))
+    out["statvfs_outside"] = _try(lambda: c({"fn": "statvfs", "path": "/abs_outside"}))
+    out["statvfs_inside"] = _try(lambda: len(c({"fn": "statvfs", "path": "/link_up/etc"})))
+    c({"fn": "mknod", "path": "/link_up/fifo", "mode": 0o010640, "umask": 0o022})
+    out["mkfifo_inside"] = oct(os.lstat(os.path.join(root, "fifo")).st_mode)
+    out["outside_listing"] = sorted(os.listdir(outside))
     files.set_root("/")
     return out
 
