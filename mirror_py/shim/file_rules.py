@@ -207,6 +207,10 @@ class FileRules:
         entry = self.lookup(path)
         return entry[1] if write else entry[0]
 
+    def writes_remote(self, mapped: str) -> bool:
+        """Whether writes to ``mapped`` (a path already mapped, as the agent is given it) go to the target."""
+        return self.enabled and mapped.startswith("/") and self._one(_norm(mapped), True) == REMOTE
+
     def _decide(self, path: str) -> tuple[int, int, str]:
         if not self.enabled or not path.startswith("/"):
             return (LOCAL, LOCAL, path)

@@ -155,14 +155,15 @@ def stat_from_list(fields: list) -> os.stat_result:
 class _Remote:
     """An fd of the app that stands for a file or directory of the target."""
 
-    __slots__ = ("append", "backing", "base", "dev_ino", "dirty_mark", "handle", "is_dir", "path", "st",
-                 "writable")
+    __slots__ = ("append", "backing", "base", "changeable", "dev_ino", "dirty_mark", "handle", "is_dir", "path",
+                 "st", "writable")
 
     def __init__(self, path: str, st: list, is_dir: bool) -> None:
         self.path = path
         self.st = st
         self.is_dir = is_dir
         self.writable = False
+        self.changeable = False  # the rules send writes to this path to the target (fchmod, fchown... may act)
         self.append = False
         self.handle: int | None = None
         self.backing = -1  # a private read-write fd of the memory file (writable files only)
@@ -265,6 +266,7 @@ def remote_open(path: str, flags: int, mode: int, shown: Any, *, for_fileio: boo
         raise
     st = posix.fstat(fd)
     entry.dev_ino = (st.st_dev, st.st_ino)
+    entry.changeable = writable or rules().writes_remote(path)
     if writable:
         entry.writable = True
         entry.append = append
@@ -323,8 +325,9 @@ def _close_entry(fd: int, entry: _Remote) -> None:
 
 
 # ---------------------------------------------------------------------------------- open() and FileIO
-class RemoteFileIO(io.FileIO):
-    """The raw file of a writable remote file: closing (and flushing) sends the content to the target."""
+class _WriteBack:
+    """What makes a raw file write a remote file back: closing (and flushing) sends the content to the
+    target. A no-op on an ordinary fd."""
 
     def _sync(self) -> None:
         if not self.closed:
@@ -356,6 +359,10 @@ class RemoteFileIO(io.FileIO):
             super().close()
             if entry is not None:
                 _forget(fd, entry)
+
+
+class RemoteFileIO(_WriteBack, io.FileIO):
+    """The raw file of a writable remote file."""
 
 
 class _SyncOnFlush:
@@ -448,6 +455,78 @@ def make_open(orig: Callable) -> Callable:
         return _open_slow(orig, file, mode, buffering, encoding, errors, newline, closefd, opener)
 
     return open
+
+
+class _FileIOType(type):
+    """The metaclass of the patched ``io.FileIO``: every raw file ``open()`` returns is the C type's, and
+    ``isinstance(f, io.FileIO)`` must stay true of them, as ``issubclass`` of the C type's subclasses."""
+
+    _stands_for: type
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        if "_stands_for" in cls.__dict__:
+            return isinstance(obj, cls._stands_for)
+        return super().__instancecheck__(obj)
+
+    def __subclasscheck__(cls, sub: Any) -> bool:
+        if "_stands_for" in cls.__dict__:
+            return issubclass(sub, cls._stands_for)
+        return super().__subclasscheck__(sub)
+
+
+def make_fileio(orig: Callable) -> Callable:
+    """``io.FileIO(path)`` opens in C without ``open()``: the class is replaced by a subclass whose calls
+    decide like ``open()``, and that return the very object the original gives (a C ``FileIO``, or one that
+    writes back for a writable file of the target). Subclasses defined while the shim is installed write back
+    too."""
+
+    class FileIO(_WriteBack, orig, metaclass=_FileIOType):  # type: ignore[misc, valid-type]
+        _stands_for = orig
+
+        def __new__(cls, file, mode="r", closefd=True, opener=None):
+            if cls is FileIO:
+                return _fileio(orig, file, mode, closefd, opener)
+            return orig.__new__(cls, file, mode, closefd, opener)
+
+        def __init__(self, file, mode="r", closefd=True, opener=None):
+            if opener is None and file.__class__ is not int:
+                opener = _remote_opener(file, mode)
+            super().__init__(file, mode, closefd, opener)
+
+    FileIO.__qualname__ = "FileIO"
+    FileIO.__module__ = getattr(orig, "__module__", "io")
+    return FileIO
+
+
+def _remote_opener(file: Any, mode: Any) -> Callable | None:
+    """The opener that opens ``file`` in the target, None when it is the laptop's (NOT_FOUND raises)."""
+    text, shown = _text(file)
+    if text is None or not settings_enabled():
+        return None
+    decision, path = _decide(text, _mode_writes(mode))
+    if decision == LOCAL:
+        return None
+    if decision == NOT_FOUND:
+        raise _not_found(shown)
+
+    def opener(_name: Any, flags: int) -> int:
+        return remote_open(path, flags, 0o666, shown, for_fileio=True)
+
+    return opener
+
+
+def _fileio(orig: Callable, file: Any, mode: Any, closefd: Any, opener: Any) -> Any:
+    """What ``io.FileIO(...)`` gives: the original's object, on the target's file when the rules say so."""
+    if file.__class__ is int:
+        entry = _entry(file) if _fds else None
+        if entry is not None and entry.writable and closefd and _mode_writes(mode):
+            return RemoteFileIO(file, mode, closefd, opener)
+        return orig(file, mode, closefd, opener)
+    if opener is None:
+        opener = _remote_opener(file, mode)
+        if opener is not None and _mode_writes(mode):
+            return RemoteFileIO(file, mode, closefd, opener)
+    return orig(file, mode, closefd, opener)
 
 
 def _open_slow(orig: Callable, file: Any, mode: Any, buffering: Any, encoding: Any, errors_: Any, newline: Any,
@@ -811,6 +890,12 @@ def make_fsync(orig: Callable) -> Callable:
 
 
 # ------------------------------------------------------------------------------------ write operations
+def _by_fd(fd: int, fn: str, **args: Any) -> bool:
+    from . import file_meta
+
+    return file_meta.change_by_fd(fd, fn, **args)
+
+
 def _simple_write(orig: Callable, fn: str) -> Callable:
     def op(path, *, dir_fd=None):
         if dir_fd is None and _fast_local(path, True):
@@ -887,6 +972,12 @@ def make_replace(orig: Callable) -> Callable:
 def make_truncate(orig: Callable) -> Callable:
     def truncate(path, length):
         if path.__class__ is int:
+            if _fds:
+                from . import file_meta
+
+                found = file_meta._writable_remote(path)
+                if found is not None:
+                    return file_meta.ftruncate_remote(found[0], found[1], length, posix.ftruncate)
             return orig(path, length)
         if _fast_local(path, True):
             return orig(path, length)
@@ -902,6 +993,8 @@ def make_truncate(orig: Callable) -> Callable:
 
 def make_chmod(orig: Callable) -> Callable:
     def chmod(path, mode, *, dir_fd=None, follow_symlinks=True):
+        if path.__class__ is int and _fds and _by_fd(path, "chmod", mode=int(mode)):
+            return None
         if dir_fd is None and _fast_local(path, True):
             return orig(path, mode, follow_symlinks=follow_symlinks)
         remote = _remote_path(path, True, dir_fd)
@@ -916,6 +1009,13 @@ def make_chmod(orig: Callable) -> Callable:
 
 def make_utime(orig: Callable) -> Callable:
     def utime(path, times=None, *, ns=None, dir_fd=None, follow_symlinks=True):
+        if path.__class__ is int and _fds and _entry(path) is not None:
+            if times is not None and ns is not None:
+                raise ValueError("utime: you may specify either 'times' or 'ns' but not both")
+            if times is not None:
+                ns = [int(t * 1_000_000_000) for t in times]
+            _by_fd(path, "utime", ns=list(ns) if ns is not None else None)
+            return None
         if dir_fd is None and _fast_local(path, True):
             if ns is None:
                 return orig(path, times, follow_symlinks=follow_symlinks)
@@ -952,6 +1052,12 @@ def make_symlink(orig: Callable) -> Callable:
 
 def make_listxattr(orig: Callable) -> Callable:
     def listxattr(path=None, *, follow_symlinks=True):
+        if path.__class__ is int and _fds:
+            from . import file_meta
+
+            names = file_meta.read_xattrs_by_fd(path, "listxattr")
+            if names is not None:
+                return list(names)
         if path is None or path.__class__ is int or _fast_local(path, False):
             return orig(path, follow_symlinks=follow_symlinks)
         remote = _remote_path(path, False)
@@ -965,6 +1071,12 @@ def make_listxattr(orig: Callable) -> Callable:
 
 def make_getxattr(orig: Callable) -> Callable:
     def getxattr(path, attribute, *, follow_symlinks=True):
+        if path.__class__ is int and _fds:
+            from . import file_meta
+
+            found = file_meta.read_xattrs_by_fd(path, "getxattr", name=os.fsdecode(attribute))
+            if found is not None:
+                return bytes(found[1])
         if path.__class__ is int or _fast_local(path, False):
             return orig(path, attribute, follow_symlinks=follow_symlinks)
         remote = _remote_path(path, False)

@@ -78,6 +78,23 @@ FILE_SURFACE: tuple[Patch, ...] = (
     Patch("os", None, "listxattr", "files.make_listxattr"),
     Patch("os", None, "getxattr", "files.make_getxattr"),
     Patch("posixpath", None, "realpath", "files.make_realpath"),
+    # The same decisions for the rest of the surface: each call follows fs.mode like its sibling above.
+    Patch("io", None, "FileIO", "files.make_fileio"),
+    Patch("os", None, "fdatasync", "files.make_fsync"),
+    Patch("os", None, "chown", "file_meta.make_chown"),
+    Patch("os", None, "lchown", "file_meta.make_lchown"),
+    Patch("os", None, "fchown", "file_meta.make_fchown"),
+    Patch("os", None, "fchmod", "file_meta.make_fchmod"),
+    Patch("os", None, "ftruncate", "file_meta.make_ftruncate"),
+    Patch("os", None, "link", "file_meta.make_link"),
+    Patch("os", None, "mkfifo", "file_meta.make_mkfifo"),
+    Patch("os", None, "mknod", "file_meta.make_mknod"),
+    Patch("os", None, "setxattr", "file_meta.make_setxattr"),
+    Patch("os", None, "removexattr", "file_meta.make_removexattr"),
+    Patch("os", None, "statvfs", "file_meta.make_statvfs"),
+    Patch("os", None, "fstatvfs", "file_meta.make_fstatvfs"),
+    Patch("os", None, "chdir", "file_meta.make_chdir"),
+    Patch("os", None, "fchdir", "file_meta.make_fchdir"),
 )
 
 # shutil and others test membership of the function objects in these sets (shutil.rmtree picks its fd-based

@@ -15,8 +15,9 @@ names = ("connect", "connect_ex", "getpeername", "getsockname", "sendto", "recvf
 before_cls = {n: socket.socket.__dict__.get(n) for n in names}
 before_mod = {n: getattr(socket, n) for n in ("getaddrinfo", "gethostbyname", "gethostname")}
 import builtins, io, posixpath
-from mirror_py.shim.patches import FILE_SURFACE
-file_names = [(p.module, p.name) for p in FILE_SURFACE]
+from mirror_py.shim.patches import FILE_SURFACE, Patch
+file_names = [(p.module, p.name) for p in FILE_SURFACE
+              if isinstance(p, Patch) and hasattr(sys.modules[p.module], p.name)]
 before_files = {(m, n): getattr(sys.modules[m], n) for m, n in file_names}
 before_supports = (set(os.supports_fd), set(os.supports_dir_fd), set(os.supports_follow_symlinks))
 env_before = os.environ.get("POD_ONLY")
