@@ -20,6 +20,19 @@ class Patch(NamedTuple):
     loaded_only: bool = False  # patch only when the module is already imported (never import it for this)
 
 
+class Alias(NamedTuple):
+    """A copy of a patched function that another module takes at its own import, such as 3.13's
+    ``glob._StringGlobber.scandir = staticmethod(os.scandir)`` (which ``pathlib.Path.glob`` uses) or 3.10's
+    ``pathlib._NormalAccessor.stat = os.stat``. A module imported before the shim keeps the original there, so
+    the copy follows its source: the source's replacement while the surface is installed, the original after.
+    In a class it is stored as a staticmethod, since a Python function there would bind like a method where
+    the builtin did not. A row whose module or attribute this Python lacks is skipped; a module not yet
+    imported is handled when it is (never imported for this)."""
+
+    module: str
+    owner: str | None  # a class in the module, or None for a module-level name
+    name: str
+    source: str  # "module.name" of the patched function it copies, a row of the same surface
 SOCKET_SURFACE: tuple[Patch, ...] = (
     # socket.socket inherits these from the C type, which cannot be changed: they are set on the Python class.
     Patch("socket", "socket", "connect", "net.make_connect"),
@@ -52,7 +65,7 @@ HOST_SURFACE: tuple[Patch, ...] = (
 # Files: builtins/io/os are imported before any app code runs, so this surface is installed with the shim itself.
 # os.path.exists/isfile/isdir/getsize/getmtime/islink, os.walk, glob, pathlib and shutil call these names at
 # call time, so they follow. io.open_code (imports) is deliberately absent.
-FILE_SURFACE: tuple[Patch, ...] = (
+FILE_SURFACE: tuple[Patch | Alias, ...] = (
     Patch("builtins", None, "open", "files.make_open"),
     Patch("io", None, "open", "files.make_open"),
     Patch("os", None, "open", "files.make_os_open"),
@@ -95,6 +108,14 @@ FILE_SURFACE: tuple[Patch, ...] = (
     Patch("os", None, "fstatvfs", "file_meta.make_fstatvfs"),
     Patch("os", None, "chdir", "file_meta.make_chdir"),
     Patch("os", None, "fchdir", "file_meta.make_fchdir"),
+    # Copies taken at import: Python 3.13's glob (pathlib.Path.glob/rglob go through it) and 3.10's pathlib.
+    Alias("glob", "_StringGlobber", "lstat", "os.lstat"),
+    Alias("glob", "_StringGlobber", "scandir", "os.scandir"),
+    *(Alias("pathlib", "_NormalAccessor", name, f"os.{name}")
+      for name in ("stat", "listdir", "scandir", "chmod", "mkdir", "unlink", "link", "rmdir", "rename", "replace",
+                   "symlink", "readlink")),
+    Alias("pathlib", "_NormalAccessor", "open", "io.open"),
+    Alias("pathlib", "_NormalAccessor", "realpath", "posixpath.realpath"),
 )
 
 # shutil and others test membership of the function objects in these sets (shutil.rmtree picks its fd-based
@@ -110,10 +131,16 @@ class _Saved(NamedTuple):
     own: Any  # the owner's own attribute before patching, or _MISSING when it was inherited
     replacement: Any
     sets: tuple  # the os.supports_* sets the replacement was added to
+    alias: bool = False  # an Alias row: put back only if nobody changed it since
 
 
 _installed: dict[int, list[_Saved]] = {}
 _order: list[int] = []
+# Per installed surface: "module.name" of each patched function -> (original, replacement), for its aliases.
+_sources: dict[int, dict[str, tuple[Any, Any]]] = {}
+# Aliases in modules not imported yet: module name -> [(surface key, row)], applied by _AliasImportHook.
+_pending: dict[str, list[tuple[int, Alias]]] = {}
+_hook: list[Any] = []
 
 
 def _owner(patch: Patch) -> Any:
@@ -127,7 +154,7 @@ def _factory(spec: str) -> Callable[[Any], Any]:
     return getattr(__import__(f"{__package__}.{module}", fromlist=[name]), name)
 
 
-def install(surface: tuple[Patch, ...] = SOCKET_SURFACE) -> None:
+def install(surface: tuple[Patch | Alias, ...] = SOCKET_SURFACE) -> None:
     """Installs ``surface`` once; a second call for the same surface does nothing."""
     key = id(surface)
     if key in _installed:
@@ -135,7 +162,16 @@ def install(surface: tuple[Patch, ...] = SOCKET_SURFACE) -> None:
     saved: list[_Saved] = []
     _installed[key] = saved
     _order.append(key)
+    sources: dict[str, tuple[Any, Any]] = {}
+    _sources[key] = sources
     for patch in surface:
+        if isinstance(patch, Alias):
+            if patch.module in sys.modules:
+                _alias(key, patch)
+            else:
+                _pending.setdefault(patch.module, []).append((key, patch))
+                _watch_imports()
+            continue
         if patch.loaded_only and patch.module not in sys.modules:
             continue
         obj = _owner(patch)
@@ -153,23 +189,98 @@ def install(surface: tuple[Patch, ...] = SOCKET_SURFACE) -> None:
                     sets.append(members)
         setattr(obj, patch.name, replacement)
         saved.append(_Saved(obj, patch.name, own, replacement, tuple(sets)))
+        if patch.owner is None:
+            sources[f"{patch.module}.{patch.name}"] = (original, replacement)
+
+
+def _alias(key: int, row: Alias) -> None:
+    """Points one copy at its source's replacement, remembering what puts it back."""
+    module = sys.modules.get(row.module)
+    obj = getattr(module, row.owner, None) if row.owner and module is not None else module
+    source = _sources.get(key, {}).get(row.source)
+    if obj is None or source is None:
+        return
+    raw = vars(obj).get(row.name, _MISSING)
+    wrapped = isinstance(raw, staticmethod)
+    found = raw.__func__ if wrapped else raw
+    original, replacement = source
+    if found is original:
+        restore = raw
+    elif found is replacement:  # imported while installed: it copied the replacement itself
+        restore = staticmethod(original) if wrapped else original
+    else:
+        return  # someone else's function: not ours to change
+    new = staticmethod(replacement) if row.owner else replacement
+    setattr(obj, row.name, new)
+    _installed[key].append(_Saved(obj, row.name, restore, new, (), alias=True))
+
+
+class _AliasImportHook:
+    """Applies the aliases of a module when it is imported after the shim (3.10's pathlib then holds the
+    replacement as a plain function, which would bind as a method)."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> object:
+        if name not in _pending:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is None:
+            return spec
+        from . import _LoaderProxy
+
+        spec.loader = _LoaderProxy(spec.loader, lambda: _apply_pending(name))
+        return spec
+
+
+def _apply_pending(name: str) -> None:
+    for key, row in _pending.pop(name, []):
+        if key in _installed:
+            _alias(key, row)
+    if not _pending:
+        _unwatch_imports()
+
+
+def _watch_imports() -> None:
+    if not _hook:
+        _hook.append(_AliasImportHook())
+        sys.meta_path.insert(0, _hook[0])
+
+
+def _unwatch_imports() -> None:
+    while _hook:
+        hook = _hook.pop()
+        if hook in sys.meta_path:
+            sys.meta_path.remove(hook)
 
 
 def uninstall() -> None:
     """Puts back every original, surfaces in the reverse order of their installation."""
+    _pending.clear()
+    _unwatch_imports()
     while _order:
-        saved = _installed.pop(_order.pop())
+        key = _order.pop()
+        saved = _installed.pop(key)
+        _sources.pop(key, None)
         while saved:
-            obj, name, own, replacement, sets = saved.pop()
+            obj, name, own, replacement, sets, alias = saved.pop()
             for members in sets:
                 members.discard(replacement)
-            if own is _MISSING:
+            if alias:
+                if vars(obj).get(name) is replacement:
+                    setattr(obj, name, own)
+            elif own is _MISSING:
                 delattr(obj, name)
             else:
                 setattr(obj, name, own)
 
 
-def is_installed(surface: tuple[Patch, ...] | None = None) -> bool:
+def is_installed(surface: tuple[Patch | Alias, ...] | None = None) -> bool:
     if surface is None:
         return bool(_installed)
     return id(surface) in _installed

@@ -337,6 +337,249 @@ def write_apis(tag: str) -> dict:
     return out
 
 
+def _describe(path: str) -> dict:
+    """What the pod's file system says about ``path``, read with the plainest calls (no fd, no pathlib)."""
+    st = os.lstat(path)
+    out = {"mode": stat.filemode(st.st_mode), "uid": st.st_uid, "gid": st.st_gid, "nlink": st.st_nlink}
+    if stat.S_ISREG(st.st_mode):
+        with open(path, "rb") as f:
+            out["content"] = f.read().decode()
+    out["xattrs"] = attempt(lambda: {n: os.getxattr(path, n).decode() for n in sorted(os.listxattr(path))
+                                     if n.startswith("user.")})
+    return out
+
+
+@probe
+def describe(*paths: str) -> dict:
+    return {p: attempt(lambda p=p: _describe(p)) for p in paths}
+
+
+def _statvfs(st: os.statvfs_result) -> list:
+    # The free counts move with whatever else writes to the disk; these do not.
+    return [st.f_bsize, st.f_frsize, st.f_blocks, st.f_files, st.f_flag, st.f_namemax, st.f_fsid]
+
+
+@probe
+def meta_writes(tag: str) -> dict:
+    """Write mode: ownership, hard links, FIFOs, xattrs, statvfs, FileIO and the fd forms, all in the pod."""
+    out: dict = {}
+    base = f"{DATA}/scratch/{tag}"
+    os.makedirs(base)
+    f = f"{base}/f.txt"
+    with open(f, "w") as fh:
+        fh.write("0123456789")
+    os.symlink("f.txt", f"{base}/sym")
+    os.chown(f, 65534, 65534)
+    os.lchown(f"{base}/sym", 1, 1)
+    out["chown"] = [os.stat(f).st_uid, os.stat(f).st_gid, os.lstat(f"{base}/sym").st_uid]
+    shutil.chown(f, group=2)
+    out["shutil_chown"] = os.stat(f).st_gid
+    out["chown_missing"] = attempt(lambda: os.chown(f"{base}/nope", 1, 1))
+    os.link(f, f"{base}/hard")
+    pathlib.Path(f"{base}/hard2").hardlink_to(f)
+    out["link"] = [os.stat(f).st_nlink, os.stat(f"{base}/hard").st_ino == os.stat(f).st_ino,
+                   open(f"{base}/hard2").read()]
+    out["link_exists"] = attempt(lambda: os.link(f, f"{base}/hard"))
+    out["link_missing"] = attempt(lambda: os.link(f"{base}/nope", f"{base}/x"))
+    os.link(f"{base}/sym", f"{base}/hard-sym", follow_symlinks=False)
+    out["link_nofollow"] = stat.filemode(os.lstat(f"{base}/hard-sym").st_mode)
+    os.mkfifo(f"{base}/fifo", 0o640)
+    os.mknod(f"{base}/node", 0o600 | stat.S_IFREG)
+    out["mkfifo"] = stat.filemode(os.lstat(f"{base}/fifo").st_mode)
+    out["mknod"] = [stat.filemode(os.lstat(f"{base}/node").st_mode), os.lstat(f"{base}/node").st_size]
+    out["mkfifo_exists"] = attempt(lambda: os.mkfifo(f"{base}/fifo"))
+    out["setxattr"] = attempt(lambda: os.setxattr(f, "user.origin", b"pod"))
+    out["getxattr"] = attempt(lambda: os.getxattr(f, "user.origin"))
+    os.setxattr(f, "user.gone", b"x")
+    os.removexattr(f, "user.gone")
+    out["removexattr"] = attempt(lambda: os.getxattr(f, "user.gone"))
+    out["xattr_create_exists"] = attempt(lambda: os.setxattr(f, "user.origin", b"y", os.XATTR_CREATE))
+    out["statvfs"] = _statvfs(os.statvfs(base))
+    out["disk_usage_total"] = shutil.disk_usage(base).total
+    fd = os.open(f, os.O_RDWR)
+    os.fchmod(fd, 0o604)
+    os.fchown(fd, 3, 3)
+    os.ftruncate(fd, 4)
+    os.setxattr(fd, "user.by-fd", b"fd")
+    out["by_fd_before_close"] = [stat.filemode(os.stat(f).st_mode), os.stat(f).st_uid, os.stat(f).st_size,
+                                 os.getxattr(f, "user.by-fd"), sorted(os.listxattr(fd)),
+                                 _statvfs(os.fstatvfs(fd)) == out["statvfs"]]
+    os.chmod(fd, 0o644)
+    os.chown(fd, 4, 4)
+    os.truncate(fd, 2)
+    os.removexattr(fd, "user.by-fd")
+    os.close(fd)
+    out["by_fd"] = [stat.filemode(os.stat(f).st_mode), os.stat(f).st_uid, open(f).read(), sorted(os.listxattr(f))]
+    fd = os.open(f, os.O_RDONLY)
+    os.fchmod(fd, 0o640)
+    out["fchmod_read_only_fd"] = stat.filemode(os.stat(f).st_mode)
+    out["ftruncate_read_only_fd"] = attempt(lambda: os.ftruncate(fd, 0))
+    os.close(fd)
+    with open(f"{base}/log.txt", "w") as fh:
+        fh.write("first line\n")
+    with open(f"{base}/log.txt", "a") as fh:
+        fh.write("pending\n")
+        fh.flush()
+        os.ftruncate(fh.fileno(), 5)
+        fh.write("+after")
+    out["ftruncate_append"] = open(f"{base}/log.txt").read()
+    with io.FileIO(f"{base}/fileio.bin", "w") as raw:
+        raw.write(b"through FileIO")
+    with io.FileIO(f"{base}/fileio.bin") as raw:
+        out["fileio"] = [raw.read().decode(), type(raw).__name__, isinstance(raw, io.FileIO),
+                         raw.name == f"{base}/fileio.bin"]
+    out["fileio_x_exists"] = attempt(lambda: io.FileIO(f"{base}/fileio.bin", "x"))
+    out["fileio_missing"] = attempt(lambda: io.FileIO(f"{base}/nope"))
+    out["fileio_dir"] = attempt(lambda: io.FileIO(base))
+    out["isinstance_open_raw"] = isinstance(open(f, "rb", buffering=0), io.FileIO)
+    out["listing"] = sorted(os.listdir(base))
+    return out
+
+
+@probe
+def meta_read_mode() -> dict:
+    """Read mode: the reading calls answer from the pod; the changing calls of a pod path act where their
+    siblings (os.chmod, os.mkdir) act; a change through an fd of a pod file is refused."""
+    out: dict = {}
+    a = f"{DATA}/tree/a.txt"
+    out["statvfs"] = _statvfs(os.statvfs(DATA))
+    out["fileio"] = attempt(lambda: io.FileIO(a).read().decode())
+    siblings = {
+        "chmod": lambda: os.chmod(a, 0o600),
+        "mkdir": lambda: os.mkdir(f"{DATA}/tree/new"),
+        "chown": lambda: os.chown(a, 1, 1),
+        "lchown": lambda: os.lchown(a, 1, 1),
+        "link": lambda: os.link(a, f"{DATA}/tree/hard"),
+        "mkfifo": lambda: os.mkfifo(f"{DATA}/tree/fifo"),
+        "mknod": lambda: os.mknod(f"{DATA}/tree/node"),
+        "setxattr": lambda: os.setxattr(a, "user.x", b"x"),
+        "removexattr": lambda: os.removexattr(a, "user.x"),
+        "fileio_write": lambda: io.FileIO(f"{DATA}/tree/new.bin", "w"),
+    }
+    out["siblings"] = {name: attempt(fn) for name, fn in siblings.items()}
+    fd = os.open(a, os.O_RDONLY)
+    out["fd"] = {
+        "fchmod": attempt(lambda: os.fchmod(fd, 0o600)),
+        "fchown": attempt(lambda: os.fchown(fd, 1, 1)),
+        "chmod_fd": attempt(lambda: os.chmod(fd, 0o600)),
+        "ftruncate": attempt(lambda: os.ftruncate(fd, 0)),
+        "setxattr_fd": attempt(lambda: os.setxattr(fd, "user.x", b"x")),
+        "fstatvfs": _statvfs(os.fstatvfs(fd)) == out["statvfs"],
+        "listxattr_fd": attempt(lambda: os.listxattr(fd)),
+    }
+    os.close(fd)
+    out["chdir"] = attempt(lambda: os.chdir(f"{DATA}/tree"))
+    out["cwd_unchanged"] = os.getcwd()
+    return out
+
+
+@probe
+def chdir_remote() -> dict:
+    """os.chdir into a pod directory: refused with a clear error (the working directory stays the laptop's)."""
+    out: dict = {"before": os.getcwd()}
+    try:
+        os.chdir(f"{DATA}/tree")
+    except OSError as exc:
+        out["error"] = [type(exc).__name__, exc.errno, exc.filename, str(exc)]
+    fd = os.open(f"{DATA}/tree", os.O_RDONLY)
+    out["fchdir"] = attempt(lambda: os.fchdir(fd))
+    out["chdir_fd"] = attempt(lambda: os.chdir(fd))
+    os.close(fd)
+    out["after"] = os.getcwd()
+    local = os.environ.get("PROBE_LOCAL_DIR", "/tmp")
+    os.chdir(local)
+    out["local_chdir"] = os.getcwd() == os.path.realpath(local)
+    return out
+
+
+@probe
+def meta_reads() -> dict:
+    """The reading calls of the rest of the surface, in any mode: the pod's answers."""
+    a = f"{DATA}/tree/a.txt"
+    out: dict = {"statvfs": _statvfs(os.statvfs(DATA)), "disk_usage_total": shutil.disk_usage(DATA).total}
+    with io.FileIO(a) as raw:
+        out["fileio"] = [raw.read().decode(), raw.mode, type(raw).__name__, isinstance(raw, io.FileIO)]
+    out["fileio_missing"] = attempt(lambda: io.FileIO(f"{DATA}/nope"))
+    fd = os.open(a, os.O_RDONLY)
+    out["fstatvfs"] = _statvfs(os.fstatvfs(fd))
+    out["statvfs_fd"] = _statvfs(os.statvfs(fd))
+    out["listxattr_fd"] = attempt(lambda: os.listxattr(fd))
+    out["ftruncate_read_only"] = attempt(lambda: os.ftruncate(fd, 0))
+    os.close(fd)
+    return out
+
+
+@probe
+def link(src: str, dst: str) -> dict:
+    return {"link": attempt(lambda: os.link(src, dst))}
+
+
+@probe
+def remove(path: str) -> dict:
+    return {"remove": attempt(lambda: os.remove(path))}
+
+
+def _globs() -> dict:
+    tree = pathlib.Path(f"{DATA}/tree")
+    return {
+        "path_glob": sorted(str(p) for p in tree.glob("*.txt")),
+        "path_glob_sub": sorted(str(p) for p in tree.glob("sub/*")),
+        "path_rglob": sorted(str(p) for p in tree.rglob("*")),
+        "glob": sorted(glob.glob(f"{DATA}/tree/**/*.txt", recursive=True)),
+    }
+
+
+@probe
+def globs() -> dict:
+    return _globs()
+
+
+# Where the standard library keeps copies of os functions taken at its import: 3.13's glob (pathlib.Path.glob
+# goes through it) and 3.10's pathlib.
+COPIES = {
+    ("glob", "_StringGlobber"): {"lstat": "os.lstat", "scandir": "os.scandir"},
+    ("pathlib", "_NormalAccessor"): {
+        **{name: f"os.{name}" for name in ("stat", "listdir", "scandir", "chmod", "mkdir", "unlink", "link",
+                                           "rmdir", "rename", "replace", "symlink", "readlink")},
+        "open": "io.open", "realpath": "posixpath.realpath"},
+}
+
+
+@probe
+def aliases() -> dict:
+    """Each copy is its source while the shim is installed and after it is uninstalled, and globbing answers
+    from the pod exactly while it is installed. A ``.pth`` file may have imported glob and pathlib before the
+    shim and saved what they held."""
+    from mirror_py import shim
+
+    rows = []
+    for (module, owner_name), names in COPIES.items():
+        owner = getattr(sys.modules.get(module), owner_name, None)
+        for name, source in names.items():
+            if owner is not None and name in vars(owner):
+                rows.append((owner, f"{owner_name}.{name}", name, source))
+
+    def follows() -> bool:
+        def value(owner, name):
+            raw = vars(owner)[name]
+            return raw.__func__ if isinstance(raw, staticmethod) else raw
+
+        return all(value(owner, name) is getattr(sys.modules[source.rpartition(".")[0]], source.rpartition(".")[2])
+                   for owner, _, name, source in rows)
+
+    saved = getattr(sys.modules.get("glob"), "_probe_saved", None)
+    out: dict = {"imported_before_the_shim": saved is not None,
+                 "aliases": sorted(f"{owner.__module__}.{key}" for owner, key, _, _ in rows),
+                 "installed": [shim.active(), follows(), attempt(_globs)]}
+    shim.uninstall()
+    out["uninstalled"] = [follows(), attempt(_globs)]
+    if saved is not None:
+        out["restored_identically"] = all(vars(owner)[name] is saved[key] for owner, key, name, _ in rows)
+    shim.install()
+    out["reinstalled"] = [follows(), attempt(_globs)]
+    return out
+
+
 @probe
 def cleanup(tag: str) -> dict:
     path = f"{DATA}/scratch/{tag}"

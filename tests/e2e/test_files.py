@@ -8,8 +8,11 @@ fail or differ.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -271,3 +274,153 @@ def test_config_rejects_a_bad_regex(tmp_path):
     res = run_mirror("pid/1", [sys.executable, "-c", "pass"], extra=["--config", config], cwd=str(ROOT))
     assert res.code != 0
     assert "fs.local[0]" in res.stderr and "regular expression" in res.stderr
+
+
+# ------------------------------------------------------------------------- the rest of the file surface
+def test_ownership_links_fifos_xattrs_and_fd_changes_land_in_the_pod(through, native, tmp_path):
+    # Write mode: os.chown/lchown, os.link, os.mkfifo/mknod, os.setxattr/removexattr, os.statvfs, io.FileIO and
+    # fchmod/fchown/ftruncate on an fd act in the pod exactly as they do natively there.
+    config = _write_config(tmp_path, '[fs]\nmode = "write"\n')
+    try:
+        local = native("meta_writes", "native")
+        remote = through("meta_writes", "through", extra=["--config", config])
+        assert remote == local
+        assert remote["chown"] == [65534, 65534, 1]
+        assert remote["link"] == [3, True, "0123456789"]
+        assert remote["mkfifo"] == "prw-r-----"
+        assert remote["getxattr"] == "b'pod'" and remote["removexattr"] == ["OSError", 61]
+        assert remote["by_fd_before_close"][:3] == ["-rw----r--", 3, 4]  # seen in the pod before the close
+        assert remote["ftruncate_append"] == "first+after"
+        assert remote["fileio"] == ["through FileIO", "FileIO", True, True]
+        # Checked in the pod itself, with the plainest calls, and absent from the host.
+        base = "/srv/pod-data/scratch/through"
+        seen = native("describe", f"{base}/f.txt", f"{base}/fifo", f"{base}/hard", f"{base}/fileio.bin")
+        assert seen[f"{base}/f.txt"] == {"mode": "-rw-r-----", "uid": 4, "gid": 4, "nlink": 3, "content": "01",
+                                         "xattrs": {"user.origin": "pod"}}
+        assert seen[f"{base}/fifo"]["mode"] == "prw-r-----"
+        assert seen[f"{base}/fileio.bin"]["content"] == "through FileIO"
+        assert not os.path.exists("/srv/pod-data")
+    finally:
+        native("cleanup", "native")
+        native("cleanup", "through")
+
+
+@pytest.mark.parametrize("mode", ["read", "write"])
+def test_reading_calls_of_the_rest_of_the_surface_parity(through, native, tmp_path, mode):
+    config = _write_config(tmp_path, f'[fs]\nmode = "{mode}"\n')
+    remote = through("meta_reads", extra=["--config", config])
+    assert remote == native("meta_reads")
+    assert remote["fileio"] == ["alpha\n", "rb", "FileIO", True]
+
+
+def test_read_mode_changes_act_where_their_siblings_do(through, native):
+    # Read mode keeps writes local: os.chown, os.link, os.mkfifo... of a pod path act on the host, as os.chmod
+    # and os.mkdir do (where /srv/pod-data does not exist). Through an fd of a pod file there is no host file to
+    # change: the change is refused as on a read-only mount, and the pod's file is untouched.
+    a = "/srv/pod-data/tree/a.txt"
+    before = native("describe", a)
+    out = through("meta_read_mode")
+    missing = ["FileNotFoundError", 2]
+    assert out["siblings"] == {name: missing for name in ("chmod", "mkdir", "chown", "lchown", "link", "mkfifo",
+                                                          "mknod", "setxattr", "removexattr", "fileio_write")}
+    assert out["fd"] == {"fchmod": ["OSError", 30], "fchown": ["OSError", 30], "chmod_fd": ["OSError", 30],
+                         "ftruncate": ["OSError", 22], "setxattr_fd": ["OSError", 30], "fstatvfs": True,
+                         "listxattr_fd": []}
+    assert out["fileio"] == "alpha\n"
+    assert native("describe", a) == before == {a: {"mode": "-rw-r--r--", "uid": 0, "gid": 0, "nlink": 1,
+                                                   "content": "alpha\n", "xattrs": {}}}
+    assert not os.path.exists("/srv/pod-data")
+
+
+def test_chdir_into_a_pod_directory_is_a_clear_error(through):
+    out = through("chdir_remote")
+    assert out["error"][:3] == ["OSError", 95, "/srv/pod-data/tree"]
+    assert "working directory stays on this machine" in out["error"][3]
+    assert out["fchdir"] == ["OSError", 95] and out["chdir_fd"] == ["OSError", 95]
+    assert out["after"] == out["before"] and out["local_chdir"] is True
+
+
+def test_hard_links_stay_inside_the_agent_root(through, native, tmp_path):
+    # The existing file of a link is resolved inside the root like any path: a link cannot give a name inside
+    # the target to a file outside it.
+    config = _write_config(tmp_path, '[fs]\nmode = "write"\n')
+    env = {"MIRROR_PY_AGENT_FS_ROOT": "/srv/pod-data/jail"}
+    jail = "/srv/pod-data/jail"
+    try:
+        for src in ("/escape-up/srv/pod-data/tree/a.txt", "/../../tree/a.txt", "/escape-up/tree/a.txt"):
+            assert through("link", src, "/linked", extra=["--config", config], env=env) == {
+                "link": ["FileNotFoundError", 2]}, src
+        assert through("link", "/escape-root/etc/config/app.yaml", "/escape-up/linked", extra=["--config", config],
+                       env=env) == {"link": None}
+        seen = native("describe", f"{jail}/linked", f"{jail}/etc/config/app.yaml")
+        assert seen[f"{jail}/linked"]["content"] == "name: jail\n" and seen[f"{jail}/linked"]["nlink"] == 2
+    finally:
+        native("remove", f"{jail}/linked")
+
+
+# --------------------------------------------------------------------- copies taken at import (3.10, 3.13)
+def _python(minor: int) -> str | None:
+    """An interpreter of 3.<minor> from what the machine has (``python3.<minor>`` on PATH, pyenv's versions),
+    checked by running it: a pyenv shim for a version that is not selected exits with an error."""
+    candidates = [shutil.which(f"python3.{minor}"),
+                  *sorted(glob.glob(f"/root/.pyenv/versions/3.{minor}.*/bin/python3"))]
+    for candidate in filter(None, candidates):
+        try:
+            out = subprocess.run([candidate, "-c", "import sys; print(sys.version_info[1])"], capture_output=True,
+                                 text=True, timeout=30)
+        except OSError:
+            continue
+        if out.returncode == 0 and out.stdout.strip() == str(minor):
+            return candidate
+    return None
+
+
+EARLY = '''
+import glob, pathlib
+saved = {}
+for module, owner in ((glob, "_StringGlobber"), (pathlib, "_NormalAccessor")):
+    cls = getattr(module, owner, None)
+    if cls is not None:
+        saved.update({f"{owner}.{name}": value for name, value in vars(cls).items()})
+glob._probe_saved = saved
+'''
+
+
+def _venv_importing_glob_first(python: str, where: Path) -> str:
+    """A venv whose site-packages imports glob and pathlib from a .pth file, before sitecustomize installs the
+    shim — what an editable install's finder, IPython or the pytest plugin's early imports do."""
+    subprocess.run([python, "-m", "venv", "--without-pip", str(where)], check=True, capture_output=True)
+    site = next(where.glob("lib/python3.*/site-packages"))
+    (site / "probe_early.py").write_text(EARLY)
+    (site / "probe_early.pth").write_text("import probe_early\n")
+    return str(where / "bin" / "python")
+
+
+@pytest.mark.parametrize("minor", [10, 11, 12, 13])
+@pytest.mark.parametrize("early", [True, False], ids=["glob-imported-first", "glob-imported-after"])
+def test_globbing_is_remote_however_early_glob_was_imported(fpod, native, tmp_path, minor, early):
+    python = _python(minor)
+    if python is None:
+        pytest.skip(f"no Python 3.{minor} on this machine (python3.{minor} on PATH or a pyenv version)")
+    if early:
+        python = _venv_importing_glob_first(python, tmp_path / "venv")
+    res = run_mirror(f"pid/{fpod.pid}", [python, PROBE, "aliases"], env={"PROBE_LOCAL_DIR": str(tmp_path)})
+    assert res.code == 0, res.stderr
+    out = res.json
+    pods = native("globs")
+    assert pods["path_rglob"] == ["/srv/pod-data/tree/.hidden", "/srv/pod-data/tree/a.txt",
+                                  "/srv/pod-data/tree/sub", "/srv/pod-data/tree/sub/b.txt",
+                                  "/srv/pod-data/tree/sub/deeper", "/srv/pod-data/tree/sub/deeper/c.bin",
+                                  "/srv/pod-data/tree/sub/secret.txt"]
+    nothing = {key: [] for key in pods}  # the host has no /srv/pod-data
+    assert out["imported_before_the_shim"] is early
+    assert out["installed"] == [True, True, pods]
+    assert out["uninstalled"] == [True, nothing]
+    assert out["reinstalled"] == [True, pods]
+    if early:
+        assert out["restored_identically"] is True
+    expected = {10: ["pathlib._NormalAccessor." + n for n in (
+        "chmod", "link", "listdir", "mkdir", "open", "readlink", "realpath", "rename", "replace", "rmdir",
+        "scandir", "stat", "symlink", "unlink")],
+        13: ["glob._StringGlobber.lstat", "glob._StringGlobber.scandir"]}.get(minor, [])
+    assert out["aliases"] == expected
