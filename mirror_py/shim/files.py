@@ -36,6 +36,7 @@ _rules: list[file_rules.FileRules] = []
 _rules_lock = _thread.RLock()
 _building: list[bool] = []
 _ALL_LOCAL = file_rules.FileRules({"mode": "local"}, local_dirs=())
+_FILEIO = io.FileIO  # the C type, taken before io.FileIO is patched: the shim's own reads never decide
 _LOCAL_BOTH = (LOCAL, LOCAL)
 
 
@@ -124,7 +125,7 @@ def _call(fn: str, shown: Any = None, shown2: Any = None, data: bytes | None = N
 def _umask() -> int:
     """The app's umask, applied by the agent to what it creates (read without changing it)."""
     try:
-        with io.FileIO("/proc/self/status", "r") as f:
+        with _FILEIO("/proc/self/status", "r") as f:
             for line in f.read().decode().splitlines():
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)

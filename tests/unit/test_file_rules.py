@@ -203,3 +203,19 @@ def test_parents_of_the_project_are_local_but_not_their_other_children():
     assert r.decide("/work") == LOCAL and r.decide("/work/app") == LOCAL
     assert r.decide("/work/other") == REMOTE
     assert r.decide("/") == REMOTE
+
+
+def test_writes_remote_answers_for_a_path_already_mapped():
+    # An fd of a target's file may change the target (fchmod, fchown...) only when writes to its path would.
+    read = FileRules({"mode": "read", "read_write": ["^/data/rw"], "mapping": {"^/cfg": "/data/rw"}},
+                     local_dirs=["/work"])
+    assert read.writes_remote("/data/rw/x") and not read.writes_remote("/data/ro/x")
+    assert not read.writes_remote("/work/app/x") and not read.writes_remote("relative")
+    write = FileRules({"mode": "write"}, local_dirs=["/work"])
+    assert write.writes_remote("/data/ro/x") and not write.writes_remote("/work/app/x")
+    assert not FileRules({"mode": "local"}, local_dirs=[]).writes_remote("/data/x")
+
+
+def test_the_root_directory_is_the_targets_unless_listed_local():
+    assert FileRules({"mode": "read"}, local_dirs=["/work"]).decide("/") == REMOTE
+    assert FileRules({"mode": "read", "local": ["^/$"]}, local_dirs=["/work"]).decide("/") == LOCAL
