@@ -523,11 +523,13 @@ def _fileio(orig: Callable, file: Any, mode: Any, closefd: Any, opener: Any) -> 
         if entry is not None and entry.writable and closefd and _mode_writes(mode):
             return RemoteFileIO(file, mode, closefd, opener)
         return orig(file, mode, closefd, opener)
-    if opener is None:
-        opener = _remote_opener(file, mode)
-        if opener is not None and _mode_writes(mode):
-            return RemoteFileIO(file, mode, closefd, opener)
-    return orig(file, mode, closefd, opener)
+    remote = _remote_opener(file, mode)
+    if remote is None:
+        return orig(file, mode, closefd, opener)
+    # The app's own opener (which reaches the patched os.open) is kept, as open() keeps it.
+    if _mode_writes(mode):
+        return RemoteFileIO(file, mode, closefd, opener or remote)
+    return orig(file, mode, closefd, opener or remote)
 
 
 def _open_slow(orig: Callable, file: Any, mode: Any, buffering: Any, encoding: Any, errors_: Any, newline: Any,

@@ -33,6 +33,8 @@ class Alias(NamedTuple):
     owner: str | None  # a class in the module, or None for a module-level name
     name: str
     source: str  # "module.name" of the patched function it copies, a row of the same surface
+
+
 SOCKET_SURFACE: tuple[Patch, ...] = (
     # socket.socket inherits these from the C type, which cannot be changed: they are set on the Python class.
     Patch("socket", "socket", "connect", "net.make_connect"),

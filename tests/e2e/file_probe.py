@@ -428,6 +428,9 @@ def meta_writes(tag: str) -> dict:
     with io.FileIO(f"{base}/fileio.bin") as raw:
         out["fileio"] = [raw.read().decode(), type(raw).__name__, isinstance(raw, io.FileIO),
                          raw.name == f"{base}/fileio.bin"]
+    with io.FileIO(f"{base}/opener.bin", "w", opener=lambda path, flags: os.open(path, flags, 0o600)) as raw:
+        raw.write(b"the app's own opener")
+    out["fileio_opener"] = [open(f"{base}/opener.bin").read(), stat.filemode(os.stat(f"{base}/opener.bin").st_mode)]
     out["fileio_x_exists"] = attempt(lambda: io.FileIO(f"{base}/fileio.bin", "x"))
     out["fileio_missing"] = attempt(lambda: io.FileIO(f"{base}/nope"))
     out["fileio_dir"] = attempt(lambda: io.FileIO(base))

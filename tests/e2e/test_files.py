@@ -292,6 +292,7 @@ def test_ownership_links_fifos_xattrs_and_fd_changes_land_in_the_pod(through, na
         assert remote["by_fd_before_close"][:3] == ["-rw----r--", 3, 4]  # seen in the pod before the close
         assert remote["ftruncate_append"] == "first+after"
         assert remote["fileio"] == ["through FileIO", "FileIO", True, True]
+        assert remote["fileio_opener"] == ["the app's own opener", "-rw-------"]
         # Checked in the pod itself, with the plainest calls, and absent from the host.
         base = "/srv/pod-data/scratch/through"
         seen = native("describe", f"{base}/f.txt", f"{base}/fifo", f"{base}/hard", f"{base}/fileio.bin")
