@@ -5,7 +5,9 @@ environment must come from the pod.  To test that without a cluster, a pod here 
 
 * a network namespace (``mpt-...``) with ``lo`` up and a veth ``eth0`` on a host bridge (``mpbr...``),
   holding the pod IP from the network's /16 (10.244.0.0/16 for the first network) and a default route via
-  the bridge address (10.244.0.1), so the host reaches pod IPs like a node does;
+  the bridge address (10.244.0.1), so the host reaches pod IPs like a node does; when the host has IPv6, the
+  pod is dual-stack as well: a unique local address from the network's /64 (fd00:244::/64 for the first
+  network, pod 10.244.1.2 is fd00:244::1:2), a default route via the bridge (fd00:244::1) and ``::1``;
 * a "pause" process that owns a private mount namespace and a private UTS namespace.  Inside that mount
   namespace only, ``/etc/hosts``, ``/etc/hostname``, ``/etc/resolv.conf`` and any extra files are
   replaced, so the host's files are never touched and only processes entering the pod see them;
@@ -67,6 +69,7 @@ TCP_SINK_PORT = 7001
 TCP_SLOW_PORT = 7002
 UDP_ECHO_PORT = 9999
 UDP_LOOPBACK_ECHO_PORT = 9998
+IPV6_PREFIX = "fd00"  # unique local addresses (RFC 4193): never routed beyond the host
 REDIS_PORT = 6379
 TLS_PORT = 8443
 TLS_HOSTNAME = "secure.pod.internal"
@@ -90,6 +93,21 @@ def _ip(*args: str, check: bool = True, input: str | None = None) -> subprocess.
     if check and proc.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc
+
+
+def ipv6_available() -> bool:
+    """Whether the host can give pods IPv6 (a kernel without it, or with it switched off, cannot)."""
+    try:
+        return Path("/proc/sys/net/ipv6/conf/default/disable_ipv6").read_text().strip() == "0"
+    except OSError:
+        return False
+
+
+def _ipv6_for(ip: str) -> str:
+    """The IPv6 address that goes with an IPv4 one (10.244.1.2 -> fd00:244::1:2: the decimal octets read as
+    hexadecimal groups), so that both are easy to read side by side."""
+    o = ip.split(".")
+    return str(ipaddress.IPv6Address(f"{IPV6_PREFIX}:{o[1]}::{o[2]}:{o[3]}"))
 
 
 def _ns_inode(path: str) -> tuple[int, int] | None:
@@ -344,6 +362,7 @@ class Pod:
         self.spec = spec
         self.name = spec.name
         self.ip = ip
+        self.ip6: str | None = _ipv6_for(ip) if network.gateway6 else None
         self.hostname = spec.hostname or spec.name
         self.id = secrets.token_hex(4)
         self.netns = f"{NETNS_PREFIX}{self.id}-{spec.name}"
@@ -382,8 +401,11 @@ class Pod:
                 [
                     "link set lo up",
                     f"addr add {self.ip}/{net.subnet.prefixlen} dev eth0",
+                    # nodad: the address is usable at once, not after duplicate address detection
+                    *([f"addr add {self.ip6}/64 dev eth0 nodad"] if self.ip6 else []),
                     "link set eth0 up",
                     f"route add default via {net.gateway}",
+                    *([f"route add default via {net.gateway6}"] if self.ip6 else []),
                 ]
             )
             + "\n",
@@ -486,6 +508,16 @@ class Pod:
             "udp-echo": [*py, "udp-echo", "--bind", f"0.0.0.0:{UDP_ECHO_PORT}"],
             "udp-echo-loopback": [*py, "udp-echo", "--bind", f"127.0.0.1:{UDP_LOOPBACK_ECHO_PORT}"],
             "tls": [*py, "tls", "--pod", self.name, "--bind", f"0.0.0.0:{TLS_PORT}", "--cert", str(tls_pem)],
+            # IPv6 twins of the echo servers: on [::] (IPv6 only, beside the IPv4 ones on the same ports), so
+            # they answer on the pod's IPv6 address and on ::1.
+            **(
+                {
+                    "tcp-echo-v6": [*py, "tcp-echo", "--bind", f"[::]:{TCP_ECHO_PORT}"],
+                    "udp-echo-v6": [*py, "udp-echo", "--bind", f"[::]:{UDP_ECHO_PORT}"],
+                }
+                if self.ip6
+                else {}
+            ),
             "redis": [
                 "/usr/bin/redis-server",
                 "--bind",
@@ -523,6 +555,8 @@ class Pod:
             f"udp:{loop}:{UDP_LOOPBACK_ECHO_PORT}",
             f"redis:{loop}:{REDIS_PORT}",
         ]
+        if self.ip6:
+            targets += [f"tcp:[::1]:{TCP_ECHO_PORT}", f"udp:[::1]:{UDP_ECHO_PORT}"]
         waiter = self._run_logged(
             "wait",
             [
@@ -702,6 +736,7 @@ class Network:
         self.bridge = f"{BRIDGE_PREFIX}{self.id}"
         self.subnet: ipaddress.IPv4Network = CANDIDATE_SUBNETS[0]
         self.gateway = ""
+        self.gateway6 = ""  # the bridge's IPv6 address; empty when the host has no IPv6
         self.workdir = WORK_ROOT / self.bridge
         self.pods: list[Pod] = []
         self._next_index = 0
@@ -747,6 +782,9 @@ class Network:
             mac = "02:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(5))
             _ip("link", "add", "name", self.bridge, "address", mac, "type", "bridge")
             _ip("addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
+            if ipv6_available():
+                self.gateway6 = _ipv6_for(self.gateway)
+                _ip("addr", "add", f"{self.gateway6}/64", "dev", self.bridge, "nodad")
             _ip("link", "set", self.bridge, "up")
         # Pods reach the host (and each other) through the bridge; forwarding matters once traffic is
         # routed between namespaces.  It is a global switch, so it is left on.

@@ -15,7 +15,9 @@ Kinds::
     tcp-echo  --bind HOST:PORT                               echo until EOF, then close
     tcp-sink  --bind HOST:PORT                               read until EOF, answer "sha256hex count\\n"
     tcp-slow  --bind HOST:PORT                               accept, never read
-    udp-echo  --bind HOST:PORT                               answer each datagram with b"echo:" + datagram
+    udp-echo  --bind HOST:PORT                               answer each datagram with b"echo:" + datagram;
+                                                             b"?seen:" + TOKEN answers b"seen:" + the JSON
+                                                             [host, port] that sent TOKEN last (or null)
     wait      [--timeout S] [--redis-set HOST:PORT KEY VALUE]... TARGET...
               poll until every TARGET (tcp:H:P, udp:H:P, redis:H:P) answers; used as the readiness check
               because loopback-only servers can only be probed from inside the pod.
@@ -45,10 +47,17 @@ ECHO_BODY_LIMIT = 64 * 1024
 
 
 def _split_hostport(value: str) -> tuple[str, int]:
+    """``HOST:PORT``, with an IPv6 host in brackets: ``[::1]:7000``."""
     host, _, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     if not host or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host, int(port)
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 # --------------------------------------------------------------------------------------------- HTTP / TLS
@@ -265,9 +274,17 @@ def _serve_tcp(protocol: type[asyncio.Protocol], host: str, port: int) -> None:
 # ------------------------------------------------------------------------------------------------- UDP
 
 
+SEEN_LIMIT = 1000  # tokens remembered for "?seen:" questions
+
+
 def _serve_udp(host: str, port: int) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    """Echoes, and remembers who sent what: a test can ask whether a datagram it could not get an answer to
+    (one sent from a connected socket to another address: the reply is filtered out) arrived, and from where."""
+    sock = socket.socket(_family(host), socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # the IPv4 twin owns IPv4
+    seen: dict[bytes, list] = {}
     for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         try:
             sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
@@ -277,6 +294,12 @@ def _serve_udp(host: str, port: int) -> None:
     while True:
         try:
             data, peer = sock.recvfrom(65535)
+            if data.startswith(b"?seen:"):
+                sock.sendto(b"seen:" + json.dumps(seen.get(data[6:])).encode(), peer)
+                continue
+            if len(seen) >= SEEN_LIMIT:
+                seen.pop(next(iter(seen)))
+            seen[data] = [peer[0], peer[1]]
             sock.sendto(b"echo:" + data, peer)
         except OSError:
             continue
@@ -294,7 +317,7 @@ def _probe_tcp(host: str, port: int) -> bool:
 
 
 def _probe_udp(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with socket.socket(_family(host), socket.SOCK_DGRAM) as sock:
         sock.settimeout(0.2)
         try:
             sock.sendto(b"ready?", (host, port))
