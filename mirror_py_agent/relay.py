@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno as errno_mod
+import os
 import socket
 import struct
 from typing import Callable
@@ -28,6 +29,24 @@ def errno_name(exc: BaseException) -> str:
     if isinstance(num, int) and num in errno_mod.errorcode:
         return errno_mod.errorcode[num]
     return "EIO"
+
+
+def error_text(exc: BaseException) -> str:
+    """The words sent with an error, which the app reads in its exception.
+
+    An error with an errno carries the kernel's words (``os.strerror``), as the app would read them in the pod:
+    asyncio's connect failures say "Connect call failed ('10.0.0.1', 80)" instead, and clients such as redis-py
+    put that text into their own messages, which code matches on. A timeout that the agent enforced for the
+    app's socket timeout reads as Python's socket timeout does ("timed out"). Name-service errors keep the
+    resolver's words, and an error without an errno keeps its own text: there are no kernel words for it."""
+    if isinstance(exc, (socket.gaierror, socket.herror)):
+        return exc.strerror or str(exc)
+    num = getattr(exc, "errno", None)
+    if isinstance(exc, (asyncio.TimeoutError, socket.timeout)) and not num:
+        return "timed out"
+    if isinstance(num, int) and num in errno_mod.errorcode:
+        return os.strerror(num)
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 _EAI_NAMES = {getattr(socket, n): n for n in dir(socket) if n.startswith("EAI_")}
@@ -237,7 +256,7 @@ class TcpRelay(asyncio.Protocol, StreamEndpoint):
         self._closed = True
         self.mux.streams.pop(self.sid, None)
         if exc is not None:
-            self.mux.conn.send_close(self.sid, errno_name(exc), str(exc))
+            self.mux.conn.send_close(self.sid, errno_name(exc), error_text(exc))
         elif not (self._eof_sent and self._channel_eof):
             self.mux.conn.send_close(self.sid, None, "closed")
         else:

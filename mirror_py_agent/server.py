@@ -14,7 +14,7 @@ from typing import Any
 
 from . import dns, env, files, incoming, net, placement
 from . import protocol as p
-from .relay import Mux, errno_name
+from .relay import Mux, errno_name, error_text
 
 CAPABILITIES = ["tcp", "udp", "dns", "env", "fs", "incoming"]
 _F_SETPIPE_SZ = 1031
@@ -99,10 +99,8 @@ class Agent:
                 self.conn.send_reply(req.id, await handler(req.args, self.mux))
         except (KeyError, TypeError, ValueError) as exc:
             self.conn.send_error(req.id, "EINVAL", f"bad arguments for {req.op}: {exc}")
-        except OSError as exc:
-            self.conn.send_error(req.id, errno_name(exc), exc.strerror or str(exc))
-        except asyncio.TimeoutError:
-            self.conn.send_error(req.id, "ETIMEDOUT", "timed out")
+        except (OSError, asyncio.TimeoutError) as exc:  # a TimeoutError is no OSError before Python 3.11
+            self.conn.send_error(req.id, errno_name(exc), error_text(exc))
         except Exception as exc:  # an agent bug must fail one request, never the channel
             self.conn.send_error(req.id, "EIO", f"agent error in {req.op}: {exc!r}")
         self.mux.flush()

@@ -1,0 +1,47 @@
+"""The words an agent sends with an error: the kernel's for an errno, whatever library raised it."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+
+from mirror_py_agent import protocol as p
+from mirror_py_agent.relay import error_text
+from mirror_py_agent.server import Agent
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_refused_connect_carries_the_kernels_words():
+    """The agent connects with asyncio, whose error says "Connect call failed ('127.0.0.1', N)"; the reply must
+    say what a plain connect in the pod says."""
+    port = _closed_port()
+
+    async def main() -> list[p.Event]:
+        sent = bytearray()
+        agent = Agent(sent.extend)
+        session = p.Connection("session")
+        session.send_hello()
+        agent.on_bytes(session.data_to_send())
+        session.send_request("connect", {"sid": 1, "host": "127.0.0.1", "port": port}, opens_stream=1)
+        agent.on_bytes(session.data_to_send())
+        await asyncio.gather(*agent.tasks)
+        return session.receive_data(bytes(sent))
+
+    events = asyncio.run(main())
+    [err] = [e for e in events if isinstance(e, p.ErrorReply)]
+    assert (err.errno, err.message) == ("ECONNREFUSED", "Connection refused")
+
+
+def test_error_text_rules():
+    assert error_text(ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed ('10.0.0.1', 80)")) == (
+        "Connection refused")
+    assert error_text(OSError(errno.EHOSTUNREACH, "whatever")) == "No route to host"
+    assert error_text(asyncio.TimeoutError()) == "timed out"
+    assert error_text(socket.gaierror(socket.EAI_NONAME, "Name or service not known")) == "Name or service not known"
+    assert error_text(OSError("Multiple exceptions: a, b")) == "Multiple exceptions: a, b"
