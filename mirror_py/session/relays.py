@@ -7,14 +7,22 @@ work on it as on any socket.
 
 A tunneled UDP socket talks to a loopback datagram socket of the session. For a connected UDP socket the
 datagrams pass unchanged; for an unconnected one each datagram carries its far address in a small prefix that
-the shim's ``sendto``/``recvfrom`` add and remove.
+the shim's ``sendto``/``recvfrom`` add and remove. A connected socket may still send elsewhere (Linux allows
+``sendto`` with an address on it): those datagrams carry the prefix and go to the session's door, which finds
+the socket's relay by the datagram's source address.
+
+Every endpoint exists for both families on loopback — 127.0.0.1 and ::1 — because an IPv6 socket with
+``IPV6_V6ONLY`` cannot reach an IPv4 address, not even a v4-mapped one; the app's socket is given the endpoint of
+the address it is bound to.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
+import os
 import socket
 
 from mirror_py_agent import protocol as p
@@ -26,10 +34,19 @@ log = logging.getLogger("mirror_py.session")
 ATTACH_TIMEOUT = 30.0
 
 
+LOOPBACKS = (("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6))
+
+
 def _key(host: str, port: int) -> tuple[str, int]:
     if host.startswith("::ffff:"):
         host = host[7:]
     return host, port
+
+
+def family_of(app_host: str) -> int:
+    """The family of the loopback endpoint an app socket bound to ``app_host`` reaches: IPv6 only for a pure
+    IPv6 address (a v4-mapped one is IPv4 on the wire)."""
+    return socket.AF_INET6 if ":" in _key(app_host, 0)[0] else socket.AF_INET
 
 
 class _Acceptor(asyncio.Protocol):
@@ -53,13 +70,28 @@ class TcpRelayListener:
     def __init__(self, mux: Mux) -> None:
         self.mux = mux
         self.pending: dict[tuple[str, int], TcpRelay] = {}
-        self.server: asyncio.AbstractServer | None = None
-        self.address: tuple[str, int] = ("127.0.0.1", 0)
+        self.servers: list[asyncio.AbstractServer] = []
+        self.addresses: dict[int, tuple[str, int]] = {}  # family -> loopback endpoint
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _Acceptor(self), "127.0.0.1", 0, backlog=1024)
-        self.address = self.server.sockets[0].getsockname()[:2]
+        for host, family in LOOPBACKS:
+            try:
+                server = await loop.create_server(lambda: _Acceptor(self), host, 0, backlog=1024)
+            except OSError as exc:
+                if family == socket.AF_INET:
+                    raise
+                log.info("no IPv6 loopback relay (%s): IPv6-only app sockets cannot be tunneled", exc)
+                continue
+            self.servers.append(server)
+            self.addresses[family] = server.sockets[0].getsockname()[:2]
+
+    def address_for(self, app_host: str) -> tuple[str, int]:
+        """The endpoint an app socket bound to ``app_host`` connects to."""
+        family = family_of(app_host)
+        if family not in self.addresses:
+            raise OSError(errno.ENETUNREACH, os.strerror(errno.ENETUNREACH))
+        return self.addresses[family]
 
     def expect(self, local: tuple[str, int], sid: int) -> TcpRelay:
         """Registers the stream before the shim connects, so the relay exists when the connection arrives;
@@ -79,8 +111,8 @@ class TcpRelayListener:
             self.mux.flush()
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        for server in self.servers:
+            server.close()
 
 
 def _normal_ip(host: str) -> str:
@@ -121,12 +153,19 @@ class UdpRelay(asyncio.DatagramProtocol, StreamEndpoint):
             return  # only the app's own socket may use this relay; while detached, datagrams are lost
         if self.peer is not None:
             self.mux.conn.send_datagram(self.sid, self.peer[0], self.peer[1], data)
+            self.mux.flush()
         else:
-            try:
-                host, port, off = p.decode_address(data)
-            except (ValueError, UnicodeDecodeError):
-                return
-            self.mux.conn.send_datagram(self.sid, host, port, data[off:])
+            self.send_addressed(data)
+
+    def send_addressed(self, data: bytes) -> None:
+        """Sends a datagram that carries its far address in the prefix."""
+        if not self.attached:
+            return
+        try:
+            host, port, off = p.decode_address(data)
+        except (ValueError, UnicodeDecodeError):
+            return
+        self.mux.conn.send_datagram(self.sid, host, port, data[off:])
         self.mux.flush()
 
     def on_datagram(self, host: str, port: int, data: bytes) -> None:
@@ -158,10 +197,45 @@ class UdpRelay(asyncio.DatagramProtocol, StreamEndpoint):
             self.transport.close()
 
 
+class UdpDoor(asyncio.DatagramProtocol):
+    """Where a connected app socket sends the datagrams it addresses elsewhere (each with its prefix): the
+    relay is found by the datagram's source, the app socket's own address."""
+
+    def __init__(self, relays: dict[tuple[str, int], UdpRelay]) -> None:
+        self.relays = relays  # app address -> relay, kept by the session
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        relay = self.relays.get(_key(addr[0], addr[1]))
+        if relay is not None:
+            relay.send_addressed(data)
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+
+async def open_udp_doors(relays: dict[tuple[str, int], UdpRelay]) -> dict[int, asyncio.DatagramTransport]:
+    """One door per loopback family (IPv6 only where the machine has it)."""
+    loop = asyncio.get_running_loop()
+    doors: dict[int, asyncio.DatagramTransport] = {}
+    for host, family in LOOPBACKS:
+        try:
+            transport, _ = await loop.create_datagram_endpoint(lambda: UdpDoor(relays), local_addr=(host, 0),
+                                                               family=family)
+        except OSError:
+            if family == socket.AF_INET:
+                raise
+            continue
+        doors[family] = transport
+    return doors
+
+
 async def open_udp_relay(
     mux: Mux, sid: int, app: tuple[str, int], peer: tuple[str, int] | None, family: int
 ) -> UdpRelay:
+    """A relay for an app socket bound to ``app``, on the loopback of that address's family."""
     loop = asyncio.get_running_loop()
     relay = UdpRelay(mux, sid, app, peer, family)
-    await loop.create_datagram_endpoint(lambda: relay, local_addr=("127.0.0.1", 0), family=socket.AF_INET)
+    local = family_of(app[0])
+    await loop.create_datagram_endpoint(lambda: relay, local_addr=(LOOPBACKS[local == socket.AF_INET6][0], 0),
+                                        family=local)
     return relay

@@ -27,7 +27,7 @@ from ..transport.process import ProcessChannel
 from . import files as session_files
 from . import incoming as session_incoming
 from .agent_link import AgentLink, RemoteError
-from .relays import TcpRelayListener, UdpRelay, _key, open_udp_relay
+from .relays import TcpRelayListener, UdpRelay, _key, family_of, open_udp_doors, open_udp_relay
 from .repeats import RepeatLimiter
 from .rpc_server import RpcError, RpcServer
 
@@ -62,7 +62,9 @@ class Session:
         self.rpc: RpcServer | None = None
         self.dir: str | None = None
         self.remote_env: dict[str, str] = {}
-        self.udp_relays: dict[tuple[str, int], UdpRelay] = {}
+        self.udp_relays: dict[tuple[str, int], UdpRelay] = {}  # by relay address
+        self.udp_by_app: dict[tuple[str, int], UdpRelay] = {}  # the same relays by the app socket's address
+        self.udp_doors: dict[int, asyncio.DatagramTransport] = {}
         self.target_description = ""
         self.placement: Any = None  # Kubernetes agent placement, cleaned up on close
         self.incoming = session_incoming.Incoming(self)
@@ -75,6 +77,7 @@ class Session:
         self.incoming.attach(self.link)
         self.listener = TcpRelayListener(self.link.mux)
         await self.listener.start()
+        self.udp_doors = await open_udp_doors(self.udp_by_app)
         runtime = os.environ.get("XDG_RUNTIME_DIR", "")
         base = runtime if runtime and os.access(runtime, os.W_OK) else None
         self.dir = tempfile.mkdtemp(prefix="mirror-py-", dir=base)  # mode 0700
@@ -233,6 +236,8 @@ class Session:
             self.listener.close()
         for relay in list(self.udp_relays.values()):
             relay.close()
+        for door in self.udp_doors.values():
+            door.close()
         if self.link is not None:
             await self.link.close()
         if self.placement is not None:
@@ -285,6 +290,7 @@ class Session:
         link = self._link()
         assert self.listener is not None
         local = req["local"]
+        relay_address = self.listener.address_for(str(local[0]))
         sid = link.new_stream_id()
         self.listener.expect((str(local[0]), int(local[1])), sid)
         args = {"sid": sid, "host": str(req["host"]), "port": int(req["port"]), "timeout": req.get("timeout")}
@@ -294,7 +300,7 @@ class Session:
             self.listener.pending.pop(_key(str(local[0]), int(local[1])), None)
             link.mux.streams.pop(sid, None)
             raise RpcError(exc.name, exc.message) from None
-        return {"relay": list(self.listener.address), "peer": res["peer"], "sock": res["sock"]}
+        return {"relay": list(relay_address), "peer": res["peer"], "sock": res["sock"]}
 
     async def _udp(self, req: dict) -> dict:
         link = self._link()
@@ -310,16 +316,31 @@ class Session:
             raise RpcError(exc.name, exc.message) from None
         assert relay.transport is not None
         address = relay.transport.get_extra_info("sockname")[:2]
+        self._forget_udp(self.udp_by_app.get(relay.app))  # a socket connected anew, its old relay not released
         self.udp_relays[_key(*address)] = relay
-        return {"relay": list(address), "sock": res["sock"]}
+        self.udp_by_app[relay.app] = relay
+        door = address
+        if peer:  # a connected socket addresses other destinations through the door of its family
+            door_transport = self.udp_doors.get(family_of(local[0]))
+            if door_transport is not None:
+                door = door_transport.get_extra_info("sockname")[:2]
+        return {"relay": list(address), "door": list(door), "sock": res["sock"]}
+
+    def _forget_udp(self, relay: UdpRelay | None) -> None:
+        if relay is None:
+            return
+        relay.close()
+        for table in (self.udp_relays, self.udp_by_app):
+            for key in [k for k, v in table.items() if v is relay]:
+                del table[key]
 
     async def _restore_udp(self, link: AgentLink) -> None:
         """The app's UDP sockets outlive a lost agent: each relay gets a socket in the new agent (a new source
         port on the far side, as after a NAT rebinding). One the new agent refuses is closed, which a connected
         app socket sees as ECONNREFUSED."""
-        for key, relay in list(self.udp_relays.items()):
+        for relay in list(self.udp_relays.values()):
             if relay.transport is None or relay.transport.is_closing():
-                self.udp_relays.pop(key, None)
+                self._forget_udp(relay)
                 continue
             sid = link.new_stream_id()
             relay.attach(link.mux, sid)
@@ -327,13 +348,10 @@ class Session:
                 await link.request("udp_open", {"sid": sid, "family": relay.family}, opens_stream=sid)
             except RemoteError as exc:
                 log.warning("could not reopen a UDP socket in the new agent: %s", exc.message)
-                relay.close()
-                self.udp_relays.pop(key, None)
+                self._forget_udp(relay)
 
     async def _release(self, req: dict) -> dict:
-        relay = self.udp_relays.pop(_key(str(req["relay"][0]), int(req["relay"][1])), None)
-        if relay is not None:
-            relay.close()
+        self._forget_udp(self.udp_relays.get(_key(str(req["relay"][0]), int(req["relay"][1]))))
         return {}
 
     async def _dns(self, req: dict) -> Any:

@@ -101,7 +101,7 @@ def _register(sock: Any, requested_port: int, remote: int) -> Listener:
     actual = _RAW.getsockname(sock)
     lst = Listener(os.fstat(fd).st_ino, sock.family, requested_port, tuple(actual[:2]), remote)
     listeners[fd] = lst
-    net.registry[fd] = net.Remote("listen", None, (actual[0], requested_port), None, tuple(actual[:2]))
+    net.register(sock, net.Remote("listen", None, (actual[0], requested_port), None, tuple(actual[:2])))
     _publish()
     return lst
 
@@ -123,9 +123,7 @@ def adopt(sock: Any) -> Any:
     lst = Listener(os.fstat(fd).st_ino, int(rec["family"]), int(rec["requested"]), actual, int(rec["remote"]),
                    rec.get("sub"))
     listeners[fd] = lst
-    info = net.Remote("listen", None, (actual[0], lst.requested), None, actual)
-    net.registry[fd] = info
-    return info
+    return net.register(sock, net.Remote("listen", None, (actual[0], lst.requested), None, actual))
 
 
 def _listener(sock: Any) -> Listener | None:
@@ -226,16 +224,18 @@ def make_accept(orig: Callable) -> Callable:
             return conn, addr  # a local client of the app, not one of the target's
         peer, local = _view(found["peer"], self.family), _view(found["local"], self.family)
         real = _RAW.getsockname(conn)
-        net.registry[conn.fileno()] = net.Remote("in", peer[:2], local[:2], tuple(addr[:2]), tuple(real[:2]))
+        net.register(conn, net.Remote("in", peer[:2], local[:2], tuple(addr[:2]), tuple(real[:2])))
         return conn, peer
 
     return accept
 
 
-def closed(fd: int) -> None:
-    """The app closed a listener (this process's descriptor of it): the session unsubscribes when no process
-    holds the socket any more."""
-    lst = listeners.pop(fd, None)
+def closed(inode: int) -> None:
+    """The app closed a listener (this process's last descriptor of it): the session unsubscribes when no
+    process holds the socket any more."""
+    lst = None
+    for fd in [fd for fd, known in listeners.items() if known.inode == inode]:
+        lst = listeners.pop(fd)
     if lst is None:
         return
     _inherited.pop(lst.inode, None)

@@ -5,13 +5,23 @@ A remote TCP connect becomes: bind the app's socket to loopback, ask the session
 kernel, so TLS, ``select``, asyncio and ``makefile`` work as they would on a direct connection;
 ``getpeername``/``getsockname`` report what the socket would show inside the pod.
 
-The registry is keyed by file descriptor, not by socket object: ``ssl.wrap_socket`` moves the descriptor to a
-new object and detaches the old one.
+The registry is keyed by the kernel socket (its inode), not by file descriptor or Python object: one socket can
+have many of both — ``dup()``, ``socket.fromfd()``, ``socket.socket(fileno=...)``, and ``ssl.wrap_socket``, which
+moves the descriptor to a new object — and each must see the same remote view. An entry lives as long as a
+descriptor of this process that mirror-py knows of holds the socket: the one it was registered with and every
+socket object built later on a descriptor of it.
+
+A relayed UDP socket has two ways to the session: its relay, which it is connected to when the app connected
+it (datagrams pass unchanged, to and from the connected peer), and a door that takes datagrams carrying their
+far address in a small prefix — what ``sendto``/``sendmsg`` with an address use, connected or not, as Linux
+lets a connected UDP socket send elsewhere. For an unconnected socket the door is the relay itself, and what
+comes back carries the prefix too.
 """
 
 from __future__ import annotations
 
 import _socket
+import os
 import socket
 from typing import Any, Callable
 
@@ -21,33 +31,59 @@ from . import dns, errors, local_listeners, resolved, rpc, settings
 
 _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
+_DGRAM = socket.SOCK_DGRAM
 _RAW = _socket.socket
+_fstat = os.fstat
 _ADDR_ROOM = 1 + 255 + 2  # the largest address prefix on a relayed datagram
+_WILDCARDS = ("0.0.0.0", "::", "::ffff:0.0.0.0")
 
 
 class Remote:
-    __slots__ = ("kind", "local", "peer", "prefixed", "relay", "sock")
+    __slots__ = ("door", "fds", "kind", "local", "peer", "prefixed", "relay", "sock")
 
-    def __init__(self, kind: str, peer: tuple | None, sock: tuple, relay: tuple, local: tuple,
-                 prefixed: bool = False) -> None:
+    def __init__(self, kind: str, peer: tuple | None, sock: tuple, relay: tuple | None, local: tuple,
+                 prefixed: bool = False, door: tuple | None = None) -> None:
         self.kind = kind
         self.peer = peer
         self.sock = sock
         self.relay = relay
         self.local = local
-        self.prefixed = prefixed
+        self.prefixed = prefixed  # datagrams from the relay carry their source address
+        self.door = door  # where datagrams that carry their destination go (UDP)
+        self.fds: set[int] = set()  # this process's descriptors known to hold the socket
 
 
-registry: dict[int, Remote] = {}
+registry: dict[int, Remote] = {}  # socket inode -> its remote view
 # Set by the incoming module when this process inherited listeners: finds one by its socket on first use.
 adopt: Callable[[Any], Remote | None] | None = None
 
 
+def register(sock: Any, info: Remote) -> Remote:
+    """Files ``info`` under ``sock``'s kernel socket, so every descriptor and object of that socket finds it."""
+    fd = sock.fileno()
+    info.fds.add(fd)
+    registry[_fstat(fd).st_ino] = info
+    return info
+
+
+def _inode(fd: int) -> int | None:
+    if fd < 0:
+        return None
+    try:
+        return _fstat(fd).st_ino
+    except OSError:
+        return None
+
+
 def _view(addr: tuple | None, family: int) -> tuple | None:
+    """An address as a socket of ``family`` reports it (an IPv6 socket shows IPv4 peers v4-mapped)."""
     if addr is None:
         return None
     if family == _AF_INET6:
-        return (addr[0], addr[1], 0, 0)
+        host = addr[0]
+        if ":" not in host:
+            host = "::ffff:" + host
+        return (host, addr[1], 0, 0)
     return (addr[0], addr[1])
 
 
@@ -112,13 +148,14 @@ def _loopback_for(sock: Any) -> str:
 
 
 def _ensure_bound(sock: Any) -> list:
+    """The address the app's socket will reach the relay from, binding it to loopback if it is not bound."""
     local = _RAW.getsockname(sock)
     if local[1] == 0:
         _RAW.bind(sock, (_loopback_for(sock), 0))
         local = _RAW.getsockname(sock)
     ip = local[0]
-    if ip in ("0.0.0.0", "::", "::ffff:0.0.0.0"):
-        ip = "127.0.0.1"
+    if ip in _WILDCARDS:
+        ip = _loopback_for(sock)  # the source the kernel picks to reach the relay of the socket's family
     return [ip, local[1]]
 
 
@@ -143,19 +180,31 @@ def _connect_remote(sock: Any, target: tuple[str, int, str | None], orig: Callab
         "timeout": timeout or None,
     }))
     relay = _relay_address(sock, res["relay"])
-    registry[sock.fileno()] = Remote("tcp", tuple(res["peer"]), tuple(res["sock"]), relay, tuple(local))
+    register(sock, Remote("tcp", tuple(res["peer"]), tuple(res["sock"]), relay, tuple(local)))
     return orig(sock, relay)
 
 
+def _release(info: Remote) -> None:
+    try:
+        rpc.call({"op": "release", "relay": list(info.relay[:2])})
+    except OSError:
+        pass
+
+
 def _open_udp(sock: Any, peer: tuple[str, int] | None) -> Remote:
+    old = _lookup(sock)
+    if old is not None and old.kind == "udp":
+        _release(old)  # connected anew: the next relay replaces this one
     local = _ensure_bound(sock)
     res = _checked(rpc.call({
         "op": "udp", "family": int(sock.family), "local": local, "peer": list(peer) if peer else None,
     }))
     relay = _relay_address(sock, res["relay"])
-    info = Remote("udp", peer, tuple(res["sock"]), relay, tuple(local), prefixed=peer is None)
-    registry[sock.fileno()] = info
-    return info
+    door = _relay_address(sock, res.get("door") or res["relay"])
+    info = Remote("udp", peer, tuple(res["sock"]), relay, tuple(local), prefixed=peer is None, door=door)
+    if old is not None:
+        info.fds = old.fds
+    return register(sock, info)
 
 
 # ---------------------------------------------------------------------------------------- patched methods
@@ -196,10 +245,28 @@ def make_connect_ex(orig: Callable) -> Callable:
 def _lookup(sock: Any) -> Remote | None:
     if not registry and adopt is None:
         return None
-    info = registry.get(sock.fileno())
+    try:
+        info = registry.get(_fstat(sock.fileno()).st_ino)  # one syscall: see benchmarks/registry.py
+    except OSError:  # closed (fileno -1) or detached
+        return None
     if info is None and adopt is not None:
         info = adopt(sock)
     return info
+
+
+def make_init(orig: Callable) -> Callable:
+    """A socket object made on an existing descriptor (``dup``, ``fromfd``, ``socket(fileno=...)``, an SSL
+    socket taking over a descriptor) joins its socket's entry, which then lives until this one closes too."""
+
+    def __init__(self, *args, **kwargs):
+        orig(self, *args, **kwargs)
+        if registry and (kwargs.get("fileno") if len(args) < 4 else args[3]) is not None:
+            fd = self.fileno()
+            info = registry.get(_inode(fd))
+            if info is not None:
+                info.fds.add(fd)
+
+    return __init__
 
 
 def make_getpeername(orig: Callable) -> Callable:
@@ -235,31 +302,53 @@ def _split_sendto(args: tuple) -> tuple[int, Any]:
     raise TypeError(f"sendto() takes 2 or 3 arguments ({len(args) + 1} given)")
 
 
+def _door_for(sock: Any, address: Any) -> tuple[bytes, tuple] | None:
+    """For a datagram to ``address``: the prefix naming its far end and the door to send it to, or None when
+    it goes out locally. The same rule for ``sendto`` and ``sendmsg``, connected socket or not."""
+    if sock.type != _DGRAM:
+        return None
+    info = _lookup(sock)
+    if info is not None and info.kind != "udp":
+        return None
+    target = plan(sock, address, "udp")
+    if target is None:
+        return None
+    if info is None:
+        info = _open_udp(sock, None)
+    return encode_address(target[0], target[1]), info.door
+
+
 def make_sendto(orig: Callable) -> Callable:
     def sendto(self, data, *args):
         flags, address = _split_sendto(args)
-        info = _lookup(self)
-        if info is None:
-            target = plan(self, address, "udp") if self.type == socket.SOCK_DGRAM else None
-            if target is None:
-                return orig(self, data, *args)
-            info = _open_udp(self, None)
-        elif not info.prefixed:
+        via = _door_for(self, address)
+        if via is None:
             return orig(self, data, *args)
-        else:
-            target = plan(self, address, "udp")
-            if target is None:
-                return orig(self, data, *args)
         payload = memoryview(data).tobytes()
-        orig(self, encode_address(target[0], target[1]) + payload, flags, info.relay)
+        orig(self, via[0] + payload, flags, via[1])
         return len(payload)
 
     return sendto
 
 
-def _unwrap(info: Remote, family: int, data: bytes, addr: Any) -> tuple[bytes, Any] | None:
+def make_sendmsg(orig: Callable) -> Callable:
+    def sendmsg(self, buffers, *args):
+        address = args[2] if len(args) > 2 else None
+        via = None if address is None else _door_for(self, address)
+        if via is None:
+            return orig(self, buffers, *args)
+        parts = [via[0], *buffers]
+        return orig(self, parts, args[0], args[1], via[1]) - len(via[0])
+
+    return sendmsg
+
+
+def _source(info: Remote, family: int, data: bytes, addr: Any) -> tuple[bytes, Any] | None:
+    """The payload and the far source of a datagram from the relay (None when it came from elsewhere)."""
     if addr is None or tuple(addr[:2]) != tuple(info.relay[:2]):
         return None
+    if not info.prefixed:
+        return data, _view(info.peer, family)
     try:
         host, port, off = decode_address(data)
     except (ValueError, UnicodeDecodeError):
@@ -267,13 +356,19 @@ def _unwrap(info: Remote, family: int, data: bytes, addr: Any) -> tuple[bytes, A
     return data[off:], _view((host, port), family)
 
 
+def _udp(sock: Any) -> Remote | None:
+    info = _lookup(sock)
+    return info if info is not None and info.kind == "udp" else None
+
+
 def make_recvfrom(orig: Callable) -> Callable:
     def recvfrom(self, bufsize, flags=0):
-        info = _lookup(self)
-        if info is None or not info.prefixed:
+        info = _udp(self)
+        if info is None:
             return orig(self, bufsize, flags)
-        data, addr = orig(self, bufsize + _ADDR_ROOM, flags)
-        got = _unwrap(info, self.family, data, addr)
+        room = _ADDR_ROOM if info.prefixed else 0
+        data, addr = orig(self, bufsize + room, flags)
+        got = _source(info, self.family, data, addr)
         if got is None:
             return data[:bufsize], addr
         return got[0][:bufsize], got[1]
@@ -283,13 +378,17 @@ def make_recvfrom(orig: Callable) -> Callable:
 
 def make_recvfrom_into(orig: Callable) -> Callable:
     def recvfrom_into(self, buffer, nbytes=0, flags=0):
-        info = _lookup(self)
-        if info is None or not info.prefixed:
+        info = _udp(self)
+        if info is None:
             return orig(self, buffer, nbytes, flags)
+        if not info.prefixed:
+            n, addr = orig(self, buffer, nbytes, flags)
+            got = _source(info, self.family, b"", addr)
+            return n, (addr if got is None else got[1])
         view = memoryview(buffer).cast("B")
         size = nbytes or len(view)
         data, addr = _RAW.recvfrom(self, size + _ADDR_ROOM, flags)
-        got = _unwrap(info, self.family, data, addr)
+        got = _source(info, self.family, data, addr)
         payload, source = (data, addr) if got is None else got
         payload = payload[:size]
         view[: len(payload)] = payload
@@ -300,11 +399,12 @@ def make_recvfrom_into(orig: Callable) -> Callable:
 
 def make_recvmsg(orig: Callable) -> Callable:
     def recvmsg(self, bufsize, ancbufsize=0, flags=0):
-        info = _lookup(self)
-        if info is None or not info.prefixed:
+        info = _udp(self)
+        if info is None:
             return orig(self, bufsize, ancbufsize, flags)
-        data, anc, msg_flags, addr = orig(self, bufsize + _ADDR_ROOM, ancbufsize, flags)
-        got = _unwrap(info, self.family, data, addr)
+        room = _ADDR_ROOM if info.prefixed else 0
+        data, anc, msg_flags, addr = orig(self, bufsize + room, ancbufsize, flags)
+        got = _source(info, self.family, data, addr)
         if got is None:
             return data[:bufsize], anc, msg_flags, addr
         return got[0][:bufsize], anc, msg_flags, got[1]
@@ -314,20 +414,25 @@ def make_recvmsg(orig: Callable) -> Callable:
 
 def make_real_close(orig: Callable) -> Callable:
     def _real_close(self, *args, **kwargs):
-        if registry:
-            fd = self.fileno()
-            info = registry.pop(fd, None) if fd >= 0 else None
-            if info is not None and info.kind == "udp":
-                try:
-                    rpc.call({"op": "release", "relay": list(info.relay[:2])})
-                except OSError:
-                    pass
-            elif info is not None and info.kind == "listen":
-                result = orig(self, *args, **kwargs)
-                from . import incoming
+        if not registry:
+            return orig(self, *args, **kwargs)
+        fd = self.fileno()
+        ino = _inode(fd)
+        info = registry.get(ino) if ino is not None else None
+        if info is None:
+            return orig(self, *args, **kwargs)
+        info.fds.discard(fd)
+        if info.fds:
+            return orig(self, *args, **kwargs)  # another descriptor of this process still holds the socket
+        del registry[ino]
+        if info.kind == "udp":
+            _release(info)
+        elif info.kind == "listen":
+            result = orig(self, *args, **kwargs)
+            from . import incoming
 
-                incoming.closed(fd)  # after the close: the session looks whether another process holds it
-                return result
+            incoming.closed(ino)  # after the close: the session looks whether another process holds it
+            return result
         return orig(self, *args, **kwargs)
 
     return _real_close

@@ -37,11 +37,14 @@ class Alias(NamedTuple):
 
 SOCKET_SURFACE: tuple[Patch, ...] = (
     # socket.socket inherits these from the C type, which cannot be changed: they are set on the Python class.
+    # __init__ is the socket class's own: socket objects made on an existing descriptor join its entry.
+    Patch("socket", "socket", "__init__", "net.make_init"),
     Patch("socket", "socket", "connect", "net.make_connect"),
     Patch("socket", "socket", "connect_ex", "net.make_connect_ex"),
     Patch("socket", "socket", "getpeername", "net.make_getpeername"),
     Patch("socket", "socket", "getsockname", "net.make_getsockname"),
     Patch("socket", "socket", "sendto", "net.make_sendto"),
+    Patch("socket", "socket", "sendmsg", "net.make_sendmsg"),
     Patch("socket", "socket", "recvfrom", "net.make_recvfrom"),
     Patch("socket", "socket", "recvfrom_into", "net.make_recvfrom_into"),
     Patch("socket", "socket", "recvmsg", "net.make_recvmsg"),

@@ -293,6 +293,164 @@ def udp(host: str, port: str) -> dict:
             "four": asyncio.run(main())}
 
 
+def _addr(a) -> list:
+    return [a[0], a[1]] if isinstance(a, tuple) else a
+
+
+def _attempt(fn):
+    """The result of ``fn()``, or the error it raised, as a JSON-able value: results are compared, not
+    exceptions thrown at the probe runner."""
+    try:
+        return fn()
+    except OSError as exc:
+        return {"error": type(exc).__name__, "errno": exc.errno}
+
+
+@probe
+def dup_views(host: str, tcp_port: str, udp_port: str) -> dict:
+    """Peer and local addresses through every Python object and descriptor of one socket, and a socket that
+    keeps working when the descriptor it was made from is closed."""
+    s = socket.create_connection((host, int(tcp_port)), timeout=10)
+    views = {
+        "dup": s.dup(),
+        "fromfd": socket.fromfd(s.fileno(), s.family, s.type),
+        "fileno": socket.socket(s.family, s.type, fileno=os.dup(s.fileno())),
+    }
+    own_name = s.getsockname()
+    out: dict = {"peer": _addr(s.getpeername()), "sock_host": own_name[0]}
+    for name, v in views.items():
+        out[name] = {"peer": _addr(v.getpeername()), "same_sockname": v.getsockname() == own_name}
+    s.close()  # the other descriptors still hold the socket
+    d = views["dup"]
+    out["after_close"] = _addr(d.getpeername())
+    d.sendall(b"still here")
+    d.shutdown(socket.SHUT_WR)
+    out["echo_after_close"] = _read_to_eof(d).decode()
+    for v in views.values():
+        v.close()
+
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(5)
+    u.connect((host, int(udp_port)))
+    ud = u.dup()
+    out["udp_dup_peer"] = _addr(ud.getpeername())
+    u.close()
+    ud.send(b"dup")
+    out["udp_dup_echo"] = _attempt(lambda: ud.recv(1024).decode())
+    ud.close()
+    return out
+
+
+@probe
+def udp_connected(host: str, port: str, other_port: str) -> dict:
+    """A connected UDP socket: the source every receive call reports, ``sendto``/``sendmsg`` to its peer and to
+    another address (the other server records where that datagram came from), and ``sendmsg`` on an unconnected
+    socket."""
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    c.settimeout(5)
+    c.connect((host, int(port)))
+    out: dict = {}
+    c.send(b"a")
+    out["recvfrom"] = _attempt(lambda: (lambda r: [r[0].decode(), _addr(r[1])])(c.recvfrom(1024)))
+    c.send(b"c")
+    buf = bytearray(64)
+    out["recvfrom_into"] = _attempt(
+        lambda: (lambda r: [bytes(buf[: r[0]]).decode(), _addr(r[1])])(c.recvfrom_into(buf))
+    )
+    c.send(b"d")
+    out["recvmsg"] = _attempt(lambda: (lambda r: [r[0].decode(), _addr(r[3])])(c.recvmsg(1024)))
+    c.sendto(b"e", (host, int(port)))
+    out["sendto_peer"] = _attempt(lambda: c.recv(1024).decode())
+    c.sendmsg([b"f", b"g"])
+    out["sendmsg"] = _attempt(lambda: c.recv(1024).decode())
+    c.sendmsg([b"h"], [], 0, (host, int(port)))
+    out["sendmsg_peer"] = _attempt(lambda: c.recv(1024).decode())
+    token = os.urandom(8).hex().encode()
+    c.sendto(b"to-other:" + token, (host, int(other_port)))
+    token2 = os.urandom(8).hex().encode()
+    c.sendmsg([b"to-other:", token2], [], 0, (host, int(other_port)))
+    own_port = c.getsockname()[1]
+    q = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    q.settimeout(5)
+    seen = []
+    for t in (token, token2):
+        q.sendto(b"?seen:to-other:" + t, (host, int(other_port)))
+        seen.append(_attempt(lambda: json.loads(q.recvfrom(1024)[0][5:])))
+    out["other_saw_our_port"] = [isinstance(x, list) and x[1] == own_port for x in seen]
+    c.send(b"i")  # the other server's echoes were filtered out: the next datagram is our peer's
+    out["after_other"] = _attempt(lambda: c.recv(1024).decode())
+    c.close()
+    q.sendmsg([b"un", b"connected"], [], 0, (host, int(port)))
+    out["unconnected_sendmsg"] = _attempt(lambda: (lambda r: [r[0].decode(), _addr(r[1])])(q.recvfrom(1024)))
+    q.close()
+
+    async def main() -> list:
+        loop = asyncio.get_running_loop()
+        got = loop.create_future()
+
+        class P(asyncio.DatagramProtocol):
+            def datagram_received(self, d: bytes, a: tuple) -> None:
+                if not got.done():
+                    got.set_result([d.decode(), _addr(a)])
+
+        transport, _ = await loop.create_datagram_endpoint(P, remote_addr=(host, int(port)))
+        transport.sendto(b"aio")
+        try:
+            return await asyncio.wait_for(got, 5)
+        finally:
+            transport.close()
+
+    out["asyncio"] = asyncio.run(main())
+    return out
+
+
+@probe
+def ipv6(host: str, tcp_port: str, udp_port: str, v6only: str) -> dict:
+    """An AF_INET6 socket (optionally IPV6_V6ONLY) to ``host``: TCP echo and the addresses it reports, and UDP."""
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+    s.settimeout(10)
+    try:
+        s.connect((host, int(tcp_port)))
+    except OSError as exc:
+        s.close()
+        return {"connect": _err(exc)}
+    out: dict = {"peer": list(s.getpeername()), "sock_host": s.getsockname()[0]}
+    s.sendall(b"over six")
+    s.shutdown(socket.SHUT_WR)
+    out["echo"] = _read_to_eof(s).decode()
+    s.close()
+    u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+    u.settimeout(5)
+    u.sendto(b"six", (host, int(udp_port)))
+    out["udp"] = _attempt(lambda: (lambda r: [r[0].decode(), list(r[1])])(u.recvfrom(1024)))
+    u.close()
+    return out
+
+
+@probe
+def refused_words(host: str, port: str) -> dict:
+    """What a refused connect says: the exception's args and text, and redis-py's message built from them."""
+    import redis
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(10)
+    try:
+        s.connect((host, int(port)))
+        plain = None
+    except OSError as exc:
+        plain = {"type": type(exc).__name__, "args": list(exc.args), "str": str(exc)}
+    finally:
+        s.close()
+    try:
+        redis.Redis(host=host, port=int(port), socket_timeout=10).ping()
+        said = None
+    except redis.ConnectionError as exc:
+        said = str(exc)
+    return {"socket": plain, "redis": said}
+
+
 @probe
 def env(*names_: str) -> dict:
     return {n: os.environ.get(n) for n in names_}
