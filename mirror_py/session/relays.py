@@ -49,6 +49,21 @@ def family_of(app_host: str) -> int:
     return socket.AF_INET6 if ":" in _key(app_host, 0)[0] else socket.AF_INET
 
 
+def app_socket_open(app: tuple[str, int]) -> bool:
+    """Whether some socket still holds an app socket's address (``_key`` form).
+
+    The app closing one descriptor of a UDP socket does not end the socket: a forked child, or a descriptor the
+    shim never saw, may still hold it, and its relay must live on. A UDP address is free the moment its last
+    holder closes it, so a bind to it says which: refused means held. (It works on any OS, unlike reading
+    /proc.)"""
+    with socket.socket(family_of(app[0]), socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(app)
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
 class _Acceptor(asyncio.Protocol):
     """Looks up which stream an accepted connection belongs to and hands the transport to its relay."""
 

@@ -27,7 +27,15 @@ from ..transport.process import ProcessChannel
 from . import files as session_files
 from . import incoming as session_incoming
 from .agent_link import AgentLink, RemoteError
-from .relays import TcpRelayListener, UdpRelay, _key, family_of, open_udp_doors, open_udp_relay
+from .relays import (
+    TcpRelayListener,
+    UdpRelay,
+    _key,
+    app_socket_open,
+    family_of,
+    open_udp_doors,
+    open_udp_relay,
+)
 from .repeats import RepeatLimiter
 from .rpc_server import RpcError, RpcServer
 
@@ -351,7 +359,9 @@ class Session:
                 self._forget_udp(relay)
 
     async def _release(self, req: dict) -> dict:
-        self._forget_udp(self.udp_relays.get(_key(str(req["relay"][0]), int(req["relay"][1]))))
+        relay = self.udp_relays.get(_key(str(req["relay"][0]), int(req["relay"][1])))
+        if relay is not None and not app_socket_open(relay.app):
+            self._forget_udp(relay)
         return {}
 
     async def _dns(self, req: dict) -> Any:

@@ -192,9 +192,7 @@ def _release(info: Remote) -> None:
 
 
 def _open_udp(sock: Any, peer: tuple[str, int] | None) -> Remote:
-    old = _lookup(sock)
-    if old is not None and old.kind == "udp":
-        _release(old)  # connected anew: the next relay replaces this one
+    old = _lookup(sock)  # connected anew: the session replaces the relay of this address
     local = _ensure_bound(sock)
     res = _checked(rpc.call({
         "op": "udp", "family": int(sock.family), "local": local, "peer": list(peer) if peer else None,
@@ -425,15 +423,15 @@ def make_real_close(orig: Callable) -> Callable:
         if info.fds:
             return orig(self, *args, **kwargs)  # another descriptor of this process still holds the socket
         del registry[ino]
+        result = orig(self, *args, **kwargs)
+        # After the close, the session looks whether another process (a forked child) still holds the socket.
         if info.kind == "udp":
             _release(info)
         elif info.kind == "listen":
-            result = orig(self, *args, **kwargs)
             from . import incoming
 
-            incoming.closed(ino)  # after the close: the session looks whether another process holds it
-            return result
-        return orig(self, *args, **kwargs)
+            incoming.closed(ino)
+        return result
 
     return _real_close
 

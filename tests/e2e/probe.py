@@ -342,6 +342,25 @@ def dup_views(host: str, tcp_port: str, udp_port: str) -> dict:
 
 
 @probe
+def udp_shared_with_child(host: str, port: str) -> dict:
+    """A forked child closes its copy of a connected UDP socket; the parent's socket keeps working."""
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(5)
+    u.connect((host, int(port)))
+    u.send(b"before")
+    first = _attempt(lambda: u.recv(1024).decode())
+    pid = os.fork()
+    if pid == 0:
+        u.close()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    u.send(b"after")
+    second = _attempt(lambda: u.recv(1024).decode())
+    u.close()
+    return {"before": first, "after": second}
+
+
+@probe
 def udp_connected(host: str, port: str, other_port: str) -> dict:
     """A connected UDP socket: the source every receive call reports, ``sendto``/``sendmsg`` to its peer and to
     another address (the other server records where that datagram came from), and ``sendmsg`` on an unconnected

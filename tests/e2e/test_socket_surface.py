@@ -22,6 +22,13 @@ def test_dup_fromfd_and_fileno_sockets_see_the_pod_side(through, native, pod):
     assert out["udp_dup_peer"] == [pod.ip, UDP_ECHO_PORT] and out["udp_dup_echo"] == "echo:dup"
 
 
+def test_a_udp_socket_outlives_a_forked_childs_close(through, native):
+    args = ("127.0.0.1", str(UDP_LOOPBACK_ECHO_PORT))
+    out = through("udp_shared_with_child", *args)
+    assert out == native("udp_shared_with_child", *args)
+    assert out == {"before": "echo:before", "after": "echo:after"}
+
+
 def test_connected_udp_reports_its_peer_and_sends_elsewhere_like_the_pod(through, native):
     args = ("127.0.0.1", str(UDP_LOOPBACK_ECHO_PORT), str(UDP_ECHO_PORT))
     out = through("udp_connected", *args)

@@ -88,3 +88,17 @@ def test_a_udp_relay_is_released_once_when_the_last_descriptor_closes(surface):
     assert [c["relay"] for c in surface if c["op"] == "release"] == [list(relay.getsockname())]
     relay.close()
 
+
+
+def test_the_session_keeps_a_udp_relay_while_any_process_holds_the_apps_socket():
+    from mirror_py.session.relays import app_socket_open
+
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        app = socket.socket(family, socket.SOCK_DGRAM)
+        app.bind((host, 0))
+        address = app.getsockname()[:2]
+        copy = app.dup()  # as a forked child's copy would
+        app.close()
+        assert app_socket_open(address)
+        copy.close()
+        assert not app_socket_open(address)
