@@ -18,14 +18,18 @@ from . import protocol as p
 
 
 def errno_name(exc: BaseException) -> str:
-    """Symbolic errno of an exception, as carried on the wire."""
+    """Symbolic errno of an exception, as carried on the wire.
+
+    ``TIMEOUT`` is no errno: the time limit of the operation expired (the agent enforces the app's socket
+    timeout on a connect), which the app gets as Python's own ``socket.timeout``, errno None. A kernel timeout
+    is ``ETIMEDOUT``."""
     if isinstance(exc, socket.gaierror):
         return _EAI_NAMES.get(exc.errno, "EAI_FAIL")
     if isinstance(exc, socket.herror):
         return f"H_ERRNO_{exc.errno}"
-    if isinstance(exc, (asyncio.TimeoutError, socket.timeout)):
-        return "ETIMEDOUT"
     num = getattr(exc, "errno", None)
+    if isinstance(exc, (asyncio.TimeoutError, socket.timeout)) and not num:
+        return "TIMEOUT"
     if isinstance(num, int) and num in errno_mod.errorcode:
         return errno_mod.errorcode[num]
     return "EIO"

@@ -15,6 +15,8 @@ def to_exception(err: dict) -> OSError:
     if name.startswith("EAI_"):
         code = getattr(socket, name, socket.EAI_FAIL)
         return socket.gaierror(code, msg or name)
+    if name == "TIMEOUT":  # the socket's timeout expired: Python's own exception, no errno
+        return socket.timeout(msg or "timed out")
     if name.startswith("H_ERRNO_"):
         try:
             code = int(name[8:])

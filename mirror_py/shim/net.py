@@ -21,6 +21,7 @@ comes back carries the prefix too.
 from __future__ import annotations
 
 import _socket
+import errno as _errno
 import os
 import socket
 from typing import Any, Callable
@@ -234,6 +235,8 @@ def make_connect_ex(orig: Callable) -> Callable:
         except OSError as exc:
             if exc.errno:
                 return exc.errno
+            if isinstance(exc, socket.timeout):
+                return _errno.EWOULDBLOCK  # what connect_ex returns when the socket's timeout expires
             raise
         return 0
 

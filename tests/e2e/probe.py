@@ -449,6 +449,22 @@ def ipv6(host: str, tcp_port: str, udp_port: str, v6only: str) -> dict:
 
 
 @probe
+def connect_timeout(host: str, port: str, seconds: str) -> dict:
+    """A connect whose socket timeout expires, with connect() and with connect_ex()."""
+    out = {}
+    for how in ("connect", "connect_ex"):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(float(seconds))
+        try:
+            out[how] = getattr(s, how)((host, int(port)))
+        except OSError as exc:
+            out[how] = {"type": type(exc).__name__, "args": list(exc.args), "errno": exc.errno, "str": str(exc)}
+        finally:
+            s.close()
+    return out
+
+
+@probe
 def refused_words(host: str, port: str) -> dict:
     """What a refused connect says: the exception's args and text, and redis-py's message built from them."""
     import redis

@@ -73,3 +73,13 @@ def test_refused_connect_says_what_the_kernel_says(through, native):
     assert out["socket"] == {"type": "ConnectionRefusedError", "args": [errno.ECONNREFUSED, "Connection refused"],
                              "str": "[Errno 111] Connection refused"}
     assert out["redis"] == "Error 111 connecting to 127.0.0.1:1. Connection refused."
+
+
+def test_an_expired_socket_timeout_is_pythons_own_timeout(through, native, pod):
+    # Unused addresses on the pod's subnet: no ARP answer for seconds, so the 1 s socket timeout expires first.
+    # One for each run: after a failed ARP the pod knows at once that the first one is unreachable.
+    prefix = pod.ip.rsplit(".", 2)[0]
+    out = through("connect_timeout", prefix + ".0.201", "80", "1")
+    assert out == native("connect_timeout", prefix + ".0.202", "80", "1")
+    assert out["connect"] == {"type": "TimeoutError", "args": ["timed out"], "errno": None, "str": "timed out"}
+    assert out["connect_ex"] == errno.EWOULDBLOCK

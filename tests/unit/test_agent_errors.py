@@ -7,7 +7,7 @@ import errno
 import socket
 
 from mirror_py_agent import protocol as p
-from mirror_py_agent.relay import error_text
+from mirror_py_agent.relay import errno_name, error_text
 from mirror_py_agent.server import Agent
 
 
@@ -43,5 +43,7 @@ def test_error_text_rules():
         "Connection refused")
     assert error_text(OSError(errno.EHOSTUNREACH, "whatever")) == "No route to host"
     assert error_text(asyncio.TimeoutError()) == "timed out"
+    assert errno_name(asyncio.TimeoutError()) == "TIMEOUT"
+    assert errno_name(TimeoutError(errno.ETIMEDOUT, "Connection timed out")) == "ETIMEDOUT"
     assert error_text(socket.gaierror(socket.EAI_NONAME, "Name or service not known")) == "Name or service not known"
     assert error_text(OSError("Multiple exceptions: a, b")) == "Multiple exceptions: a, b"
