@@ -80,7 +80,8 @@ class Reply(Event):
 
 @dataclass
 class ErrorReply(Event):
-    """A failed request: ``errno`` is a symbolic name (ECONNREFUSED, EAI_NONAME, ...) so each side can raise
+    """A failed request: ``errno`` is a symbolic name (ECONNREFUSED, EAI_NONAME, ..., or TIMEOUT for a time
+    limit that expired, which is no errno) so each side can raise
     the exception the operation would have raised locally."""
 
     id: int | None

@@ -174,7 +174,7 @@ class UdpRelay(asyncio.DatagramProtocol, StreamEndpoint):
 
     def send_addressed(self, data: bytes) -> None:
         """Sends a datagram that carries its far address in the prefix."""
-        if not self.attached:
+        if not self.attached or self.transport is None or self.transport.is_closing():
             return
         try:
             host, port, off = p.decode_address(data)
