@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from .relay import Mux, TcpRelay, UdpRelay
+from .relay import Mux, TcpRelay, UdpRelay, kernel_error
 
 
 def _stream_id(args: dict, mux: Mux) -> int:
@@ -37,6 +37,9 @@ async def connect_tcp(args: dict, mux: Mux) -> tuple[dict, TcpRelay]:
             transport, _ = await asyncio.wait_for(coro, timeout)
         else:
             transport, _ = await coro
+    except OSError as exc:
+        mux.streams.pop(sid, None)
+        raise kernel_error(exc) from None
     except BaseException:
         mux.streams.pop(sid, None)
         raise

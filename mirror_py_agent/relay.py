@@ -36,21 +36,31 @@ def errno_name(exc: BaseException) -> str:
 
 
 def error_text(exc: BaseException) -> str:
-    """The words sent with an error, which the app reads in its exception.
+    """The words sent with an error, which the app (or the user, for the agent's own errors) reads.
 
-    An error with an errno carries the kernel's words (``os.strerror``), as the app would read them in the pod:
-    asyncio's connect failures say "Connect call failed ('10.0.0.1', 80)" instead, and clients such as redis-py
-    put that text into their own messages, which code matches on. A timeout that the agent enforced for the
-    app's socket timeout reads as Python's socket timeout does ("timed out"). Name-service errors keep the
-    resolver's words, and an error without an errno keeps its own text: there are no kernel words for it."""
+    An error the kernel raised carries the kernel's words already (``os.strerror``), and one the agent raised
+    itself carries its explanation ("the agent has no CAP_NET_ADMIN ..."): both are sent as they are. Where a
+    library rewords the kernel's error, the agent undoes that at the call (see :func:`kernel_error`). A timeout
+    that the agent enforced for the app's socket timeout reads as Python's socket timeout does."""
     if isinstance(exc, (socket.gaierror, socket.herror)):
         return exc.strerror or str(exc)
     num = getattr(exc, "errno", None)
     if isinstance(exc, (asyncio.TimeoutError, socket.timeout)) and not num:
         return "timed out"
-    if isinstance(num, int) and num in errno_mod.errorcode:
-        return os.strerror(num)
-    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    text = getattr(exc, "strerror", None)
+    if not text and isinstance(num, int) and num in errno_mod.errorcode:
+        text = os.strerror(num)
+    return text or str(exc) or type(exc).__name__
+
+
+def kernel_error(exc: OSError) -> OSError:
+    """The kernel's own error for one that asyncio reworded: its connect failures say
+    "Connect call failed ('10.0.0.1', 80)", where a connect in the pod says "Connection refused" — and clients
+    such as redis-py put that text into their own messages, which code matches on."""
+    num = exc.errno
+    if isinstance(num, int) and num in errno_mod.errorcode and exc.strerror != os.strerror(num):
+        return type(exc)(num, os.strerror(num))
+    return exc
 
 
 _EAI_NAMES = {getattr(socket, n): n for n in dir(socket) if n.startswith("EAI_")}

@@ -7,7 +7,7 @@ import errno
 import socket
 
 from mirror_py_agent import protocol as p
-from mirror_py_agent.relay import errno_name, error_text
+from mirror_py_agent.relay import errno_name, error_text, kernel_error
 from mirror_py_agent.server import Agent
 
 
@@ -39,11 +39,20 @@ def test_a_refused_connect_carries_the_kernels_words():
 
 
 def test_error_text_rules():
-    assert error_text(ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed ('10.0.0.1', 80)")) == (
-        "Connection refused")
-    assert error_text(OSError(errno.EHOSTUNREACH, "whatever")) == "No route to host"
+    assert error_text(OSError(errno.EHOSTUNREACH, "No route to host")) == "No route to host"
+    # The agent's own explanation is what the user needs to read.
+    assert error_text(PermissionError(errno.EPERM, "the agent has no CAP_NET_ADMIN")) == (
+        "the agent has no CAP_NET_ADMIN")
     assert error_text(asyncio.TimeoutError()) == "timed out"
     assert errno_name(asyncio.TimeoutError()) == "TIMEOUT"
     assert errno_name(TimeoutError(errno.ETIMEDOUT, "Connection timed out")) == "ETIMEDOUT"
     assert error_text(socket.gaierror(socket.EAI_NONAME, "Name or service not known")) == "Name or service not known"
     assert error_text(OSError("Multiple exceptions: a, b")) == "Multiple exceptions: a, b"
+
+
+def test_kernel_error_undoes_asyncios_rewording():
+    reworded = ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed ('10.0.0.1', 80)")
+    plain = kernel_error(reworded)
+    assert type(plain) is ConnectionRefusedError and plain.args == (errno.ECONNREFUSED, "Connection refused")
+    kept = OSError("Multiple exceptions: a, b")
+    assert kernel_error(kept) is kept
