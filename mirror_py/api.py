@@ -11,9 +11,12 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import MirrorError
+
+if TYPE_CHECKING:
+    from mirror_py.shim.scope import local as LocalBlock
 
 _MISSING = object()
 
@@ -31,25 +34,54 @@ class MirrorSession:
     def target(self) -> str:
         return self.info.get("target", "")
 
+    def local(self) -> LocalBlock:
+        """A block (``with session.local():``, or ``@session.local()`` on a function) whose new connections,
+        name lookups, file opens and listeners are this machine's, for the calling thread or asyncio task only.
+        Nothing of the session is undone: files, sockets and listeners opened before keep the target's view,
+        and ``os.environ`` stays the target's (it is one per process)."""
+        from .shim.scope import local
+
+        return local()
+
     def close(self) -> None:
+        """Ends the session: writes remote files back, restores every patched name and environment variable,
+        and stops the session process. Each step runs even if an earlier one failed; the first failure is
+        raised at the end."""
         if self.closed:
             return
         self.closed = True
+        failures: list[BaseException] = []
+        for step in (self._uninstall, self._restore_env, self._stop):
+            try:
+                step()
+            except Exception as exc:  # every step must run: the next ones undo what this one could not
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+
+    @staticmethod
+    def _uninstall() -> None:
         from . import shim
 
         shim.uninstall()
+
+    def _restore_env(self) -> None:
         for key, value in self._saved_env.items():
             if value is _MISSING:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        if self._proc.stdin is not None:
-            self._proc.stdin.close()
+
+    def _stop(self) -> None:
         try:
-            self._proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()
+        finally:
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
 
     def __enter__(self) -> MirrorSession:
         return self

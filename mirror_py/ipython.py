@@ -72,19 +72,14 @@ def mirror(line: str) -> None:
 
 
 def mirror_local(line: str, cell: str) -> None:
-    """Runs the cell with the network and DNS of this machine; the session stays connected."""
+    """Runs the cell with this machine's network, DNS, files and listeners; the session stays connected, and
+    what earlier cells opened (sockets, remote files) keeps the target's view."""
     from IPython import get_ipython
 
-    from . import shim
+    from .shim.scope import local
 
-    active = _state["session"] is not None and shim.active()
-    if active:
-        shim.uninstall()
-    try:
+    with local():
         get_ipython().run_cell(cell)
-    finally:
-        if active:
-            shim.install()
 
 
 def load(ipython: Any) -> None:

@@ -7,12 +7,13 @@ their interpreters install the shim from sitecustomize and share the controller'
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from mirror_py.shim.scope import local as LocalBlock
 
 
 def pytest_addoption(parser: Any) -> None:
@@ -33,18 +34,12 @@ class MirrorFixture:
     def target(self) -> str | None:
         return self.session.target if self.session is not None else os.environ.get("MIRROR_PY_TARGET")
 
-    @contextlib.contextmanager
-    def local(self) -> Iterator[None]:
-        """Network and DNS calls inside the block go out from this machine."""
-        from mirror_py import shim
+    def local(self) -> LocalBlock:
+        """A block (``with mirror.local():``) whose new connections, name lookups, file opens and listeners are
+        this machine's, for the calling thread or task only; what was opened before keeps the target's view."""
+        from mirror_py.shim.scope import local
 
-        was_active = shim.active()
-        shim.uninstall()
-        try:
-            yield
-        finally:
-            if was_active:
-                shim.install()
+        return local()
 
 
 def pytest_configure(config: Any) -> None:

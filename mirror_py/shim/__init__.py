@@ -7,8 +7,10 @@ the app's first remote operation.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+from typing import Any
 
 _hook: list[object] = []
 _watch: list[object] = []
@@ -139,23 +141,65 @@ def install() -> None:
 
 
 def uninstall() -> None:
-    """Restores every patched name exactly as it was."""
-    _remove_hook()
+    """Ends interposition in this process; what ``MirrorSession.close()`` runs.
+
+    Total and idempotent, whatever was loaded (an app that never imported socket, ``fs.mode = "local"``) and
+    however often it is called: writable remote files are written back to the target first, so no write made
+    before this call is lost; then every patched name is put back exactly as it was, the registries are
+    emptied and the connections to the session closed, so that a later ``connect()`` starts clean. Files the
+    app still holds afterwards are local memory copies. Every step runs even when one fails; then the first
+    failure is raised (a write that never reached the target must not pass silently).
+
+    To run a block locally without any of this, use :func:`mirror_py.shim.scope.local`.
+    """
+    failures: list[BaseException] = []
+
+    def step(fn: Any) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # collected; the first one is raised at the end
+            failures.append(exc)
+            return None
+
+    step(_remove_hook)
+    step(_remove_watch)
+    bypass = _module("bypass")
+    if bypass is not None:
+        step(bypass.uninstall)
+    lost = _module("files")
+    lost = step(lost.flush_all) if lost is not None else None
+    patches = _module("patches")
+    if patches is not None:
+        step(patches.uninstall)
+    for name in ("net", "incoming", "files", "resolved", "local_listeners"):
+        module = _module(name)
+        if module is not None:
+            step(module.forget_all)
+    host = _module("host")
+    if host is not None:
+        step(host.forget)
+    rpc = _module("rpc")
+    if rpc is not None:
+        step(rpc.disconnect_all)
+    if lost:
+        names = ", ".join(dict.fromkeys(str(name) for name, _ in lost))
+        first = lost[0][1]
+        raise OSError(getattr(first, "errno", None) or errno.EIO,
+                      f"mirror-py: writes to {names} did not reach the target: {first}") from first
+    if failures:
+        raise failures[0]
+
+
+def _module(name: str) -> Any:
+    """A shim module if this process loaded it (uninstall must not import what was never used)."""
+    return sys.modules.get(f"{__name__}.{name}")
+
+
+def _remove_watch() -> None:
     while _watch:
         watch = _watch.pop()
         if watch in sys.meta_path:
             sys.meta_path.remove(watch)
-    bypass = sys.modules.get(__name__ + ".bypass")
-    if bypass is not None:
-        bypass.uninstall()
-    patches = sys.modules.get(__name__ + ".patches")
-    if patches is not None:
-        patches.uninstall()
-        sys.modules[__name__ + ".net"].forget_all()
-        incoming = sys.modules.get(__name__ + ".incoming")
-        if incoming is not None:
-            incoming.forget_all()
-        sys.modules[__name__ + ".files"].forget_all()
 
 
 def active() -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from typing import Any, Callable
 
-from . import errors, host, resolved, rpc, settings
+from . import errors, host, resolved, rpc, scope, settings
 
 _LOCAL_NAMES = frozenset(("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"))
 _local_hostname: list[str] = []
@@ -52,6 +52,8 @@ def _own_hostname() -> str:
 
 def remote_name(host: Any, port: Any = None, flags: int = 0) -> str | None:
     """The name to resolve remotely, or None when this lookup stays local."""
+    if scope.is_local():
+        return None
     st = settings.get()
     if not st.dns_enabled or host is None:
         return None
@@ -135,7 +137,7 @@ def make_gethostbyname_ex(orig: Callable) -> Callable:
 def make_gethostbyaddr(orig: Callable) -> Callable:
     def gethostbyaddr(ip_address):
         host = ip_address.decode() if isinstance(ip_address, (bytes, bytearray)) else ip_address
-        if not settings.get().dns_enabled or not isinstance(host, str):
+        if scope.is_local() or not settings.get().dns_enabled or not isinstance(host, str):
             return orig(ip_address)
         if not is_ip(host) and remote_name(host) is None:
             return orig(ip_address)
@@ -149,7 +151,8 @@ def make_getnameinfo(orig: Callable) -> Callable:
     numeric = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
 
     def getnameinfo(sockaddr, flags):
-        if not settings.get().dns_enabled or flags & numeric == numeric or not isinstance(sockaddr, tuple):
+        if (scope.is_local() or not settings.get().dns_enabled or flags & numeric == numeric
+                or not isinstance(sockaddr, tuple)):
             return orig(sockaddr, flags)
         host, port = _call("getnameinfo", sockaddr=list(sockaddr), flags=int(flags))
         return host, port
@@ -159,7 +162,7 @@ def make_getnameinfo(orig: Callable) -> Callable:
 
 def make_gethostname(orig: Callable) -> Callable:
     def gethostname():
-        name = host.pod_hostname()
+        name = host.pod_hostname()  # None in a local block: see host.py
         return orig() if name is None else name
 
     return gethostname

@@ -24,9 +24,10 @@ import io
 import os
 import posix
 import stat as _stat
+import weakref
 from typing import Any, Callable
 
-from . import file_rules
+from . import file_rules, scope
 from .file_rules import LOCAL, NOT_FOUND, REMOTE
 
 _ACC = os.O_ACCMODE
@@ -67,7 +68,8 @@ _guard = _thread._local()
 
 
 def _decide(path: str, write: bool) -> tuple[int, str]:
-    if getattr(_guard, "local", False):
+    # The cached local answer never gets here (the fast paths take it), so a local block costs nothing there.
+    if scope.is_local() or getattr(_guard, "local", False):
         return LOCAL, path  # inside a local realpath: every component it looks at is local too
     r = _rules[0] if _rules else rules()
     entry = r.lookup(path)
@@ -366,6 +368,35 @@ class RemoteFileIO(_WriteBack, io.FileIO):
     """The raw file of a writable remote file."""
 
 
+# Every layer of every writable remote file the app holds (text, buffer, raw), so that flush_all() can push
+# what still sits in Python's buffers; weak, so that tracking never keeps a file open.
+_writers: weakref.WeakSet = weakref.WeakSet()
+
+
+def flush_all() -> list[tuple[Any, BaseException]]:
+    """Writes every writable remote file back to the target: the app's Python buffers (outermost layer first,
+    as ``flush()`` would), then what ``os.write`` put into memory files. Returns ``(name, error)`` for each
+    file that could not be written back; the others are written whatever happened to one."""
+    failures: list[tuple[Any, BaseException]] = []
+    layers = sorted(_writers, key=lambda f: 0 if isinstance(f, io.TextIOBase) else
+                    1 if isinstance(f, io.BufferedIOBase) else 2)
+    for layer in layers:
+        try:
+            if not layer.closed:
+                layer.flush()
+        except Exception as exc:  # reported to the caller with the file's name
+            failures.append((getattr(layer, "name", "?"), exc))
+    with _fds_lock:
+        entries = list(_fds.items())
+    for fd, entry in entries:
+        if entry.writable and _entry(fd) is entry:
+            try:
+                sync(fd, entry)
+            except Exception as exc:
+                failures.append((entry.path, exc))
+    return failures
+
+
 class _SyncOnFlush:
     """A buffer whose flush() also writes the remote file back, as flush() on a local file reaches the disk."""
 
@@ -413,6 +444,7 @@ def _open_stack(file: Any, mode: str, buffering: int, encoding: Any, errors_: An
         ("a" if appending else "") + ("+" if updating else "")
     raw = RemoteFileIO(file, raw_mode, closefd, opener=opener)
     result: Any = raw
+    _writers.add(raw)
     try:
         line_buffering = False
         if buffering == 1 or (buffering < 0 and raw.isatty()):
@@ -428,6 +460,7 @@ def _open_stack(file: Any, mode: str, buffering: int, encoding: Any, errors_: An
             raise ValueError("can't have unbuffered text I/O")
         buffer = _SyncingRandom(raw, buffering) if updating else _SyncingWriter(raw, buffering)
         result = buffer
+        _writers.add(buffer)  # what the app writes sits in this buffer until flushed: flush_all() must see it
         if binary:
             return result
         text_encoding = getattr(io, "text_encoding", None)
@@ -435,6 +468,7 @@ def _open_stack(file: Any, mode: str, buffering: int, encoding: Any, errors_: An
             encoding = text_encoding(encoding)
         wrapper = io.TextIOWrapper(buffer, encoding, errors_, newline, line_buffering)
         result = wrapper
+        _writers.add(wrapper)
         wrapper.mode = mode  # type: ignore[misc]
         return result
     except BaseException:

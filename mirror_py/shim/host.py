@@ -16,10 +16,11 @@ _cache: list[str] = []
 
 
 def pod_hostname() -> str | None:
-    """The target's hostname, or None when DNS is not interposed (then the laptop's name is the answer)."""
-    from . import settings
+    """The target's hostname, or None when DNS is not interposed or the caller is in a local block (then the
+    laptop's name is the answer)."""
+    from . import scope, settings
 
-    if not settings.get().dns_enabled:
+    if scope.is_local() or not settings.get().dns_enabled:
         return None
     if not _cache:
         from . import errors, rpc

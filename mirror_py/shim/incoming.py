@@ -22,7 +22,7 @@ import socket
 import sys
 from typing import Any, Callable
 
-from . import net, rpc, settings
+from . import net, rpc, scope, settings
 
 ENV_VAR = "MIRROR_PY_LISTENERS"
 _RAW = _socket.socket
@@ -90,6 +90,8 @@ def _warn(text: str) -> None:
 
 def remote_port(port: int) -> int | None:
     """The target port a local listening port stands for, or None when the port stays purely local."""
+    if scope.is_local():
+        return None  # bound in a local block: a plain listener of this machine
     st = settings.get()
     if st.incoming_mode == "off" or not port or port in st.ignore_ports:
         return None
@@ -189,7 +191,7 @@ def make_bind(orig: Callable) -> Callable:
 def make_listen(orig: Callable) -> Callable:
     def listen(self, *args):
         orig(self, *args)
-        if not listeners and not _inherited:
+        if (not listeners and not _inherited) or scope.is_local():
             return
         lst = _listener(self)
         if lst is not None and lst.sub is None:
@@ -248,7 +250,10 @@ def closed(inode: int) -> None:
 
 
 def forget_all() -> None:
+    """Uninstall: this process's listeners and the inherited table are no longer the session's business."""
     listeners.clear()
+    _inherited.clear()
+    net.adopt = None
 
 
 _load_inherited()

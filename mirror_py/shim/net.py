@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from mirror_py_agent.addresses import decode_address, encode_address
 
-from . import dns, errors, local_listeners, resolved, rpc, settings
+from . import dns, errors, local_listeners, resolved, rpc, scope, settings
 
 _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
@@ -94,6 +94,8 @@ def _literal_ip(host: str) -> bool:
 
 def plan(sock: Any, address: Any, proto: str | None = None) -> tuple[str, int, str | None] | None:
     """Where a connect/sendto should go: ``(ip, port, hostname)`` in the target, or None for local."""
+    if scope.is_local():
+        return None  # a local block: this connect/datagram is the machine's own (see scope.py)
     family = sock.family
     if family != _AF_INET and family != _AF_INET6:
         return None

@@ -265,7 +265,10 @@ def _unwatch_imports() -> None:
 
 
 def uninstall() -> None:
-    """Puts back every original, surfaces in the reverse order of their installation."""
+    """Puts back every original, surfaces in the reverse order of their installation. Every row is restored
+    even if one fails (someone replaced a patched attribute with something that refuses); then the first
+    error is raised. Calling it again does nothing."""
+    first: BaseException | None = None
     _pending.clear()
     _unwatch_imports()
     while _order:
@@ -274,15 +277,21 @@ def uninstall() -> None:
         _sources.pop(key, None)
         while saved:
             obj, name, own, replacement, sets, alias = saved.pop()
-            for members in sets:
-                members.discard(replacement)
-            if alias:
-                if vars(obj).get(name) is replacement:
+            try:
+                for members in sets:
+                    members.discard(replacement)
+                if alias:
+                    if vars(obj).get(name) is replacement:
+                        setattr(obj, name, own)
+                elif own is _MISSING:
+                    if name in vars(obj):
+                        delattr(obj, name)
+                else:
                     setattr(obj, name, own)
-            elif own is _MISSING:
-                delattr(obj, name)
-            else:
-                setattr(obj, name, own)
+            except Exception as exc:  # the others are still restored
+                first = first or exc
+    if first is not None:
+        raise first
 
 
 def is_installed(surface: tuple[Patch | Alias, ...] | None = None) -> bool:

@@ -112,3 +112,10 @@ def reset_after_fork() -> None:
     """The child shares its parent's sockets: abandon them (without closing) and start new ones lazily."""
     _generation[0] += 1
     _open.clear()
+
+
+def disconnect_all() -> None:
+    """Uninstall: close this process's connections to the session; a later session gets new ones (a thread's
+    cached connection is dropped through the generation, as after a fork)."""
+    _generation[0] += 1
+    _close_all()

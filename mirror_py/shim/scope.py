@@ -1,0 +1,76 @@
+""""Local for this block": a routing decision scoped to the calling thread or task, never an uninstall.
+
+Switching the shim off and on again would throw state away: the registries that let an open remote file write
+back, a relayed socket report its pod-side peer and an inherited listener find its subscription would be
+cleared, and every other thread of the process would go local too. Instead, :func:`local` sets a
+:class:`contextvars.ContextVar`, and every routing decision (outgoing connect/sendto, name lookups, paths,
+bind/listen) asks :func:`is_local` first. What already exists keeps working as before, inside the block and
+after it, because nothing is forgotten.
+
+A context variable is per thread and per asyncio task: a task created inside the block copies the context
+and is local too; other threads and tasks are not. A thread started inside the block starts with an empty
+context (``threading.Thread`` does not copy it) and so is not local; ``contextvars.copy_context().run`` or
+``asyncio.to_thread`` carries the block into it.
+
+The environment is not scoped: ``os.environ`` is one per process, so it stays the session's inside the block.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+from typing import Any, Callable, TypeVar
+
+_LOCAL: contextvars.ContextVar[bool] = contextvars.ContextVar("mirror_py_local", default=False)
+
+#: The check every routing decision makes first: one C call, no allocation.
+is_local: Callable[[], bool] = _LOCAL.get
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class local:  # used like a function: ``with local():``, ``@local()``
+    """Runs a block (or every call of a decorated function) with this machine's network, DNS, files and
+    listeners, without touching the session: remote files, relayed sockets and listeners opened before keep
+    the target's view. Blocks nest; leaving one restores what was in force before it."""
+
+    __slots__ = ("_tokens",)
+
+    def __init__(self) -> None:
+        self._tokens: list[contextvars.Token[bool]] = []
+
+    def __enter__(self) -> local:
+        self._tokens.append(_LOCAL.set(True))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        token = self._tokens.pop()
+        try:
+            _LOCAL.reset(token)
+        except ValueError:  # left in another context than it was entered in (a generator resumed elsewhere)
+            _LOCAL.set(token.old_value if token.old_value is not contextvars.Token.MISSING else False)
+
+    async def __aenter__(self) -> local:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__(*exc)
+
+    def __call__(self, fn: F) -> F:
+        """As a decorator: each call runs in a block of its own (coroutine functions for their whole run)."""
+        import inspect  # only for the decorator: the shim's modules import this one at start-up
+
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                with local():
+                    return await fn(*args, **kwargs)
+
+            return run_async  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with local():
+                return fn(*args, **kwargs)
+
+        return run  # type: ignore[return-value]
