@@ -166,3 +166,30 @@ def make_gethostname(orig: Callable) -> Callable:
         return orig() if name is None else name
 
     return gethostname
+
+
+def _in_context(loop: Any, fn: Callable, *args: Any) -> Any:
+    """``fn`` in the loop's thread pool, in a copy of the calling task's context: the pool's threads would
+    otherwise not see the task's local block."""
+    import contextvars
+    import functools
+
+    return loop.run_in_executor(None, functools.partial(contextvars.copy_context().run, fn, *args))
+
+
+def make_loop_getaddrinfo(orig: Callable) -> Callable:
+    async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
+        if not scope.is_local():
+            return await orig(self, host, port, family=family, type=type, proto=proto, flags=flags)
+        return await _in_context(self, socket.getaddrinfo, host, port, family, type, proto, flags)
+
+    return getaddrinfo
+
+
+def make_loop_getnameinfo(orig: Callable) -> Callable:
+    async def getnameinfo(self, sockaddr, flags=0):
+        if not scope.is_local():
+            return await orig(self, sockaddr, flags)
+        return await _in_context(self, socket.getnameinfo, sockaddr, flags)
+
+    return getnameinfo

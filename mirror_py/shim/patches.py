@@ -67,6 +67,14 @@ HOST_SURFACE: tuple[Patch, ...] = (
     Patch("platform", None, "_uname_cache", "host.drop_platform_cache", loaded_only=True),
 )
 
+# asyncio resolves names in its thread pool, where a local block (a context variable of the calling task) is not
+# seen: these carry the block there. Installed by the first local block entered while asyncio is imported
+# (scope.py), so that programs without local blocks never pay for it, and asyncio is never imported for it.
+ASYNCIO_SURFACE: tuple[Patch, ...] = (
+    Patch("asyncio.base_events", "BaseEventLoop", "getaddrinfo", "dns.make_loop_getaddrinfo"),
+    Patch("asyncio.base_events", "BaseEventLoop", "getnameinfo", "dns.make_loop_getnameinfo"),
+)
+
 # Files: builtins/io/os are imported before any app code runs, so this surface is installed with the shim itself.
 # os.path.exists/isfile/isdir/getsize/getmtime/islink, os.walk, glob, pathlib and shutil call these names at
 # call time, so they follow. io.open_code (imports) is deliberately absent.

@@ -10,15 +10,19 @@ after it, because nothing is forgotten.
 A context variable is per thread and per asyncio task: a task created inside the block copies the context
 and is local too; other threads and tasks are not. A thread started inside the block starts with an empty
 context (``threading.Thread`` does not copy it) and so is not local; ``contextvars.copy_context().run`` or
-``asyncio.to_thread`` carries the block into it.
+``asyncio.to_thread`` carries the block into it. asyncio's own name lookups (``loop.getaddrinfo``, which every
+``open_connection`` by name uses) run in a thread pool: the shim carries the block there; other work handed to
+a pool (``loop.run_in_executor``, ``concurrent.futures``) runs without it.
 
 The environment is not scoped: ``os.environ`` is one per process, so it stays the session's inside the block.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextvars
 import functools
+import sys
 from typing import Any, Callable, TypeVar
 
 _LOCAL: contextvars.ContextVar[bool] = contextvars.ContextVar("mirror_py_local", default=False)
@@ -27,6 +31,18 @@ _LOCAL: contextvars.ContextVar[bool] = contextvars.ContextVar("mirror_py_local",
 is_local: Callable[[], bool] = _LOCAL.get
 
 F = TypeVar("F", bound=Callable[..., Any])
+_install_lock = _thread.allocate_lock()
+
+
+def _carry_into_asyncio() -> None:
+    """asyncio resolves names in a thread pool that does not see the task's context: while the shim interposes
+    and asyncio is in use, its two lookups carry the block there (patches.ASYNCIO_SURFACE, installed once)."""
+    patches = sys.modules.get(__package__ + ".patches")
+    if patches is None or patches.is_installed(patches.ASYNCIO_SURFACE):
+        return
+    with _install_lock:  # two threads entering their first blocks at once must not patch twice
+        if patches.is_installed(patches.SOCKET_SURFACE) and not patches.is_installed(patches.ASYNCIO_SURFACE):
+            patches.install(patches.ASYNCIO_SURFACE)
 
 
 class local:  # used like a function: ``with local():``, ``@local()``
@@ -40,6 +56,8 @@ class local:  # used like a function: ``with local():``, ``@local()``
         self._tokens: list[contextvars.Token[bool]] = []
 
     def __enter__(self) -> local:
+        if "asyncio.base_events" in sys.modules:
+            _carry_into_asyncio()
         self._tokens.append(_LOCAL.set(True))
         return self
 
