@@ -25,10 +25,12 @@ import functools
 import sys
 from typing import Any, Callable, TypeVar
 
-_LOCAL: contextvars.ContextVar[bool] = contextvars.ContextVar("mirror_py_local", default=False)
+# How many local blocks the current context is in: a count kept in the context itself rather than tokens kept
+# in the ``local`` object, so that one object may be entered by several threads or tasks at once.
+_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("mirror_py_local", default=0)
 
-#: The check every routing decision makes first: one C call, no allocation.
-is_local: Callable[[], bool] = _LOCAL.get
+#: The check every routing decision makes first (truthy inside a block): one C call, no allocation.
+is_local: Callable[[], int] = _DEPTH.get
 
 F = TypeVar("F", bound=Callable[..., Any])
 _install_lock = _thread.allocate_lock()
@@ -50,23 +52,18 @@ class local:  # used like a function: ``with local():``, ``@local()``
     listeners, without touching the session: remote files, relayed sockets and listeners opened before keep
     the target's view. Blocks nest; leaving one restores what was in force before it."""
 
-    __slots__ = ("_tokens",)
-
-    def __init__(self) -> None:
-        self._tokens: list[contextvars.Token[bool]] = []
+    __slots__ = ()
 
     def __enter__(self) -> local:
         if "asyncio.base_events" in sys.modules:
             _carry_into_asyncio()
-        self._tokens.append(_LOCAL.set(True))
+        _DEPTH.set(_DEPTH.get() + 1)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        token = self._tokens.pop()
-        try:
-            _LOCAL.reset(token)
-        except ValueError:  # left in another context than it was entered in (a generator resumed elsewhere)
-            _LOCAL.set(token.old_value if token.old_value is not contextvars.Token.MISSING else False)
+        depth = _DEPTH.get()
+        if depth > 0:
+            _DEPTH.set(depth - 1)
 
     async def __aenter__(self) -> local:
         return self.__enter__()

@@ -98,6 +98,34 @@ def test_a_block_is_the_calling_threads_only(shim_settings):
     assert seen == {"block": LOCAL_ALL, "other": REMOTE_ALL}
 
 
+def test_one_block_object_shared_by_threads(shim_settings):
+    from mirror_py.shim.scope import local
+
+    block = local()
+    first_in, second_left = threading.Event(), threading.Event()
+    seen: dict = {}
+
+    def first() -> None:
+        with block:
+            first_in.set()
+            second_left.wait(10)  # the other thread entered and left the same object meanwhile
+            seen["first"] = _decisions()
+
+    def second() -> None:
+        first_in.wait(10)
+        with block:
+            seen["second"] = _decisions()
+        seen["second_after"] = _decisions()
+        second_left.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == {"first": LOCAL_ALL, "second": LOCAL_ALL, "second_after": REMOTE_ALL}
+
+
 def test_a_thread_started_in_a_block_is_not_local(shim_settings):
     # threading.Thread starts with an empty context: the rule the docs state.
     from mirror_py.shim.scope import local
