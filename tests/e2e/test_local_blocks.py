@@ -87,6 +87,7 @@ with mirror_py.connect(target, config=config) as session:
         except socket.gaierror:
             out["dns_inside"] = "gaierror"
         out["hostname_inside_is_local"] = socket.gethostname() != "blocks-3f1a"
+        out["uname_inside_is_local"] = os.uname().nodename != "blocks-3f1a"
         out["env_inside"] = os.environ.get("POD_ONLY")
     for f in (closed_by_app, left_open):
         f.write("after\n")
@@ -95,7 +96,7 @@ with mirror_py.connect(target, config=config) as session:
     out["peer_after"] = list(relayed.getpeername())
     relayed.sendall(b"pong")
     out["echo_after"] = relayed.recv(16).decode()
-    out["hostname_after"] = socket.gethostname()
+    out["hostname_after"] = [socket.gethostname(), os.uname().nodename]
     relayed.close()
 # The session is closed with left_open and raw_fd still open: their writes were sent back first.
 out["env_after_close"] = os.environ.get("POD_ONLY")
@@ -108,8 +109,9 @@ def test_a_local_block_keeps_remote_files_and_sockets(lpod, tmp_path):
     peer = ["127.0.0.1", TCP_ECHO_PORT]
     assert out == {
         "peer_before": peer, "peer_inside": peer, "echo_inside": "ping", "open_inside": "FileNotFoundError",
-        "dns_inside": "gaierror", "hostname_inside_is_local": True, "env_inside": "from-the-pod",
-        "peer_after": peer, "echo_after": "pong", "hostname_after": "blocks-3f1a", "env_after_close": None,
+        "dns_inside": "gaierror", "hostname_inside_is_local": True, "uname_inside_is_local": True,
+        "env_inside": "from-the-pod", "peer_after": peer, "echo_after": "pong",
+        "hostname_after": ["blocks-3f1a", "blocks-3f1a"], "env_after_close": None,
     }
     every_write = "before\ninside\nafter\n"
     assert _pod_file(lpod, "closed.txt") == every_write

@@ -183,12 +183,12 @@ mode = {"files": "read", "socket": "local", "both": "read", "nothing": "read"}[c
 os.environ["MIRROR_PY_SHIM_SETTINGS"] = json.dumps({"fs": {"mode": mode}})
 import builtins, io
 from mirror_py import shim
-from mirror_py.shim.patches import FILE_SURFACE, SOCKET_SURFACE
+from mirror_py.shim.patches import FILE_SURFACE, HOST_SURFACE, SOCKET_SURFACE
 
 def snapshot():
     out = {(p.module, p.owner, p.name): (vars(sys.modules[p.module]) if p.owner is None else
                                          vars(getattr(sys.modules[p.module], p.owner))).get(p.name)
-           for p in FILE_SURFACE + SOCKET_SURFACE if p.module in sys.modules}
+           for p in FILE_SURFACE + HOST_SURFACE + SOCKET_SURFACE if p.module in sys.modules}
     sets = tuple(frozenset(map(id, getattr(os, n))) for n in ("supports_fd", "supports_dir_fd",
                                                                "supports_follow_symlinks"))
     return out, sets, list(sys.meta_path)
