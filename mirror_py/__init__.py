@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 def connect(target: str | None = None, **options: object) -> object:
     """Interposes on this interpreter: its network, DNS and environment come from ``target`` until the
-    returned session is closed (it is a context manager)."""
+    returned session is closed (it is a context manager); ``with session.local():`` runs a block locally."""
     from .api import connect as _connect
 
     return _connect(target, **options)  # type: ignore[arg-type]

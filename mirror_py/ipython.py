@@ -62,8 +62,11 @@ def mirror(line: str) -> None:
         if session is None:
             print("mirror-py: not connected")
             return
-        session.close()
         _state["session"] = None
+        try:
+            session.close()
+        except Exception as exc:  # close() did every step it could; say what went wrong in one line
+            print(f"mirror-py: error: {str(exc).removeprefix('mirror-py: ')}")
         print("mirror-py: disconnected; everything is local again")
     elif args.command == "status":
         print(f"mirror-py: connected to {session.target}" if session is not None else "mirror-py: not connected")

@@ -184,8 +184,10 @@ def uninstall() -> None:
     if lost:
         names = ", ".join(dict.fromkeys(str(name) for name, _ in lost))
         first = lost[0][1]
-        raise OSError(getattr(first, "errno", None) or errno.EIO,
-                      f"mirror-py: writes to {names} did not reach the target: {first}") from first
+        why = (getattr(first, "strerror", None) or str(first)).removeprefix("mirror-py: ")
+        lost_writes = OSError(f"mirror-py: writes to {names} did not reach the target: {why}")
+        lost_writes.errno = getattr(first, "errno", None) or errno.EIO
+        raise lost_writes from first
     if failures:
         raise failures[0]
 

@@ -239,6 +239,35 @@ def test_close_with_files_off_restores_everything_and_a_new_session_works(lpod, 
                    "again": ["127.0.0.1", "blocks-3f1a", "from-the-pod"]}
 
 
+LOST = r"""
+import json, os, sys
+import mirror_py
+
+target, config, data = sys.argv[1], sys.argv[2], sys.argv[3]
+session = mirror_py.connect(target, config=config)
+pending = open(data + "/lost.txt", "w")
+pending.write("never flushed\n")
+session._proc.kill()  # the session dies before the app's writes went back
+session._proc.wait()
+out = {}
+try:
+    session.close()
+    out["close"] = "ok"
+except OSError as exc:
+    out["close"] = str(exc)
+out["env_after"] = os.environ.get("POD_ONLY")
+out["open_is_local_again"] = open is __import__("io").open and "mirror_py" not in open.__module__
+print(json.dumps(out))
+"""
+
+
+def test_close_says_which_writes_did_not_reach_the_target(lpod, tmp_path):
+    out = _run(LOST, f"pid/{lpod.pid}", _config(tmp_path, "write"), DATA)
+    assert out["close"].startswith(f"mirror-py: writes to {DATA}/lost.txt did not reach the target: "), out
+    assert "\n" not in out["close"]
+    assert out["env_after"] is None and out["open_is_local_again"] is True
+
+
 # ------------------------------------------------------------------------------------------ pytest plugin
 SUITE = r'''
 import socket
