@@ -10,7 +10,10 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs milliseconds: never imported at start-up
+    from typing import Any
 
 _hook: list[object] = []
 _watch: list[object] = []

@@ -24,7 +24,6 @@ import io
 import os
 import posix
 import stat as _stat
-import weakref
 from typing import Any, Callable
 
 from . import file_rules, scope
@@ -369,8 +368,17 @@ class RemoteFileIO(_WriteBack, io.FileIO):
 
 
 # Every layer of every writable remote file the app holds (text, buffer, raw), so that flush_all() can push
-# what still sits in Python's buffers; weak, so that tracking never keeps a file open.
-_writers: weakref.WeakSet = weakref.WeakSet()
+# what still sits in Python's buffers; weak, so that tracking never keeps a file open. Made at the first
+# writable remote open: weakref is not imported at start-up.
+_writers: list[Any] = []
+
+
+def _track(layer: Any) -> None:
+    if not _writers:
+        import weakref
+
+        _writers.append(weakref.WeakSet())
+    _writers[0].add(layer)
 
 
 def flush_all() -> list[tuple[Any, BaseException]]:
@@ -378,7 +386,7 @@ def flush_all() -> list[tuple[Any, BaseException]]:
     as ``flush()`` would), then what ``os.write`` put into memory files. Returns ``(name, error)`` for each
     file that could not be written back; the others are written whatever happened to one."""
     failures: list[tuple[Any, BaseException]] = []
-    layers = sorted(_writers, key=lambda f: 0 if isinstance(f, io.TextIOBase) else
+    layers = sorted(_writers[0] if _writers else (), key=lambda f: 0 if isinstance(f, io.TextIOBase) else
                     1 if isinstance(f, io.BufferedIOBase) else 2)
     for layer in layers:
         try:
@@ -444,7 +452,7 @@ def _open_stack(file: Any, mode: str, buffering: int, encoding: Any, errors_: An
         ("a" if appending else "") + ("+" if updating else "")
     raw = RemoteFileIO(file, raw_mode, closefd, opener=opener)
     result: Any = raw
-    _writers.add(raw)
+    _track(raw)
     try:
         line_buffering = False
         if buffering == 1 or (buffering < 0 and raw.isatty()):
@@ -460,7 +468,7 @@ def _open_stack(file: Any, mode: str, buffering: int, encoding: Any, errors_: An
             raise ValueError("can't have unbuffered text I/O")
         buffer = _SyncingRandom(raw, buffering) if updating else _SyncingWriter(raw, buffering)
         result = buffer
-        _writers.add(buffer)  # what the app writes sits in this buffer until flushed: flush_all() must see it
+        _track(buffer)  # what the app writes sits in this buffer until flushed: flush_all() must see it
         if binary:
             return result
         text_encoding = getattr(io, "text_encoding", None)
@@ -468,7 +476,7 @@ def _open_stack(file: Any, mode: str, buffering: int, encoding: Any, errors_: An
             encoding = text_encoding(encoding)
         wrapper = io.TextIOWrapper(buffer, encoding, errors_, newline, line_buffering)
         result = wrapper
-        _writers.add(wrapper)
+        _track(wrapper)
         wrapper.mode = mode  # type: ignore[misc]
         return result
     except BaseException:

@@ -20,14 +20,14 @@ The environment is not scoped: ``os.environ`` is one per process, so it stays th
 from __future__ import annotations
 
 import _thread
-import contextvars
 import functools
 import sys
+from _contextvars import ContextVar  # the contextvars module re-exports it; not imported at start-up
 from typing import Any, Callable, TypeVar
 
 # How many local blocks the current context is in: a count kept in the context itself rather than tokens kept
 # in the ``local`` object, so that one object may be entered by several threads or tasks at once.
-_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("mirror_py_local", default=0)
+_DEPTH: ContextVar[int] = ContextVar("mirror_py_local", default=0)
 
 #: The check every routing decision makes first (truthy inside a block): one C call, no allocation.
 is_local: Callable[[], int] = _DEPTH.get
