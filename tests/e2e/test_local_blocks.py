@@ -245,6 +245,7 @@ import mirror_py
 
 target, config, data = sys.argv[1], sys.argv[2], sys.argv[3]
 session = mirror_py.connect(target, config=config)
+socket_path = os.environ["MIRROR_PY_SESSION"]
 pending = open(data + "/lost.txt", "w")
 pending.write("never flushed\n")
 session._proc.kill()  # the session dies before the app's writes went back
@@ -256,6 +257,7 @@ try:
 except OSError as exc:
     out["close"] = str(exc)
 out["env_after"] = os.environ.get("POD_ONLY")
+__import__("shutil").rmtree(os.path.dirname(socket_path), ignore_errors=True)  # a killed session cannot
 out["open_is_local_again"] = open is __import__("io").open and "mirror_py" not in open.__module__
 print(json.dumps(out))
 """
