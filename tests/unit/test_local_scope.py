@@ -186,9 +186,13 @@ from mirror_py import shim
 from mirror_py.shim.patches import FILE_SURFACE, HOST_SURFACE, SOCKET_SURFACE
 
 def snapshot():
-    out = {(p.module, p.owner, p.name): (vars(sys.modules[p.module]) if p.owner is None else
-                                         vars(getattr(sys.modules[p.module], p.owner))).get(p.name)
-           for p in FILE_SURFACE + HOST_SURFACE + SOCKET_SURFACE if p.module in sys.modules}
+    out = {}
+    for p in FILE_SURFACE + HOST_SURFACE + SOCKET_SURFACE:
+        owner = sys.modules.get(p.module)
+        if owner is not None and p.owner is not None:
+            owner = getattr(owner, p.owner, None)  # a row this Python lacks
+        if owner is not None:
+            out[(p.module, p.owner, p.name)] = vars(owner).get(p.name)
     sets = tuple(frozenset(map(id, getattr(os, n))) for n in ("supports_fd", "supports_dir_fd",
                                                                "supports_follow_symlinks"))
     return out, sets, list(sys.meta_path)
