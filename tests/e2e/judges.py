@@ -55,12 +55,12 @@ class Suite:
     known: Mapping[str, str] = field(default_factory=dict)
     postgres: bool = False  # the judge pods get a PostgreSQL too
 
-    def argv(self, junit: Path, basetemp: Path) -> list[str]:
+    def argv(self, workdir: Path) -> list[str]:
         """The pytest command line, the same on both sides but for where it writes."""
         deselect = [f"--deselect={node}" for node in self.deselect]
         return [
             sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rN", "--durations=15",
-            "-o", f"timeout={TEST_TIMEOUT}", f"--junitxml={junit}", f"--basetemp={basetemp}",
+            "-o", f"timeout={TEST_TIMEOUT}", f"--junitxml={workdir / 'report.xml'}", f"--basetemp={workdir / 'tmp'}",
             *self.args, *deselect, *self.select,
         ]
 
@@ -74,6 +74,15 @@ class Outcome:
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message}" if self.message else self.kind
+
+    def same_as(self, other: Outcome) -> bool:
+        """The same end for the same reason: a test that fails on both sides must fail with the same words
+        (an app matches on them, and so do clients that put them in their own errors), not only the same
+        kind. Numbers and object addresses are not compared: ports, timings and ids differ run to run."""
+        return self.kind == other.kind and _WHY_NOISE.sub("N", self.message) == _WHY_NOISE.sub("N", other.message)
+
+
+_WHY_NOISE = re.compile(r"0x[0-9a-fA-F]+|\d+")
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -174,8 +183,9 @@ def _unpack_tests(sdist: Path, dest: Path) -> None:
 # ------------------------------------------------------------------------------------------------ verdicts
 
 
-def outcomes(junit: Path) -> dict[str, Outcome]:
-    """Each test id in a junit-xml report and its outcome."""
+def outcomes(junit: Path, workdir: Path) -> dict[str, Outcome]:
+    """Each test id in a junit-xml report and its outcome; the side's own work directory (temporary files)
+    reads ``<work>`` in messages, so the sides can be compared."""
     result: dict[str, Outcome] = {}
     for case in ET.parse(junit).getroot().iter("testcase"):
         test_id = f"{case.get('classname')}::{case.get('name')}"
@@ -184,7 +194,8 @@ def outcomes(junit: Path) -> dict[str, Outcome]:
             if child.tag in ("failure", "error", "skipped"):
                 kind = "xfail" if child.get("type") == "pytest.xfail" else child.tag
                 message = (child.get("message") or "").strip().splitlines()
-                outcome = Outcome(kind, message[0][:300] if message else "")
+                why = message[0].replace(str(workdir), "<work>")[:300] if message else ""
+                outcome = Outcome(kind, why)
                 break
         result[test_id] = outcome
     return result
@@ -201,11 +212,11 @@ class Difference:
 
 
 def differences(native: Mapping[str, Outcome], through: Mapping[str, Outcome]) -> list[Difference]:
-    """Tests whose outcome differs between the sides (a test missing on one side differs too)."""
+    """Tests that end differently on the two sides (a test missing on one side differs too)."""
     diffs = []
     for test_id in sorted(set(native) | set(through)):
         a, b = native.get(test_id), through.get(test_id)
-        if a is None or b is None or a.kind != b.kind:
+        if a is None or b is None or not a.same_as(b):
             diffs.append(Difference(test_id, a, b))
     return diffs
 
