@@ -94,12 +94,13 @@ SUITES = (
         deselect={
             # Not left out for a reason outside mirror-py: a difference through mirror-py that shows only
             # some of the time, so it can neither be held to agree nor be an xfail(strict). The test writes
-            # 4 MB of rows after a row the server rejects and expects the client to be stopped by the error
-            # before it wrote them all. Natively the loopback socket's buffers fill first (8 runs of 8 pass);
-            # through mirror-py the relay's buffers and the channel window take more in flight (7 of 8 fail
-            # with "128 not less than 128 : should stop early").
+            # 128 rows of 32 KB after a row the server rejects and expects the server's error to reach the
+            # client before it has written them all (8 runs of 8 pass in the pod). Through mirror-py the relay
+            # takes the writes without making the client wait, and the error comes back over more hops, so
+            # the client has usually written everything first (7 of 8 fail with "128 not less than 128 :
+            # should stop early"). A server across a real network would do the same.
             "tests/test_execute.py::TestExecuteMany::test_executemany_server_failure_during_writes":
-                "mirror-py holds more bytes in flight than a direct loopback connection",
+                "through mirror-py the server's error arrives after the client has written everything",
             # Fails in the pod itself about half of the time (and through mirror-py as often): with
             # max_queries=1 the pool closes each connection after one query, and asyncpg sometimes leaves a
             # "connection_lost()" future unretrieved, which its own tearDown turns into a failure.
