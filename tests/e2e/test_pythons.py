@@ -24,7 +24,7 @@ import pytest
 from tests import client_venvs, pythons
 from tests.sandbox.netpod import HTTP_PODIP_PORT, Pod
 
-from .conftest import MIRROR_PY, Result, terminate
+from .conftest import MIRROR_PY, Result, run_mirror, terminate
 
 CORE_PROBE = str(Path(__file__).with_name("core_probe.py"))
 
@@ -123,3 +123,15 @@ def test_agent_under_each_python(version: str, pod: Pod, tmp_path: Path):
     res = run_core(pod, MIRROR_PY, sys.executable, tmp_path, ["--agent-python", agent_python])
     check_core(res, pod)
     assert f"(python {version}." in res.stderr, res.stderr[-2000:]
+
+
+def test_agent_under_an_older_python_fails_in_one_line(pod: Pod, tmp_path: Path):
+    """A target whose python3 is older than the agent supports: the session ends with one line that names
+    both versions."""
+    agent_python = _interpreter("3.8")
+    res = run_mirror(f"pid/{pod.pid}", [sys.executable, "-c", "print('ran')"], extra=["--agent-python", agent_python],
+                     timeout=60, cwd=str(tmp_path))
+    assert res.code != 0 and "ran" not in res.stdout
+    assert res.stderr.strip().splitlines() == [
+        f"mirror-py: error: the agent for pid/{pod.pid} exited during start-up (exit code 1) (it said: mirror-py "
+        f"agent: {agent_python} is Python 3.8; the agent needs Python 3.9 or newer)"]

@@ -556,3 +556,22 @@ def test_agent_runs_on_supported_pythons(version, server):
         agent.assert_clean_exit()
     finally:
         agent.kill()
+
+
+@pytest.mark.parametrize("python", ["faked-3.8", "3.8"])
+def test_agent_on_a_too_old_python_says_so_in_one_line(python):
+    """An older python3 in the target stops at the loader's first lines with the version it has and the one
+    the agent needs, not with a traceback from inside the agent (3.8 fails on a subscripted ABC, 3.6 on
+    ``from __future__ import annotations``)."""
+    if python.startswith("faked-"):
+        argv = [sys.executable, "-I", "-c", "import sys\nsys.version_info = (3, 8, 18)\n" + bootstrap.BOOTSTRAP]
+    else:
+        found = pythons.find(python)
+        if found is None:
+            pytest.skip(pythons.missing_reason(python))
+        argv = bootstrap.command(found)
+    proc = subprocess.run(argv, input=bootstrap.bundle(), capture_output=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stdout == b""
+    assert proc.stderr.decode().splitlines() == [
+        f"mirror-py agent: {argv[0]} is Python 3.8; the agent needs Python 3.9 or newer"]

@@ -9,6 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from mirror_py_agent import bootstrap
 from tests import client_venvs, pythons
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,6 +77,7 @@ def test_tested_versions_are_the_claimed_ones():
     envs = [e.strip() for e in tox["tox"]["envlist"].split(",")]
     assert [e for e in envs if e.startswith("py")] == ["py" + v.replace(".", "") for v in pythons.CLIENT_VERSIONS]
     lowest = pythons.AGENT_VERSIONS[0]
+    assert lowest == "{}.{}".format(*bootstrap.MIN_PYTHON)
     assert f"Python {lowest}+" in (ROOT / "mirror_py_agent/protocol.py").read_text()
     assert f"python3 ≥ {lowest}" in (ROOT / "docs/agent-modes.md").read_text()
 
