@@ -2,14 +2,15 @@
 (CLI, session, shim) under each Python it supports.
 
 They live in ``.venv-pythons/3.X`` (ignored by git) and are reused across test runs; a venv is rebuilt when
-what it was built from changes — the packaging files (setup.cfg, pyproject.toml), the checkout's place or the
-interpreter — because a new dependency there must reach every version. Only the runtime dependencies are
-installed (``pip install -e .``), as a user would get them; pip's cache makes a rebuild cheap. Builds hold a
-lock: pytest-xdist workers and concurrent runs share the directory.
+what it was built from changes — mirror-py's packaging (setup.cfg, pyproject.toml's build system), the
+checkout's place or the interpreter — because a new dependency there must reach every version. Only the
+runtime dependencies are installed (``pip install -e .``), as a user would get them; pip's cache makes a
+rebuild cheap. Builds hold a lock: pytest-xdist workers and concurrent runs share the directory.
 """
 
 from __future__ import annotations
 
+import configparser
 import fcntl
 import hashlib
 import os
@@ -18,9 +19,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
 VENVS = ROOT / ".venv-pythons"
 PACKAGING = ("setup.cfg", "pyproject.toml")
+IRRELEVANT_SECTIONS = ("metadata", "options.extras_require")
 STAMP = "mirror-py-built-from"
 
 
@@ -28,12 +35,22 @@ class VenvError(RuntimeError):
     """Building a venv failed; the message carries pip's output."""
 
 
+def packaging(project: Path = ROOT) -> str:
+    """What of the packaging files changes an install of mirror-py: setup.cfg without the metadata and the test
+    extras (a new test dependency must not rebuild every venv), and pyproject.toml's build system."""
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read(project / "setup.cfg")
+    parts = [f"[{name}]\n" + "\n".join(f"{k} = {v}" for k, v in sorted(cfg[name].items()))
+             for name in sorted(cfg.sections()) if name not in IRRELEVANT_SECTIONS]
+    with open(project / "pyproject.toml", "rb") as f:
+        parts.append(repr(tomllib.load(f).get("build-system")))
+    return "\n".join(parts)
+
+
 def key(python: str, project: Path = ROOT) -> str:
-    """What a venv is built from: the packaging files, the checkout's place (an editable install points at it)
-    and the interpreter (its real path and exact version)."""
-    h = hashlib.sha256(str(project).encode() + b"\0")
-    for name in PACKAGING:
-        h.update(name.encode() + b"\0" + (project / name).read_bytes() + b"\0")
+    """What a venv is built from: the packaging, the checkout's place (an editable install points at it) and the
+    interpreter (its real path and exact version)."""
+    h = hashlib.sha256(str(project).encode() + b"\0" + packaging(project).encode() + b"\0")
     version = subprocess.run([python, "-c", "import sys; print(sys.version)"], capture_output=True, text=True,
                              timeout=30).stdout
     h.update(os.path.realpath(python).encode() + b"\0" + version.encode())

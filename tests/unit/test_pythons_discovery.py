@@ -94,8 +94,23 @@ def test_a_venv_is_rebuilt_when_the_packaging_or_the_interpreter_changes(tmp_pat
     project = _project(tmp_path)
     base = client_venvs.key(sys.executable, project)
     assert client_venvs.key(sys.executable, project) == base
-    with open(project / "setup.cfg", "a") as f:
-        f.write("\n# a new dependency\n")
+    setup = (project / "setup.cfg").read_text()
+    (project / "setup.cfg").write_text(setup.replace("install_requires =\n", "install_requires =\n    six\n"))
     assert client_venvs.key(sys.executable, project) != base
     other = _exe(tmp_path / "python3.99", "3.99")
     assert client_venvs.key(str(other), project) != client_venvs.key(sys.executable, project)
+
+
+def test_test_extras_metadata_and_tool_settings_do_not_rebuild_the_venvs(tmp_path):
+    project = _project(tmp_path)
+    base = client_venvs.key(sys.executable, project)
+    setup = (project / "setup.cfg").read_text()
+    setup = setup.replace("    pytest>=8\n", "    pytest>=8\n    a-new-test-tool\n").replace(
+        "description = ", "description = Changed. ")
+    (project / "setup.cfg").write_text(setup)
+    with open(project / "pyproject.toml", "a") as f:
+        f.write("\n[tool.other]\nsetting = 1\n")
+    assert client_venvs.key(sys.executable, project) == base
+    (project / "pyproject.toml").write_text((project / "pyproject.toml").read_text().replace(
+        '"setuptools>=64"', '"setuptools>=70"'))
+    assert client_venvs.key(sys.executable, project) != base
