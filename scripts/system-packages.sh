@@ -7,8 +7,9 @@
 # On a system without dpkg it only says what it would need. Needs root to install.
 set -euo pipefail
 
-# The sandbox cluster: namespaces (nsenter, unshare, setpriv), veth/bridge/NAT, cluster DNS, ps in pods, Redis.
-RUN=(iproute2 util-linux iptables dnsmasq-base procps redis-server)
+# The sandbox cluster: namespaces (nsenter, unshare, setpriv), the pods' own files (mount), veth/bridge/NAT,
+# cluster DNS, ps in pods, Redis.
+RUN=(iproute2 util-linux mount iptables dnsmasq-base procps redis-server)
 # The tests also use openssl and a PostgreSQL server (the service example).
 TEST=("${RUN[@]}" openssl postgresql)
 

@@ -38,7 +38,7 @@ def _run(argv: list[str], env: dict) -> subprocess.CompletedProcess:
 
 
 def test_only_the_missing_packages_are_installed(tmp_path):
-    env, calls = _fake_tools(tmp_path, {"iproute2", "util-linux", "iptables", "procps"})
+    env, calls = _fake_tools(tmp_path, {"iproute2", "util-linux", "mount", "iptables", "procps"})
     res = _run(["bash", str(SYSTEM_PACKAGES), "test"], env)
     assert res.returncode == 0, res.stderr
     assert calls.read_text().splitlines() == [
@@ -46,7 +46,7 @@ def test_only_the_missing_packages_are_installed(tmp_path):
 
 
 def test_nothing_is_run_when_everything_is_there(tmp_path):
-    env, calls = _fake_tools(tmp_path, {"iproute2", "util-linux", "iptables", "dnsmasq-base", "procps",
+    env, calls = _fake_tools(tmp_path, {"iproute2", "util-linux", "mount", "iptables", "dnsmasq-base", "procps",
                                         "redis-server"})
     res = _run(["bash", str(SYSTEM_PACKAGES), "run"], env)
     assert (res.returncode, res.stderr, calls.exists()) == (0, "", False)
