@@ -2,17 +2,20 @@
 
 ``python core_probe.py LISTEN_PORT`` resolves a name only the pod knows, fetches HTTP from the pod's loopback
 server by that name, sends a UDP datagram to the pod's loopback echo server, reads a variable only the pod's
-environment has and a file only the pod's file system has, asks for the hostname, then listens on
-LISTEN_PORT and prints ``READY``. The test then sends a request to the pod's port that LISTEN_PORT is mapped to;
-the app prints everything as one JSON line once that connection (a mirrored copy) reached it.
+environment has and files only the pod's file system has (with open(), pathlib and glob), asks for the
+hostname, then listens on LISTEN_PORT and prints ``READY``. The test then sends a request to the pod's port that
+LISTEN_PORT is mapped to; the app prints everything as one JSON line once that connection (a mirrored copy)
+reached it.
 
 Standard library only, and nothing newer than the oldest client Python mirror-py supports.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import pathlib
 import socket
 import sys
 import urllib.request
@@ -37,6 +40,10 @@ def outgoing() -> dict:
     out["env"] = os.environ.get("POD_ONLY")
     with open("/etc/nsswitch.conf") as f:
         out["file"] = f.read()
+    # pathlib and glob hold references of their own to the file functions on some versions (3.10's pathlib
+    # accessor, 3.13's glob): the same reads through them.
+    out["pathlib"] = pathlib.Path("/etc/nsswitch.conf").read_text()
+    out["glob"] = sorted(str(p) for p in pathlib.Path("/etc/config").glob("*.yaml")) + glob.glob("/etc/config/*")
     out["hostname"] = socket.gethostname()
     return out
 

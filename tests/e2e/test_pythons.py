@@ -96,7 +96,8 @@ def check_core(res: Result, pod: Pod) -> dict:
     assert (http_answer["server"], http_answer["pod"], http_answer["path"]) == ("loopback", "api", "/core"), got
     assert got["udp"] == {"data": "echo:ping", "peer": ["127.0.0.1", 9998]}, got
     assert got["env"] == "from-the-pod", got
-    assert got["file"] == "hosts: files\n", got
+    assert got["file"] == got["pathlib"] == "hosts: files\n", got
+    assert got["glob"] == ["/etc/config/app.yaml"] * 2, got
     assert got["hostname"] == "api-7d9f", got
     assert got["incoming"] == {"request": "GET /core-incoming HTTP/1.1", "sockname": [pod.ip, HTTP_PODIP_PORT]}, got
     return got
