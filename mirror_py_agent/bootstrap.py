@@ -15,8 +15,18 @@ import zlib
 
 import cbor2
 
+#: The oldest Python the agent runs on. The loader checks it first, in syntax every Python 3 parses, so a target
+#: with an older ``python3`` fails with one clear line instead of a traceback from deep inside the agent.
+MIN_PYTHON = (3, 9)
+
+_VERSION_CHECK = (
+    f"if sys.version_info<{MIN_PYTHON!r}:sys.exit('mirror-py agent: %s is Python %d.%d; the agent needs Python "
+    f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer'%((sys.executable or 'python',)+tuple(sys.version_info[:2])))\n"
+)
+
 BOOTSTRAP = (
     "import os,sys,zlib\n"
+    + _VERSION_CHECK +
     "def r(n):\n"
     " b=b''\n"
     " while len(b)<n:\n"

@@ -1,8 +1,31 @@
 #!/usr/bin/env bash
 # Creates .venv with mirror-py (editable) and what the tests and examples use.
+# The interpreter is $PYTHON, else python3; it must be Python 3.10 or newer with venv. On Debian, what is missing
+# for it is installed (python3, python3.X-venv); an interpreter that is not Debian's (pyenv, uv) is used as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+if ! command -v "$PY" >/dev/null; then
+  if [ -z "${PYTHON:-}" ]; then
+    bash scripts/system-packages.sh python3 python3-venv
+  fi
+  command -v "$PY" >/dev/null || { echo "setup: $PY not found; mirror-py needs Python 3.10 or newer" >&2; exit 1; }
+fi
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+  echo "setup: $PY is Python $("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])'); mirror-py needs 3.10" \
+       "or newer: run with PYTHON=/path/to/python3.X (README: Python versions)" >&2
+  exit 1
+fi
+if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then
+  # Debian splits venv's pip bootstrap into python3.X-venv.
+  exe=$("$PY" -c 'import os, sys; print(os.path.realpath(sys.executable))')
+  if command -v dpkg-query >/dev/null && dpkg -S "$exe" >/dev/null 2>&1; then
+    bash scripts/system-packages.sh "python$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv"
+  else
+    echo "setup: $PY cannot create virtual environments (no ensurepip)" >&2
+    exit 1
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite: lint, then unit and end-to-end tests (as root: they create namespaces).
+# The whole test suite: lint, then unit and end-to-end tests (as root: they create namespaces). Installs the
+# Debian packages the tests need where they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/system-packages.sh test
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -p no:cacheprovider "$@"

@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.sandbox import postgres  # noqa: E402
 from tests.sandbox.cluster import Cluster  # noqa: E402
 
 
@@ -33,6 +34,11 @@ def _free_port() -> int:
 def main() -> int:
     if os.geteuid() != 0:
         print("the sandbox builds network namespaces: run it as root", file=sys.stderr)
+        return 1
+    try:
+        postgres.server_bin()  # the sandbox runs the machine's own server: say so now if there is none
+    except postgres.NoPostgres as exc:
+        print(f"the service example needs a PostgreSQL server: {exc}", file=sys.stderr)
         return 1
     here = Path(__file__).resolve().parent
     manifest = "\n---\n".join(p.read_text() for p in (ROOT / "examples" / "k8s" / "sandbox.yaml",

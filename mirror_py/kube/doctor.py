@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from mirror_py_agent.bootstrap import MIN_PYTHON
+
 from ..errors import MirrorError
 from .api import KubeContext, explain
 
@@ -78,11 +80,28 @@ def _check_target(kube: KubeContext, namespace: str, target: str, python: str) -
         code, out, reason = asyncio.run(_run(channel))
     except MirrorError as exc:
         return Check(False, f"target {target}: {resolved.describe()}", str(exc))
-    if code == 0 and out.strip():
-        return Check(True, f"target {target}: {resolved.describe()} has {python} {out.strip()}")
-    return Check(False, f"target {target}: {resolved.describe()} has no usable {python}",
-                 f"exit code {code}{': ' + reason if reason else ''}; use --agent-mode ephemeral (it brings its own "
-                 "python) or point --agent-python at the container's interpreter")
+    return python_check(f"target {target}: {resolved.describe()}", python, code, out, reason)
+
+
+_OTHER_PYTHON = "use --agent-mode ephemeral (it brings its own python) or point --agent-python at another interpreter"
+
+
+def python_check(where: str, python: str, code: int | None, out: str, reason: str | None) -> Check:
+    """The verdict on the target's interpreter from its answer to the version probe: present, and at least the
+    Python the agent needs (an older one would make every session fail at start-up)."""
+    version = out.strip()
+    if code != 0 or not version:
+        return Check(False, f"{where} has no usable {python}",
+                     f"exit code {code}{': ' + reason if reason else ''}; {_OTHER_PYTHON}")
+    try:
+        found = tuple(int(x) for x in version.split(".")[:2])
+    except ValueError:
+        return Check(False, f"{where}: {python} answered {version!r}, not a Python version", _OTHER_PYTHON)
+    if found < MIN_PYTHON:
+        need = ".".join(map(str, MIN_PYTHON))
+        return Check(False, f"{where} has {python} {version}, older than the agent's Python {need}",
+                     _OTHER_PYTHON)
+    return Check(True, f"{where} has {python} {version}")
 
 
 async def _run(channel: object) -> tuple[int | None, str, str | None]:

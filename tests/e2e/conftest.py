@@ -50,7 +50,7 @@ def pod(network: Network) -> Pod:
             hostname="api-7d9f",
             # Name lookups from files only: an unknown name fails at once with EAI_NONAME, as with a pod
             # whose cluster DNS answers NXDOMAIN.
-            files={"/etc/nsswitch.conf": "hosts: files\n"},
+            files={"/etc/nsswitch.conf": "hosts: files\n", "/etc/config/app.yaml": "name: api\n"},
             servers=True,
         )
     )

@@ -4,7 +4,6 @@ and the operations over the real protocol on the oldest Python the agent support
 from __future__ import annotations
 
 import errno
-import glob
 import json
 import os
 import subprocess
@@ -15,11 +14,12 @@ import pytest
 
 from mirror_py_agent import files
 from mirror_py_agent import protocol as p
+from tests import pythons
 
 from . import agent_files_checks
 
 ROOT = Path(__file__).resolve().parents[2]
-PY39 = sorted(glob.glob("/root/.pyenv/versions/3.9*/bin/python3"))
+OLDEST = pythons.AGENT_VERSIONS[0]
 
 EXPECTED = {
     "read_through_link_root": {"ok": "inside"},
@@ -97,9 +97,8 @@ def test_paths_never_escape_the_root(tmp_path, umask022):
     assert files.root().kernel
 
 
-@pytest.mark.skipif(not PY39, reason="no Python 3.9 in /root/.pyenv")
-def test_paths_never_escape_the_root_on_python39(tmp_path):
-    proc = subprocess.run([PY39[-1], str(Path(agent_files_checks.__file__)), str(tmp_path)],
+def test_paths_never_escape_the_root_on_the_oldest_agent_python(tmp_path):
+    proc = subprocess.run([_oldest_python(), str(Path(agent_files_checks.__file__)), str(tmp_path)],
                           capture_output=True, text=True, timeout=60, cwd=str(ROOT))
     assert proc.returncode == 0, proc.stderr
     _check(json.loads(proc.stdout), tmp_path)
@@ -179,9 +178,18 @@ def test_create_modes_apply_the_apps_umask(tmp_path):
         files.call({"fn": "open", "path": str(target), "flags": os.O_WRONLY | os.O_CREAT | os.O_EXCL})
 
 
-@pytest.mark.parametrize("python", [sys.executable, *PY39[-1:]])
-def test_fs_over_the_protocol(tmp_path, python):
+def _oldest_python() -> str:
+    python = pythons.find(OLDEST)
+    if python is None:
+        pytest.skip(pythons.missing_reason(OLDEST))
+    return python
+
+
+@pytest.mark.parametrize("which", ["running", "oldest"])
+def test_fs_over_the_protocol(tmp_path, which):
     from .test_agent_fuzz import Agent
+
+    python = sys.executable if which == "running" else _oldest_python()
 
     (tmp_path / "f.txt").write_text("over the wire")
     agent = Agent(python)

@@ -5,7 +5,6 @@ framing, and never hang or print a traceback."""
 
 from __future__ import annotations
 
-import glob
 import os
 import select
 import socket
@@ -22,6 +21,7 @@ from hypothesis import strategies as st
 
 from mirror_py_agent import bootstrap
 from mirror_py_agent import protocol as p
+from tests import pythons
 
 TIMEOUT = 5.0
 
@@ -540,15 +540,12 @@ def test_fuzz_garbage_bytes(garbage):
 
 
 # ---------------------------------------------------------------------------------------- other Pythons
-@pytest.mark.parametrize("version", ["3.9", "3.13"])
+@pytest.mark.parametrize("version", pythons.AGENT_VERSIONS)
 def test_agent_runs_on_supported_pythons(version, server):
-    found = sorted(glob.glob(f"/root/.pyenv/versions/{version}*/bin/python3"))
-    if not found:
-        pytest.fail(
-            f"no Python {version} interpreter found under /root/.pyenv/versions/{version}*/bin/python3: "
-            f"the agent must be tested on Python {version}, which targets run"
-        )
-    agent = Agent(found[-1])
+    found = pythons.find(version)
+    if found is None:
+        pytest.skip(pythons.missing_reason(version))
+    agent = Agent(found)
     try:
         assert agent.hello.info["python"].startswith(version + ".")
         reply = agent.request("dns", {"fn": "getaddrinfo", "host": "localhost", "port": 80})
@@ -559,3 +556,22 @@ def test_agent_runs_on_supported_pythons(version, server):
         agent.assert_clean_exit()
     finally:
         agent.kill()
+
+
+@pytest.mark.parametrize("python", ["faked-3.8", "3.8"])
+def test_agent_on_a_too_old_python_says_so_in_one_line(python):
+    """An older python3 in the target stops at the loader's first lines with the version it has and the one
+    the agent needs, not with a traceback from inside the agent (3.8 fails on a subscripted ABC, 3.6 on
+    ``from __future__ import annotations``)."""
+    if python.startswith("faked-"):
+        argv = [sys.executable, "-I", "-c", "import sys\nsys.version_info = (3, 8, 18)\n" + bootstrap.BOOTSTRAP]
+    else:
+        found = pythons.find(python)
+        if found is None:
+            pytest.skip(pythons.missing_reason(python))
+        argv = bootstrap.command(found)
+    proc = subprocess.run(argv, input=bootstrap.bundle(), capture_output=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stdout == b""
+    assert proc.stderr.decode().splitlines() == [
+        f"mirror-py agent: {argv[0]} is Python 3.8; the agent needs Python 3.9 or newer"]

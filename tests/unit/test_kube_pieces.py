@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mirror_py.errors import MirrorError
-from mirror_py.kube import targets
+from mirror_py.kube import doctor, targets
 from mirror_py.transport import k8s_exec
 
 
@@ -118,3 +118,19 @@ def test_a_server_that_is_not_an_api_server_is_named_clearly(tmp_path):
         f"http://127.0.0.1:{server.server_port} answered GET /apis/apps/v1/namespaces/staging/deployments/api with "
         "something that is not JSON (text/html); is the kubeconfig's server a Kubernetes API server?"
     )
+
+
+@pytest.mark.parametrize(
+    ("code", "out", "ok", "says"),
+    [
+        (0, "3.12.1\n", True, "pod/api has python3 3.12.1"),
+        (0, "3.9.0\n", True, "pod/api has python3 3.9.0"),
+        (0, "3.8.18\n", False, "pod/api has python3 3.8.18, older than the agent's Python 3.9"),
+        (127, "", False, "pod/api has no usable python3"),
+        (0, "garbage\n", False, "pod/api: python3 answered 'garbage', not a Python version"),
+    ],
+)
+def test_doctor_judges_the_targets_python(code, out, ok, says):
+    check = doctor.python_check("pod/api", "python3", code, out, None)
+    assert (check.ok, check.what) == (ok, says)
+    assert check.ok or "--agent-python" in check.fix

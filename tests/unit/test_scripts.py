@@ -1,0 +1,77 @@
+"""The README's setup scripts on a fresh Debian machine: the system packages they install (with apt-get and
+dpkg-query replaced by recorders, so nothing is installed here) and the interpreter checks of setup.sh."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests import pythons
+
+ROOT = Path(__file__).resolve().parents[2]
+SYSTEM_PACKAGES = ROOT / "scripts" / "system-packages.sh"
+
+
+def _fake_tools(tmp_path: Path, installed: set[str], uid: int = 0) -> tuple[dict, Path]:
+    """A PATH whose dpkg-query knows ``installed``, whose apt-get records its calls and whose id says ``uid``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "apt-calls"
+    known = " ".join(sorted(installed))
+    scripts = {
+        "dpkg-query": f'for pkg; do :; done\nfor k in {known}; do [ "$k" = "$pkg" ] && '
+                      f'{{ echo "install ok installed"; exit 0; }}; done\necho "unknown ok not-installed"; exit 1\n',
+        "apt-get": f'echo "$*" >> {calls}\n',
+        "id": f"echo {uid}\n",
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    return dict(os.environ, PATH=f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin"), calls
+
+
+def _run(argv: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, cwd=str(ROOT))
+
+
+def test_only_the_missing_packages_are_installed(tmp_path):
+    env, calls = _fake_tools(tmp_path, {"iproute2", "util-linux", "mount", "iptables", "procps"})
+    res = _run(["bash", str(SYSTEM_PACKAGES), "test"], env)
+    assert res.returncode == 0, res.stderr
+    assert calls.read_text().splitlines() == [
+        "update -qq", "install -y -qq --no-install-recommends dnsmasq-base redis-server openssl postgresql"]
+
+
+def test_nothing_is_run_when_everything_is_there(tmp_path):
+    env, calls = _fake_tools(tmp_path, {"iproute2", "util-linux", "mount", "iptables", "dnsmasq-base", "procps",
+                                        "redis-server"})
+    res = _run(["bash", str(SYSTEM_PACKAGES), "run"], env)
+    assert (res.returncode, res.stderr, calls.exists()) == (0, "", False)
+
+
+def test_without_root_it_names_what_is_missing(tmp_path):
+    env, calls = _fake_tools(tmp_path, {"iproute2"}, uid=1000)
+    res = _run(["bash", str(SYSTEM_PACKAGES), "iproute2", "python3.13-venv"], env)
+    assert res.returncode == 1 and not calls.exists()
+    assert res.stderr.splitlines() == [
+        "system-packages: missing Debian packages: python3.13-venv; as root: apt-get install python3.13-venv"]
+
+
+def test_setup_refuses_a_python_older_than_the_client_supports():
+    old = pythons.find("3.9")
+    if old is None:
+        pytest.skip(pythons.missing_reason("3.9"))
+    res = _run(["bash", "scripts/setup.sh"], dict(os.environ, PYTHON=old))
+    assert res.returncode == 1
+    assert res.stderr.splitlines() == [
+        f"setup: {old} is Python 3.9; mirror-py needs 3.10 or newer: run with PYTHON=/path/to/python3.X "
+        "(README: Python versions)"]
+
+
+def test_setup_names_a_missing_interpreter():
+    res = _run(["bash", "scripts/setup.sh"], dict(os.environ, PYTHON="/nonexistent/python3.12"))
+    assert res.returncode == 1
+    assert res.stderr.splitlines() == ["setup: /nonexistent/python3.12 not found; mirror-py needs Python 3.10 or newer"]
