@@ -18,7 +18,7 @@ import signal
 import sys
 
 from .. import config as config_mod
-from .session import Session, StartInterrupted, cancel_start_on_signals
+from .session import Session, start_interruptibly
 
 LEASE_GRACE = 30.0  # seconds a lease-mode session waits for its first holder
 
@@ -44,14 +44,8 @@ async def serve(cfg: config_mod.Config, mode: str) -> None:
     session = Session(cfg)
     stop = asyncio.Event()
     leases = _Leases()
-    interrupted = cancel_start_on_signals()
     try:
-        try:
-            await session.start()
-        except asyncio.CancelledError:
-            if interrupted:
-                raise StartInterrupted(interrupted[0]) from None
-            raise
+        await start_interruptibly(session)
         assert session.rpc is not None and session.dir is not None
         extra: dict[str, str] = {}
         if mode == "lease":

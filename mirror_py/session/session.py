@@ -391,7 +391,7 @@ class StartInterrupted(Exception):
         super().__init__(f"stopped by {signal.Signals(signum).name} before the app started")
 
 
-def cancel_start_on_signals() -> list[int]:
+def _cancel_start_on_signals() -> list[int]:
     """Until the app runs, SIGINT, SIGTERM and SIGHUP cancel the current task instead of killing the process,
     so the usual cleanup runs: an agent job or pod placed half-way is deleted, and nothing (a kubeconfig's
     credentials included) is left behind. Returns the list the signal numbers land in."""
@@ -411,6 +411,18 @@ def cancel_start_on_signals() -> list[int]:
     return got
 
 
+async def start_interruptibly(session: Session) -> None:
+    """``session.start()`` with :func:`_cancel_start_on_signals`: a signal during it becomes StartInterrupted,
+    raised after the start's own cleanup ran."""
+    interrupted = _cancel_start_on_signals()
+    try:
+        await session.start()
+    except asyncio.CancelledError:
+        if interrupted:
+            raise StartInterrupted(interrupted[0]) from None
+        raise
+
+
 async def run_command(cfg: config_mod.Config, command: list[str]) -> int:
     """Runs ``command`` interposed on ``cfg``'s target and returns its exit status.
 
@@ -420,14 +432,8 @@ async def run_command(cfg: config_mod.Config, command: list[str]) -> int:
     import signal
 
     session = Session(cfg)
-    interrupted = cancel_start_on_signals()
     try:
-        try:
-            await session.start()
-        except asyncio.CancelledError:
-            if interrupted:
-                raise StartInterrupted(interrupted[0]) from None
-            raise
+        await start_interruptibly(session)
         env = session.app_environment(os.environ)
         try:
             proc = await asyncio.create_subprocess_exec(*command, env=env)

@@ -38,6 +38,17 @@ class _LoaderProxy:
         return getattr(self._loader, name)
 
 
+def spec_from_other_finders(hook: object, name: str, path: object, target: object) -> object:
+    """The spec the import system would find without ``hook``: post-import hooks wrap its loader."""
+    for finder in sys.meta_path:
+        if finder is hook or not hasattr(finder, "find_spec"):
+            continue
+        spec = finder.find_spec(name, path, target)
+        if spec is not None:
+            return spec
+    return None
+
+
 class _SocketImportHook:
     """A post-import hook for ``socket`` only: patching on first import keeps start-up free of the cost of
     importing socket in programs that never use the network."""
@@ -45,13 +56,8 @@ class _SocketImportHook:
     def find_spec(self, name: str, path: object = None, target: object = None) -> object:
         if name != "socket":
             return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None:
-                break
-        else:
+        spec = spec_from_other_finders(self, name, path, target)
+        if spec is None:
             return None
         _remove_hook()
         spec.loader = _LoaderProxy(spec.loader, _patch)

@@ -235,17 +235,13 @@ class _AliasImportHook:
     def find_spec(self, name: str, path: object = None, target: object = None) -> object:
         if name not in _pending:
             return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None:
-                break
-        else:
+        from . import _LoaderProxy, spec_from_other_finders
+
+        spec = spec_from_other_finders(self, name, path, target)
+        if spec is None:
             return None
         if spec.loader is None:
             return spec
-        from . import _LoaderProxy
 
         spec.loader = _LoaderProxy(spec.loader, lambda: _apply_pending(name))
         return spec
