@@ -406,20 +406,29 @@ def _unlink(args: dict) -> None:
     _with(_path(args), False, lambda res: os.unlink(res.name, **_kw(res)))
 
 
-def _rename(args: dict) -> None:
+def _with_pair(args: dict, follow_src: bool, act: Any) -> None:
+    """Resolves ``src`` and ``dst`` inside the root (only ``src``'s final symlink may be followed) and runs
+    ``act(src, dst)``, closing both whatever happens."""
     r = root()
-    src = r.resolve(_path(args, "src"), follow_last=False)
+    src = r.resolve(_path(args, "src"), follow_last=follow_src)
     try:
         dst = r.resolve(_path(args, "dst"), follow_last=False)
         try:
-            if src.dir_fd is None:
-                os.rename(src.name, dst.name)
-            else:
-                os.rename(src.name, dst.name, src_dir_fd=src.dir_fd, dst_dir_fd=dst.dir_fd)
+            act(src, dst)
         finally:
             dst.close(r)
     finally:
         src.close(r)
+
+
+def _rename(args: dict) -> None:
+    def rename(src: Any, dst: Any) -> None:
+        if src.dir_fd is None:
+            os.rename(src.name, dst.name)
+        else:
+            os.rename(src.name, dst.name, src_dir_fd=src.dir_fd, dst_dir_fd=dst.dir_fd)
+
+    _with_pair(args, False, rename)
 
 
 def _symlink(args: dict) -> None:
@@ -431,19 +440,14 @@ def _link(args: dict) -> None:
     """A hard link. The existing file is resolved inside the root like any other path (following a final
     symlink only when asked), so a link can only ever give a second name to a file of the target."""
     follow = bool(args.get("follow", True))
-    r = root()
-    src = r.resolve(_path(args, "src"), follow_last=follow)
-    try:
-        dst = r.resolve(_path(args, "dst"), follow_last=False)
-        try:
-            if src.dir_fd is None:
-                os.link(src.name, dst.name, follow_symlinks=follow)
-            else:
-                os.link(src.name, dst.name, src_dir_fd=src.dir_fd, dst_dir_fd=dst.dir_fd, follow_symlinks=False)
-        finally:
-            dst.close(r)
-    finally:
-        src.close(r)
+
+    def link(src: Any, dst: Any) -> None:
+        if src.dir_fd is None:
+            os.link(src.name, dst.name, follow_symlinks=follow)
+        else:
+            os.link(src.name, dst.name, src_dir_fd=src.dir_fd, dst_dir_fd=dst.dir_fd, follow_symlinks=False)
+
+    _with_pair(args, follow, link)
 
 
 def _mknod(args: dict) -> None:
