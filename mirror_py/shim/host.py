@@ -9,7 +9,6 @@ name with the pod's. All three answer from one cached reply of the agent. This m
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any, Callable
 
 _cache: list[str] = []
@@ -54,7 +53,3 @@ def drop_platform_cache(cached: Any) -> None:
 
 def forget() -> None:
     _cache.clear()
-
-
-def platform_loaded() -> bool:
-    return "platform" in sys.modules
