@@ -37,6 +37,7 @@ from pydantic import (
     model_validator,
 )
 
+from mirror_py import env_families
 from mirror_py.shim.rules import AddressRule, NameFilter, RuleError, TrafficFilter
 
 if sys.version_info >= (3, 11):
@@ -69,6 +70,7 @@ __all__ = [
     "parse_env_file",
     "read_env_file",
     "shim_settings",
+    "target_variables",
 ]
 
 PYPROJECT = "pyproject.toml"
@@ -326,7 +328,8 @@ class EnvConfig(_Section):
 
     enabled: bool = Field(True, description="Take environment variables from the target.")
     include: list[str] | None = Field(
-        None, description="fnmatch patterns: only matching names are taken from the target."
+        None, description="fnmatch patterns: only matching names are taken from the target. Naming a variable "
+        "that is kept on the laptop by default (shell start-up, git, credentials, TLS...) takes it too."
     )
     exclude: list[str] = Field(
         default_factory=list, description="fnmatch patterns: matching names are never taken from the target."
@@ -869,6 +872,29 @@ def is_never_from_target(name: str) -> bool:
     return name in _NEVER or name.startswith(NEVER_FROM_TARGET_PREFIXES)
 
 
+def target_variables(remote_env: Mapping[str, str], cfg: EnvConfig) -> tuple[dict[str, str], list[str]]:
+    """The target's variables the app takes, and the names kept on the laptop because they belong to a
+    family that would let the target run code here (:mod:`mirror_py.env_families`) and ``include`` does not
+    name them. Never-from-target names are dropped silently: nobody could want those."""
+    taken: dict[str, str] = {}
+    kept: list[str] = []
+    if not cfg.enabled:
+        return taken, kept
+    include = cfg.include
+    for name, value in remote_env.items():
+        if is_never_from_target(name):
+            continue
+        if include is not None and not any(fnmatchcase(name, p) for p in include):
+            continue
+        if any(fnmatchcase(name, p) for p in cfg.exclude):
+            continue
+        if env_families.family_of(name) is not None and not env_families.named_by(name, include or ()):
+            kept.append(name)
+            continue
+        taken[name] = value
+    return taken, sorted(kept)
+
+
 def merge_environment(local_env: Mapping[str, str], remote_env: Mapping[str, str], cfg: EnvConfig) -> dict[str, str]:
     """The app's environment: local, then the target's (filtered), then ``env_file``, then ``override``.
 
@@ -877,17 +903,7 @@ def merge_environment(local_env: Mapping[str, str], remote_env: Mapping[str, str
     only the user's own ``env_file`` and ``override`` are applied.
     """
     merged = dict(local_env)
-    if cfg.enabled:
-        include = cfg.include
-        exclude = cfg.exclude
-        for name, value in remote_env.items():
-            if is_never_from_target(name):
-                continue
-            if include is not None and not any(fnmatchcase(name, p) for p in include):
-                continue
-            if any(fnmatchcase(name, p) for p in exclude):
-                continue
-            merged[name] = value
+    merged.update(target_variables(remote_env, cfg)[0])
     if cfg.env_file is not None:
         merged.update(read_env_file(cfg.env_file))
     merged.update(cfg.override)

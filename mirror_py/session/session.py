@@ -20,6 +20,7 @@ import mirror_py_agent
 from mirror_py_agent import bootstrap
 
 from .. import config as config_mod
+from .. import env_families
 from ..errors import MirrorError
 from ..transport import local as local_transport
 from ..transport.channel import Channel
@@ -70,6 +71,8 @@ class Session:
         self.rpc: RpcServer | None = None
         self.dir: str | None = None
         self.remote_env: dict[str, str] = {}
+        self._kept_noted = False  # the note about variables kept on the laptop is said once per session
+        self.kept_note: str | None = None
         self.udp_relays: dict[tuple[str, int], UdpRelay] = {}  # by relay address
         self.udp_by_app: dict[tuple[str, int], UdpRelay] = {}  # the same relays by the app socket's address
         self.udp_doors: dict[int, asyncio.DatagramTransport] = {}
@@ -268,6 +271,11 @@ class Session:
         what the shim needs to find this session."""
         assert self.rpc is not None
         env = config_mod.merge_environment(base, self.remote_env, self.cfg.env)
+        kept = config_mod.target_variables(self.remote_env, self.cfg.env)[1]
+        self.kept_note = env_families.note(kept) if kept else None
+        if self.kept_note and not self._kept_noted:
+            self._kept_noted = True
+            log.warning("%s", self.kept_note)
         shim = _shim_dir()
         old = env.get("PYTHONPATH", "")
         env["PYTHONPATH"] = shim + (os.pathsep + old if old else "")
