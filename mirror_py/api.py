@@ -6,7 +6,6 @@ takes the target's environment, and puts both back exactly on exit.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,6 +13,8 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from .errors import MirrorError
+from .shim import ready_line
+from .terminal import printable
 
 if TYPE_CHECKING:
     from mirror_py.shim.scope import local as LocalBlock
@@ -91,8 +92,11 @@ class MirrorSession:
 
 
 def connect(target: str | None = None, *, config: str | None = None, agent_python: str | None = None,
-            startup_timeout: float = 60.0) -> MirrorSession:
-    """Starts a session on ``target`` and interposes on this interpreter until the session is closed."""
+            startup_timeout: float | None = None) -> MirrorSession:
+    """Starts a session on ``target`` and interposes on this interpreter until the session is closed.
+
+    ``startup_timeout`` sets ``agent.startup_timeout`` (else the configuration's); the whole start may take a
+    few times it and never longer (mirror_py/shim/ready_line.py)."""
     argv = [sys.executable, "-m", "mirror_py", "_serve", "--mode", "stdin"]
     if target:
         argv += ["--target", target]
@@ -100,17 +104,22 @@ def connect(target: str | None = None, *, config: str | None = None, agent_pytho
         argv += ["--config", config]
     if agent_python:
         argv += ["--agent-python", agent_python]
+    if startup_timeout is not None:
+        argv += ["--agent-startup-timeout", repr(float(startup_timeout))]
     errors = tempfile.TemporaryFile()
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        proc.wait(startup_timeout)
+    try:
+        ready = ready_line.read_ready(proc)
+    except ready_line.SessionNotReady as exc:
+        raise MirrorError(str(exc)) from None
+    if ready is None:
+        proc.wait(ready_line.MARGIN)
         errors.seek(0)
         text = errors.read().decode("utf-8", "replace").strip()
         raise MirrorError(text.splitlines()[-1].removeprefix("mirror-py: error: ") if text else
                           f"the mirror-py session exited with code {proc.returncode}")
-    ready = json.loads(line)
+    for note in ready.get("notes", ()):
+        sys.stderr.write(printable(f"mirror-py: {note}") + "\n")
     saved: dict[str, Any] = {}
     for key, value in ready["env"].items():
         if os.environ.get(key) != value:

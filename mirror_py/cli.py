@@ -310,10 +310,11 @@ _EXPORTED = ("MIRROR_PY_SESSION", "MIRROR_PY_SHIM_LIB", "MIRROR_PY_SHIM_SETTINGS
 @click.pass_context
 def session_start(ctx: click.Context, config_file: str | None, verbose: int, **flags: object) -> None:
     """Start a session in the background and print the shell exports that join it."""
-    import json
     import os
     import shlex
     import subprocess
+
+    from .shim import ready_line
 
     _load(ctx, config_file, flags)  # fail here, in one line, on a bad config
     argv = [sys.executable, "-m", "mirror_py", "_serve", "--mode", "daemon"]
@@ -325,12 +326,16 @@ def session_start(ctx: click.Context, config_file: str | None, verbose: int, **f
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     assert proc.stdout is not None and proc.stderr is not None
-    line = proc.stdout.readline()
-    if not line:
+    try:
+        ready = ready_line.read_ready(proc)
+    except ready_line.SessionNotReady as exc:
+        _fail(str(exc))
+    if ready is None:
         err = proc.stderr.read().decode("utf-8", "replace").strip()
         proc.wait()
         _fail(err.splitlines()[-1].removeprefix("mirror-py: error: ") if err else "the session did not start")
-    ready = json.loads(line)
+    for note in ready.get("notes", ()):
+        click.echo(printable(f"mirror-py: {note}"), err=True)
     env = ready["env"]
     for name in _EXPORTED:
         if name in env:

@@ -5,8 +5,9 @@
 - ``lease``: started by the shim for ``PYTHONPATH=… MIRROR_PY_TARGET=… python app.py``; every interposed
   process of the tree holds a connection to the lease socket, and the session ends when the last one closes.
 
-In every mode the session first prints one JSON line: the environment changes for the app and the session's
-description. The processes interposed later learn the rest from the environment they inherit.
+In every mode the session first says how long its start may take, then prints one JSON line: the environment
+changes for the app, the session's description and notes for the user (mirror_py/shim/ready_line.py).
+The processes interposed later learn the rest from the environment they inherit.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import signal
 import sys
 
 from .. import config as config_mod
-from .session import Session, start_interruptibly
+from .session import Session, start_bound, start_interruptibly
 
 LEASE_GRACE = 30.0  # seconds a lease-mode session waits for its first holder
 
@@ -44,6 +45,9 @@ async def serve(cfg: config_mod.Config, mode: str) -> None:
     session = Session(cfg)
     stop = asyncio.Event()
     leases = _Leases()
+    # Whoever waits for our ready line learns at once how long the start may take (mirror_py/shim/ready_line.py).
+    sys.stdout.write(json.dumps({"starting": {"within": start_bound(cfg)}}) + "\n")
+    sys.stdout.flush()
     try:
         await start_interruptibly(session)
         assert session.rpc is not None and session.dir is not None
@@ -67,7 +71,9 @@ async def serve(cfg: config_mod.Config, mode: str) -> None:
         session.rpc.handlers["env"] = env_handler
         session.rpc.handlers["shutdown"] = shutdown_handler
         info = {"target": session.target_description, "session": session.rpc.path, "pid": os.getpid()}
-        sys.stdout.write(json.dumps({"env": changed, "info": info}) + "\n")
+        # The starter shows the notes: this process's stderr is not the user's terminal.
+        notes = [session.kept_note] if session.kept_note else []
+        sys.stdout.write(json.dumps({"env": changed, "info": info, "notes": notes}) + "\n")
         sys.stdout.flush()
         loop = asyncio.get_running_loop()
         if mode == "stdin":

@@ -399,6 +399,17 @@ class StartInterrupted(Exception):
         super().__init__(f"stopped by {signal.Signals(signum).name} before the app started")
 
 
+#: A whole start (API lookups, agent pod, exec channel, hello, placement) may take this many times
+#: agent.startup_timeout. Each step has its own bound; this one is what a caller waiting for the session can
+#: count on whatever the steps do (see mirror_py/shim/ready_line.py).
+START_BOUND_FACTOR = 3
+
+
+def start_bound(cfg: config_mod.Config) -> float:
+    """Seconds a session's start may take before it gives up and cleans up."""
+    return START_BOUND_FACTOR * cfg.agent.startup_timeout
+
+
 def _cancel_start_on_signals() -> list[int]:
     """Until the app runs, SIGINT, SIGTERM and SIGHUP cancel the current task instead of killing the process,
     so the usual cleanup runs: an agent job or pod placed half-way is deleted, and nothing (a kubeconfig's
@@ -423,12 +434,17 @@ async def start_interruptibly(session: Session) -> None:
     """``session.start()`` with :func:`_cancel_start_on_signals`: a signal during it becomes StartInterrupted,
     raised after the start's own cleanup ran."""
     interrupted = _cancel_start_on_signals()
+    bound = start_bound(session.cfg)
     try:
-        await session.start()
+        await asyncio.wait_for(session.start(), bound)
     except asyncio.CancelledError:
         if interrupted:
             raise StartInterrupted(interrupted[0]) from None
         raise
+    except asyncio.TimeoutError:
+        raise MirrorError(f"the session did not start within {bound:g} s ({START_BOUND_FACTOR} x "
+                          "agent.startup_timeout); nothing was left behind. Run with -v to see the step it "
+                          "was waiting on, and raise agent.startup_timeout if the cluster is just slow") from None
 
 
 async def run_command(cfg: config_mod.Config, command: list[str]) -> int:

@@ -30,8 +30,10 @@ def _session_python(lib: str) -> str:
 
 
 def start_session(lib: str) -> None:
-    import json
     import subprocess
+
+    from ..terminal import printable
+    from . import ready_line
 
     env = dict(os.environ)
     env["MIRROR_PY_NO_AUTOSTART"] = "1"  # the session's own interpreter must not start another session
@@ -42,14 +44,18 @@ def start_session(lib: str) -> None:
         start_new_session=True,
     )
     assert proc.stdout is not None and proc.stderr is not None
-    line = proc.stdout.readline()
-    proc.stdout.close()
-    if not line:
+    try:
+        ready = ready_line.read_ready(proc)
+    finally:
+        proc.stdout.close()
+    if ready is None:
         err = proc.stderr.read().decode("utf-8", "replace").strip()
         proc.wait()
         raise RuntimeError(err.splitlines()[-1] if err else f"the session exited with code {proc.returncode}")
     proc.stderr.close()
-    os.environ.update(json.loads(line)["env"])
+    for note in ready.get("notes", ()):
+        sys.stderr.write(printable(f"mirror-py: {note}") + "\n")
+    os.environ.update(ready["env"])
 
 
 def fetch_environment() -> None:

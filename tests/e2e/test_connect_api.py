@@ -79,3 +79,51 @@ def test_connect_to_a_missing_target_raises_a_clear_error():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.stdout.startswith("MirrorError no process with PID 999999999"), out
+
+
+HUNG = r"""
+import os, signal, sys, threading, time
+import mirror_py
+from mirror_py.errors import MirrorError
+from mirror_py.shim import ready_line
+
+ready_line.FIRST_LINE_TIMEOUT = 5.0  # the real bounds are a minute and more; the rule is the same
+ready_line.MARGIN = 1.0
+
+def freeze_the_session():
+    # The session process hangs (a stuck call, a bug): here it is simply stopped.
+    while True:
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read()
+                with open(f"/proc/{pid}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                continue
+            if ppid == os.getpid() and b"_serve" in cmd:
+                os.kill(int(pid), signal.SIGSTOP)
+                return
+        time.sleep(0.01)
+
+threading.Thread(target=freeze_the_session, daemon=True).start()
+t0 = time.monotonic()
+try:
+    mirror_py.connect(sys.argv[1], startup_timeout=1)
+except MirrorError as exc:
+    print(f"{time.monotonic() - t0:.1f} {exc}")
+"""
+
+
+def test_connect_stops_a_session_that_never_gets_ready(pod):
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", HUNG, f"pid/{pod.pid}"], capture_output=True, text=True,
+                         timeout=60, env=env, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr
+    seconds, _, message = out.stdout.strip().partition(" ")
+    assert message.startswith("the mirror-py session process (pid "), out.stdout
+    assert "; it was stopped" in message
+    assert float(seconds) < 30

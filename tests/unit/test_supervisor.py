@@ -89,3 +89,32 @@ def test_a_failed_restore_closes_the_new_agent_before_the_next_attempt(monkeypat
 
     asyncio.run(main())
     assert first.closes == 1
+
+
+def test_a_start_that_hangs_ends_at_its_bound_after_its_own_cleanup(monkeypatch):
+    """Each step of a start has its own bound; the whole start has one too, so a step nobody bounded (an agent
+    that says hello and then never answers) cannot hang ``mirror-py exec``, connect() or the shim's auto-start."""
+    cfg = config_mod.Config()
+    cfg.agent.startup_timeout = 0.1
+    session = session_mod.Session(cfg)
+    cleaned: list[str] = []
+
+    async def hanging_start() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cleaned.append("cleanup ran")
+            raise
+
+    monkeypatch.setattr(session, "start", hanging_start)
+
+    async def main() -> str:
+        try:
+            await asyncio.wait_for(session_mod.start_interruptibly(session), 10)
+        except session_mod.MirrorError as exc:
+            return str(exc)
+        return "started"
+
+    message = asyncio.run(main())
+    assert message.startswith("the session did not start within 0.3 s (3 x agent.startup_timeout); nothing was left")
+    assert cleaned == ["cleanup ran"]
