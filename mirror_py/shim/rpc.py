@@ -46,6 +46,7 @@ def _connection() -> _socket_mod.socket:
         raise SessionUnavailable(
             exc.errno or 0, f"mirror-py: the session is not running ({exc.strerror or exc}); was it stopped?"
         ) from None
+    _check_owner(sock)
     _local.conn = sock
     _local.gen = _generation[0]
     if not _open:
@@ -54,6 +55,28 @@ def _connection() -> _socket_mod.socket:
         atexit.register(_close_all)
     _open.append(sock)
     return sock
+
+
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _check_owner(sock: _socket_mod.socket) -> None:
+    """Only a session of this user may answer. A process can outlive its session; the socket's path may then
+    be taken by anyone who can create it (another user of a shared machine), and that process would send them
+    its file contents and take their answers as the pod's. The kernel's peer credentials say who listens."""
+    option = getattr(_socket_mod, "SO_PEERCRED", None)
+    if option is None:  # not Linux: the session directory's 0700 mode is the only guard
+        return
+    try:
+        _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(_socket_mod.SOL_SOCKET, option, _PEERCRED.size))
+    except OSError:
+        uid = -1
+    if uid != os.getuid():
+        sock.close()
+        raise SessionUnavailable(
+            13, f"mirror-py: the session socket {_path()} is held by user {uid}, not by you ({os.getuid()}); "
+            "the session that started this process has ended, so it is not used (start a new session)"
+        )
 
 
 def _recv_exact(sock: _socket_mod.socket, n: int) -> bytes:
