@@ -76,12 +76,12 @@ async def serve(cfg: config_mod.Config, mode: str) -> None:
         sys.stdout.write(json.dumps({"env": changed, "info": info, "notes": notes}) + "\n")
         sys.stdout.flush()
         loop = asyncio.get_running_loop()
-        if mode == "stdin":
-            await loop.run_in_executor(None, sys.stdin.buffer.read)
-            return
-        _detach(os.path.join(session.dir, "session.log"))
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
+        if mode == "stdin":
+            await _stdin_closed_or(stop)
+            return
+        _detach(os.path.join(session.dir, "session.log"))
         if mode == "daemon":
             await stop.wait()
             return
@@ -98,6 +98,34 @@ async def serve(cfg: config_mod.Config, mode: str) -> None:
                 pass
     finally:
         await session.close()
+
+
+async def _stdin_closed_or(stop: asyncio.Event) -> None:
+    """Until the caller closes our stdin (connect()'s session ended) or a signal says stop. The event loop
+    watches the descriptor: a thread blocked in read() would keep the process alive after a SIGTERM."""
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            stop.set()
+
+    try:
+        loop.add_reader(fd, readable)
+    except PermissionError:  # a regular file (or /dev/null) cannot be watched, and its read never waits
+        sys.stdin.buffer.read()
+        return
+    os.set_blocking(fd, False)
+    try:
+        await stop.wait()
+    finally:
+        loop.remove_reader(fd)
 
 
 def _detach(log_path: str) -> None:

@@ -127,3 +127,28 @@ def test_connect_stops_a_session_that_never_gets_ready(pod):
     assert message.startswith("the mirror-py session process (pid "), out.stdout
     assert "; it was stopped" in message
     assert float(seconds) < 30
+
+
+TERMINATED = r"""
+import os, signal, sys, time
+import mirror_py
+
+session = mirror_py.connect(sys.argv[1])
+pid = session.info["pid"]
+os.kill(pid, signal.SIGTERM)
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline and session._proc.poll() is None:
+    time.sleep(0.05)
+print("ended" if session._proc.poll() is not None else "still running")
+session._proc.kill()
+"""
+
+
+def test_a_connect_session_ends_on_sigterm(pod):
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", TERMINATED, f"pid/{pod.pid}"], capture_output=True, text=True,
+                         timeout=60, env=env, cwd=str(ROOT))
+    assert out.stdout.strip() == "ended", out.stdout + out.stderr
