@@ -123,10 +123,13 @@ def call(request: dict, data: bytes | None = None) -> dict:
         raw = reply.pop("bin", None) if isinstance(reply, dict) else None
         if raw is not None:
             reply["data"] = _recv_exact(sock, raw)
-    except BaseException:  # an interrupted call (Ctrl-C mid-read) leaves unread bytes: never reuse it
-
+    except BaseException as exc:  # an interrupted call (Ctrl-C mid-read) leaves unread bytes: never reuse it
         _local.conn = None
         sock.close()
+        if isinstance(exc, OSError) and not isinstance(exc, SessionUnavailable):
+            # The session process ended under us: say that, not "Broken pipe".
+            raise SessionUnavailable(exc.errno or 0, f"mirror-py: the session ended ({exc.strerror or exc}); "
+                                     "was it stopped?") from None
         raise
     return reply
 

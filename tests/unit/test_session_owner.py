@@ -76,3 +76,35 @@ def test_a_socket_of_another_user_is_not_answered():
     assert out.stdout.startswith(f"refused: [Errno 13] mirror-py: the session socket {path} is held by user "
                                  f"{NOBODY}, not by you (0)"), out.stdout + out.stderr
     assert received in ([], [b""])  # nothing of the app reached it
+
+
+ENDED = r"""
+from mirror_py.shim import rpc
+print(rpc.call({"op": "info"}))
+input()  # the test stops the session now
+try:
+    rpc.call({"op": "info"})
+except rpc.SessionUnavailable as exc:
+    print("unavailable:", exc)
+except OSError as exc:
+    print("other:", type(exc).__name__, exc)
+"""
+
+
+def test_a_session_that_ended_is_named_not_a_broken_pipe(tmp_path):
+    path = str(tmp_path / "session.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen()
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, MIRROR_PY_SESSION=path, PYTHONPATH=root)
+    app = subprocess.Popen([sys.executable, "-c", ENDED], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                           env=env)
+    conn, _ = srv.accept()
+    conn.recv(65536)
+    conn.sendall(b"\0\0\0\x0a{\"ok\": {}}")
+    assert app.stdout.readline().strip() == "{'ok': {}}"
+    conn.close()
+    srv.close()
+    out, _ = app.communicate("\n", timeout=30)
+    assert out.startswith("unavailable: [Errno 32] mirror-py: the session ended (Broken pipe); was it stopped?"), out
