@@ -30,15 +30,19 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 
 from mirror_py import env_families
 from mirror_py.shim.rules import AddressRule, NameFilter, RuleError, TrafficFilter
+from mirror_py_agent.budget import DEFAULT_BUDGET, MAX_BUDGET, MIN_BUDGET
+from mirror_py_agent.budget import describe as describe_size
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -128,6 +132,36 @@ class TargetConfig(_Section):
     )
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30}
+
+
+def _parse_size(value: Any) -> Any:
+    """A byte size as people write it: ``33554432``, ``"64MiB"``, ``"64 MiB"`` (K, M and G are binary too; decimal
+    kB/MB/GB are refused rather than guessed)."""
+    size = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str):
+        import re
+
+        m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", value)
+        if m is not None and m.group(2).lower() in _SIZE_UNITS:
+            size = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if size is None:
+        raise ValueError("not a size: give bytes or a number with KiB, MiB or GiB, such as '64MiB'")
+    if not MIN_BUDGET <= size <= MAX_BUDGET:
+        raise ValueError(f"must be between {describe_size(MIN_BUDGET)} and {describe_size(MAX_BUDGET)}")
+    return size
+
+
+_ByteSize = Annotated[
+    int,
+    BeforeValidator(_parse_size),
+    WithJsonSchema({"anyOf": [{"type": "integer"},
+                              {"type": "string", "pattern": r"^\s*\d+\s*([KkMmGg]([Ii][Bb])?|[Bb])?\s*$"}]}),
+]
+
+
 class AgentConfig(_Section):
     """How the agent is started in the target."""
 
@@ -152,6 +186,12 @@ class AgentConfig(_Section):
         description="Seconds between the session's keep-alive pings to the agent. They are data on the exec stream, "
         "so they keep the cluster's streaming idle timeout (4 h; 5 min on hardened clusters) and idle-cutting load "
         "balancers in front of the API server from ending a quiet session; lower it below such a timeout.",
+    )
+    memory_budget: _ByteSize = Field(
+        DEFAULT_BUDGET,
+        description="Bytes the agent may hold for data it cannot pass on yet (bytes or e.g. '64MiB', at least "
+        "4 MiB). In exec mode its memory is the target container's: past the budget it drops UDP datagrams and "
+        "cuts mirrored copies and captured flows (counted, and reported once), and TCP streams wait.",
     )
 
 

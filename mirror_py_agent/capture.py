@@ -26,6 +26,8 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+from .budget import Budget
+
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 SO_ATTACH_FILTER = 26
@@ -34,7 +36,7 @@ SOL_PACKET = 263
 PACKET_STATISTICS = 6
 SNAPLEN = 256 * 1024  # GRO/GSO can hand over segments of up to 64 KiB (more with BIG TCP)
 
-MAX_PENDING = 4 << 20  # out-of-order bytes held per connection before it is given up
+MAX_PENDING = 4 << 20  # out-of-order bytes held per connection before it is given up (the total: the budget)
 IDLE_TIMEOUT = 600.0  # a connection silent this long is forgotten (its FIN may have been lost)
 MAX_FLOWS = 20000
 
@@ -162,14 +164,22 @@ class _Flow:
 
 
 class Reassembler:
-    """Client-to-server byte streams of the connections that start while it runs."""
+    """Client-to-server byte streams of the connections that start while it runs.
+
+    Out-of-order bytes are held until the gap before them fills. The capture sees segments before TCP has
+    validated them, so anyone can send bytes "ahead" on thousands of connections: what all flows hold
+    together is charged to the agent's ``budget``. When a segment does not fit, the flows holding the most
+    are cut first (a flow with a large gap is the likeliest lost anyway, and cutting it frees the most),
+    then the flow itself if it still does not fit."""
 
     def __init__(self, max_pending: int = MAX_PENDING, idle_timeout: float = IDLE_TIMEOUT,
-                 max_flows: int = MAX_FLOWS) -> None:
+                 max_flows: int = MAX_FLOWS, budget: Budget | None = None) -> None:
         self.flows: dict[bytes, _Flow] = {}
         self.max_pending = max_pending
         self.idle_timeout = idle_timeout
         self.max_flows = max_flows
+        self.budget = budget if budget is not None else Budget()
+        self._holding: dict[bytes, _Flow] = {}  # the flows with out-of-order bytes, for eviction
         self.midstream = 0  # segments of connections whose start was not seen
 
     def feed(self, seg: Segment, now: float = 0.0) -> list:
@@ -188,8 +198,7 @@ class Reassembler:
             flow = _Flow(seg.seq, (seg.seq + 1) & _MASK, seen=now)
             self.flows[key] = flow
             if seg.payload:  # TCP Fast Open: data in the SYN
-                flow.pending[flow.next] = seg.payload
-                flow.pending_bytes = len(seg.payload)
+                self._hold(key, flow, flow.next, seg.payload, out)
             return out
         if flow is None:
             if seg.payload:
@@ -216,17 +225,36 @@ class Reassembler:
     def _data(self, key: bytes, flow: _Flow, seq: int, payload: bytes, out: list) -> None:
         ahead = _after(seq, flow.next)
         if ahead > 0:
-            if seq not in flow.pending or len(flow.pending[seq]) < len(payload):
-                flow.pending_bytes += len(payload) - len(flow.pending.get(seq, b""))
-                flow.pending[seq] = payload
-            if flow.pending_bytes > self.max_pending:
-                self._end(key, True, "a gap in the captured bytes did not fill (capture buffer overrun?)", out)
+            self._hold(key, flow, seq, payload, out)
             return
         if -ahead >= len(payload):
             return  # a retransmission of bytes already delivered
         out.append(Bytes(key, payload[-ahead:]))
         flow.next = (seq + len(payload)) & _MASK
         self._drain(key, flow, out)
+
+    def _hold(self, key: bytes, flow: _Flow, seq: int, payload: bytes, out: list) -> None:
+        """Keeps a segment that is ahead of the stream, within the flow's limit and the agent's budget."""
+        grow = len(payload) - len(flow.pending.get(seq, b""))
+        if grow <= 0:
+            return  # a retransmission of held bytes
+        if flow.pending_bytes + grow > self.max_pending:
+            self._end(key, True, "a gap in the captured bytes did not fill (capture buffer overrun?)", out)
+            return
+        budget = self.budget
+        while not budget.take(grow):
+            victim = max(self._holding, key=lambda k: self._holding[k].pending_bytes, default=None)
+            if victim is None or victim == key:
+                self._cut(key, out)
+                return
+            self._cut(victim, out)
+        flow.pending[seq] = payload
+        flow.pending_bytes += grow
+        self._holding[key] = flow
+
+    def _cut(self, key: bytes, out: list) -> None:
+        self.budget.count("flows_cut")
+        self._end(key, True, "out-of-order bytes over the agent's memory budget", out)
 
     def _drain(self, key: bytes, flow: _Flow, out: list) -> None:
         """Delivers the held segments that the stream has caught up with."""
@@ -239,15 +267,31 @@ class Reassembler:
                     continue
                 chunk = flow.pending.pop(pseq)
                 flow.pending_bytes -= len(chunk)
+                self.budget.release(len(chunk))
                 if -off < len(chunk):
                     out.append(Bytes(key, chunk[-off:]))
                     flow.next = (pseq + len(chunk)) & _MASK
                 progressed = True
+        if not flow.pending:
+            self._holding.pop(key, None)
 
     def _end(self, key: bytes, reset: bool, reason: str, out: list) -> None:
-        flow = self.flows.pop(key, None)
+        flow = self._remove(key)
         if flow is not None and flow.opened:
             out.append(Closed(key, reset, reason))
+
+    def _remove(self, key: bytes) -> _Flow | None:
+        flow = self.flows.pop(key, None)
+        if flow is not None and self._holding.pop(key, None) is not None:
+            self.budget.release(flow.pending_bytes)
+            flow.pending.clear()
+            flow.pending_bytes = 0
+        return flow
+
+    @property
+    def held(self) -> int:
+        """Out-of-order bytes held by all flows together."""
+        return sum(f.pending_bytes for f in self._holding.values())
 
     def expire(self, now: float) -> list:
         """Forgets connections idle for longer than the timeout (their end was not captured)."""
@@ -257,7 +301,12 @@ class Reassembler:
         return out
 
     def forget(self, key: bytes) -> None:
-        self.flows.pop(key, None)
+        self._remove(key)
+
+    def clear(self) -> None:
+        """Forgets every flow (the capture stopped), giving their held bytes back to the budget."""
+        for key in list(self.flows):
+            self._remove(key)
 
 
 # ------------------------------------------------------------------------------------------ the sockets

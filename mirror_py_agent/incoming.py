@@ -29,7 +29,8 @@ from .relay import Mux, StreamEndpoint, TcpRelay
 SO_ORIGINAL_DST = 80  # also IP6T_SO_ORIGINAL_DST
 READ = 256 * 1024
 FIRST_BYTES_TIMEOUT = 2.0  # a client silent this long on a filtered port is passed through (server-first protocols)
-MAX_MIRROR_BUFFER = 16 << 20  # bytes of one mirrored connection waiting for the channel before the copy is dropped
+BATCH_QUEUE = 256 * 1024  # mirrored bytes queued toward the channel in one batch before copies wait for it
+COPY_SHARE = 4  # one mirrored copy may hold at most 1/COPY_SHARE of the agent's memory budget
 EXPIRE_EVERY = 30.0
 BATCH_WINDOW = 0.005  # a mirroring agent reads its captured packets at most this often
 DRAIN_LIMIT = 4096  # packets read in one go before the agent's other work gets a turn
@@ -141,7 +142,7 @@ class Incoming:
         return {}
 
     def stats(self) -> dict:
-        out: dict = {"subs": {str(k): v.stats() for k, v in self.subs.items()}}
+        out: dict = {"subs": {str(k): v.stats() for k, v in self.subs.items()}, "budget": self.mux.budget.stats()}
         if self.rules is not None:
             out["chain"] = self.rules.chain
             out["stale_removed"] = list(self.rules.stale_removed)
@@ -207,8 +208,9 @@ class MirrorPort:
         self.mux = owner.mux
         self.sub = sub
         self.port = port
-        self.reasm = capture.Reassembler()
+        self.reasm = capture.Reassembler(budget=self.mux.budget)
         self.streams: dict[bytes, CaptureStream] = {}
+        self.waiting: set[CaptureStream] = set()  # copies that held back for a full batch
         self.socks: list[socket.socket] = []
         self.buf = bytearray(capture.SNAPLEN)
         self.packets = 0
@@ -269,7 +271,13 @@ class MirrorPort:
             view.release()
             self.packets += count
         self.mux.flush()
+        self._pump_waiting()
         return count
+
+    def _pump_waiting(self) -> None:
+        while self.waiting and not self.mux.channel_paused:
+            self.waiting.pop()._pump()
+            self.mux.flush()
 
     def _event(self, ev: Any) -> None:
         if isinstance(ev, capture.Bytes):
@@ -314,6 +322,7 @@ class MirrorPort:
             sock.close()
         for stream in list(self.streams.values()):
             stream.finish(False)  # what was copied so far reaches the app, then EOF
+        self.reasm.clear()
         self.mux.flush()
 
 
@@ -333,13 +342,19 @@ class CaptureStream(StreamEndpoint):
         self.mux.streams[sid] = self
 
     def push(self, data: bytes) -> None:
+        """Holds captured bytes until the stream's credit lets them go. The target never waits for a copy:
+        one that would hold more than its share of the agent's budget, or that the budget has no room for,
+        is cut, and the target's own connection goes on untouched."""
         if self.closed or self.eof:
             return
-        self.buf += data
-        if len(self.buf) > MAX_MIRROR_BUFFER:
+        budget = self.mux.budget
+        if len(self.buf) + len(data) > budget.limit // COPY_SHARE or not budget.take(len(data)):
             self.port.lost += 1
-            self._close("ENOBUFS", "the copy fell too far behind the target's traffic")
+            budget.count("copies_cut")
+            self._close("ENOBUFS", "the copy fell too far behind the target's traffic for the agent's memory "
+                                   "budget (agent.memory_budget)")
             return
+        self.buf += data
         self._pump()
 
     def finish(self, reset: bool) -> None:
@@ -352,13 +367,20 @@ class CaptureStream(StreamEndpoint):
         self._pump()
 
     def _pump(self) -> None:
+        conn = self.mux.conn
+        # The capture flushes once per batch of packets, so the channel only pauses at the end of one: until
+        # then, frames already queued in this batch count as a full channel, or every copy would pour its
+        # whole window into the queue at once.
         if self.closed or self.mux.channel_paused:
             return
-        conn = self.mux.conn
+        if conn.queued >= BATCH_QUEUE:
+            self.port.waiting.add(self)  # pumped again once the batch is flushed
+            return
         n = min(len(self.buf), conn.send_window(self.sid))
         if n > 0:
             conn.send_data(self.sid, bytes(self.buf[:n]))
             del self.buf[:n]
+            self.mux.budget.release(n)  # now in the channel's queue, which the budget measures
         if self.eof and not self.buf and not self.eof_sent:
             self.eof_sent = True
             conn.send_eof(self.sid)
@@ -369,12 +391,17 @@ class CaptureStream(StreamEndpoint):
 
     def _close(self, errno_name: str, message: str) -> None:
         self.closed = True
-        self.buf = bytearray()
+        self._drop_buffer()
         self.mux.conn.send_close(self.sid, errno_name, message)
         self._forget()
 
+    def _drop_buffer(self) -> None:
+        self.mux.budget.release(len(self.buf))
+        self.buf = bytearray()
+
     def _forget(self) -> None:
         self.closed = True
+        self._drop_buffer()
         self.mux.streams.pop(self.sid, None)
         self.port.streams.pop(self.key, None)
         self.port.reasm.forget(self.key)

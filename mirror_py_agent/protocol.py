@@ -176,6 +176,7 @@ class Connection:
     def __post_init__(self) -> None:
         self._in = bytearray()
         self._out: list[bytes] = []
+        self.queued = 0  # bytes in _out: what a memory budget must count before data_to_send takes them
         self._next_id = 1
         self._streams: dict[int, _Stream] = {}
         self._opening: dict[int, int] = {}  # request id -> stream it opens on success
@@ -191,6 +192,7 @@ class Connection:
         if len(payload) > MAX_PAYLOAD:
             raise ValueError("control message larger than a frame")
         self._out.append(HEADER.pack(CONTROL, 0, len(payload)) + payload)
+        self.queued += HEADER.size + len(payload)
 
     def send_hello(self) -> None:
         self._sent_hello = True
@@ -249,6 +251,7 @@ class Connection:
         if n > st.send_window:
             raise FlowControlError(f"stream {sid}: {n} bytes exceed the window of {st.send_window}")
         st.send_window -= n
+        self.queued += n + HEADER.size * ((n + MAX_PAYLOAD - 1) // MAX_PAYLOAD)
         out = self._out
         for off in range(0, n, MAX_PAYLOAD):
             chunk = data[off : off + MAX_PAYLOAD]
@@ -261,6 +264,7 @@ class Connection:
             return
         st.recv_window += amount
         self._out.append(HEADER.pack(CREDIT, sid, 4) + _U32.pack(amount))
+        self.queued += HEADER.size + 4
 
     def send_eof(self, sid: int) -> None:
         st = self._streams.get(sid)
@@ -268,6 +272,7 @@ class Connection:
             return
         st.sent_eof = True
         self._out.append(HEADER.pack(EOF, sid, 0))
+        self.queued += HEADER.size
         if st.got_eof:
             del self._streams[sid]
 
@@ -295,12 +300,14 @@ class Connection:
         if len(payload) > MAX_PAYLOAD:
             raise ValueError("datagram too large")
         self._out.append(HEADER.pack(DATAGRAM, sid, len(payload)) + payload)
+        self.queued += HEADER.size + len(payload)
 
     def data_to_send(self) -> bytes:
         if not self._out:
             return b""
         out = b"".join(self._out)
         self._out.clear()
+        self.queued = 0
         return out
 
     # ---------------------------------------------------------------------------------------- receiving

@@ -15,6 +15,7 @@ import struct
 from typing import Callable
 
 from . import protocol as p
+from .budget import Budget
 
 
 def errno_name(exc: BaseException) -> str:
@@ -68,11 +69,13 @@ _EAI_NAMES = {getattr(socket, n): n for n in dir(socket) if n.startswith("EAI_")
 
 class Mux:
     """Routes stream events from the channel to the relays that own the streams, and turns channel
-    backpressure into paused reads on every stream."""
+    backpressure into paused reads on every stream. ``budget`` bounds what the agent's buffers hold (the
+    session's mux has one too, unused)."""
 
-    def __init__(self, conn: p.Connection, write: Callable[[bytes], None]) -> None:
+    def __init__(self, conn: p.Connection, write: Callable[[bytes], None], budget: Budget | None = None) -> None:
         self.conn = conn
         self._write = write
+        self.budget = budget if budget is not None else Budget()
         self.streams: dict[int, StreamEndpoint] = {}
         self.channel_paused = False
         self.credit_threshold = max(1, conn.window // 4)
@@ -373,8 +376,15 @@ class UdpRelay(asyncio.DatagramProtocol, StreamEndpoint):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
-        self.mux.conn.send_datagram(self.sid, addr[0], addr[1], data)
-        self.mux.flush()
+        # Anyone who reaches the pod can send to this socket (it is bound on every address), as fast as they
+        # like: a datagram the channel cannot take now is dropped and counted, as the network would drop it,
+        # instead of queueing toward a session that is not reading.
+        mux = self.mux
+        if mux.channel_paused or not mux.budget.fits(len(data)):
+            mux.budget.drop_datagram(len(data))
+            return
+        mux.conn.send_datagram(self.sid, addr[0], addr[1], data)
+        mux.flush()
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP errors for one destination must not end the socket

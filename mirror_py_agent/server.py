@@ -14,6 +14,7 @@ from typing import Any
 
 from . import dns, env, files, incoming, net, placement
 from . import protocol as p
+from .budget import Budget, describe, valid_limit
 from .relay import Mux, errno_name, error_text
 
 CAPABILITIES = ["tcp", "udp", "dns", "env", "fs", "incoming"]
@@ -55,9 +56,14 @@ class _ChannelReader(asyncio.Protocol):
 
 
 class Agent:
-    def __init__(self, write: Any) -> None:
+    def __init__(self, write: Any, queued: Any = None) -> None:
+        """``queued`` measures the bytes waiting in the channel's writer: they count against the budget."""
         self.conn = p.Connection("agent", capabilities=CAPABILITIES, info=_info())
-        self.mux = Mux(self.conn, write)
+        self.budget = Budget(notify=self._notify)
+        self.budget.add_gauge(lambda: self.conn.queued)  # frames not yet handed to the writer
+        if queued is not None:
+            self.budget.add_gauge(queued)
+        self.mux = Mux(self.conn, write, self.budget)
         self.done = asyncio.get_running_loop().create_future()
         self.tasks: set[asyncio.Task] = set()
         self.last_heard = asyncio.get_running_loop().time()
@@ -68,12 +74,32 @@ class Agent:
         if not self.done.done():
             self.done.set_result(None)
 
+    def _notify(self, kind: str, message: str) -> None:
+        """Tells the session, once per kind of loss, why data is missing: an error without a request id,
+        which every session version shows as a warning."""
+        self.conn.send_error(None, "ENOBUFS", message)
+        self.mux.flush()
+
+    def on_hello(self, hello: p.Hello) -> None:
+        """Takes the session's settings; a session that sends none (an older one) leaves the defaults."""
+        asked = hello.info.get("memory_budget")
+        if asked is None:
+            return
+        limit = valid_limit(asked)
+        if limit is None:
+            print(f"mirror-py agent: ignoring memory_budget {asked!r}; keeping {describe(self.budget.limit)}",
+                  file=sys.stderr)
+            return
+        self.budget.limit = limit
+
     def on_bytes(self, data: bytes) -> None:
         self.last_heard = asyncio.get_running_loop().time()
         for ev in self.conn.receive_data(data):
             if self.mux.dispatch(ev):
                 continue
-            if isinstance(ev, p.Request):
+            if isinstance(ev, p.Hello):
+                self.on_hello(ev)
+            elif isinstance(ev, p.Request):
                 task = asyncio.ensure_future(self.serve(ev))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
@@ -179,7 +205,7 @@ async def _serve(in_fd: int, out_fd: int) -> None:
     in_pipe = os.fdopen(in_fd, "rb", buffering=0)
     writer = _ChannelWriter(None)  # type: ignore[arg-type]
     writer_transport, _ = await loop.connect_write_pipe(lambda: writer, out_pipe)
-    agent = Agent(writer_transport.write)
+    agent = Agent(writer_transport.write, writer_transport.get_write_buffer_size)
     writer.agent = agent
     await loop.connect_read_pipe(lambda: _ChannelReader(agent), in_pipe)
     watchdog = asyncio.ensure_future(_watch_silence(agent))

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from mirror_py_agent import bootstrap
 from mirror_py_agent import protocol as p
+from mirror_py_agent.budget import DEFAULT_BUDGET
 from mirror_py_agent.relay import Mux
 
 from ..errors import MirrorError
@@ -36,12 +37,16 @@ class AgentLink:
 
     PING_TIMEOUT = 90.0
 
-    def __init__(self, channel: Channel, startup_timeout: float = 30.0, ping_interval: float = 20.0) -> None:
+    def __init__(self, channel: Channel, startup_timeout: float = 30.0, ping_interval: float = 20.0,
+                 memory_budget: int = DEFAULT_BUDGET) -> None:
         self.channel = channel
         self.ping_interval = ping_interval
         self.description = channel.description
         self.startup_timeout = startup_timeout
-        self.conn = p.Connection("session", info={"keepalive": ping_interval})  # the agent's silence limit
+        # The hello's info carries the agent's settings: keepalive sets its silence limit, memory_budget what
+        # its buffers may hold. An agent that does not know a key ignores it, and one that gets none keeps
+        # its defaults, so either side may be the older.
+        self.conn = p.Connection("session", info={"keepalive": ping_interval, "memory_budget": memory_budget})
         self.mux = Mux(self.conn, channel.write)
         self.hello: p.Hello | None = None
         self._pending: dict[int, asyncio.Future] = {}
@@ -144,6 +149,8 @@ class AgentLink:
                 fut = self._pending.pop(ev.id, None) if ev.id is not None else None
                 if fut is not None and not fut.done():
                     fut.set_exception(RemoteError(ev.errno, ev.message))
+                elif ev.errno == "ENOBUFS":
+                    log.warning("%s", ev.message)  # data dropped for the agent's memory budget: once per kind
                 else:
                     log.warning("the agent reported: %s %s", ev.errno, ev.message)
             elif isinstance(ev, p.Accept):

@@ -174,7 +174,8 @@ class Session:
         self.target_description = channel.description
         log.info("starting the agent in %s", self.target_description)
         started = asyncio.get_running_loop().time()
-        link = AgentLink(channel, self.cfg.agent.startup_timeout, self.cfg.agent.keepalive_interval)
+        link = AgentLink(channel, self.cfg.agent.startup_timeout, self.cfg.agent.keepalive_interval,
+                         self.cfg.agent.memory_budget)
         hello = await link.start()
         progress.info("agent ready in %s (python %s, %.1f s)", self.target_description, hello.info.get("python"),
                       asyncio.get_running_loop().time() - started)
