@@ -180,6 +180,7 @@ class Reassembler:
         self.max_flows = max_flows
         self.budget = budget if budget is not None else Budget()
         self._holding: dict[bytes, _Flow] = {}  # the flows with out-of-order bytes, for eviction
+        self.held = 0  # out-of-order bytes held by all flows together
         self.midstream = 0  # segments of connections whose start was not seen
 
     def feed(self, seg: Segment, now: float = 0.0) -> list:
@@ -242,6 +243,9 @@ class Reassembler:
             self._end(key, True, "a gap in the captured bytes did not fill (capture buffer overrun?)", out)
             return
         budget = self.budget
+        if budget.used() - self.held + flow.pending_bytes + grow > budget.limit:
+            self._cut(key, out)  # it would not fit with every other flow cut: cutting them would only add losses
+            return
         while not budget.take(grow):
             victim = max(self._holding, key=lambda k: self._holding[k].pending_bytes, default=None)
             if victim is None or victim == key:
@@ -250,6 +254,7 @@ class Reassembler:
             self._cut(victim, out)
         flow.pending[seq] = payload
         flow.pending_bytes += grow
+        self.held += grow
         self._holding[key] = flow
 
     def _cut(self, key: bytes, out: list) -> None:
@@ -267,6 +272,7 @@ class Reassembler:
                     continue
                 chunk = flow.pending.pop(pseq)
                 flow.pending_bytes -= len(chunk)
+                self.held -= len(chunk)
                 self.budget.release(len(chunk))
                 if -off < len(chunk):
                     out.append(Bytes(key, chunk[-off:]))
@@ -284,14 +290,10 @@ class Reassembler:
         flow = self.flows.pop(key, None)
         if flow is not None and self._holding.pop(key, None) is not None:
             self.budget.release(flow.pending_bytes)
+            self.held -= flow.pending_bytes
             flow.pending.clear()
             flow.pending_bytes = 0
         return flow
-
-    @property
-    def held(self) -> int:
-        """Out-of-order bytes held by all flows together."""
-        return sum(f.pending_bytes for f in self._holding.values())
 
     def expire(self, now: float) -> list:
         """Forgets connections idle for longer than the timeout (their end was not captured)."""
