@@ -8,8 +8,9 @@ the service down with it. The budget turns each of those into a bounded loss tha
 - lossy data is dropped: a datagram when the channel is paused or the budget is full; a mirrored copy that
   falls too far behind is cut (the target's own connection never notices); a capture flow whose held
   out-of-order bytes do not fit is cut, the largest holders first;
-- lossless data waits: TCP streams have per-stream credit and stop reading their socket, so their clients'
-  kernels hold the bytes, not the agent.
+- lossless data waits: TCP streams have per-stream credit and stop reading their socket, so their peers'
+  kernels hold the bytes, not the agent; what a stream did read and cannot send yet (one read at most) is
+  charged, and no stream reads more while the budget is full.
 
 Held bytes are charged (:meth:`Budget.take`, :meth:`Budget.release`); bytes already queued toward the
 channel are measured (a gauge, the channel writer's buffer), since that queue is where a session that stops
@@ -26,6 +27,7 @@ from typing import Callable
 DEFAULT_BUDGET = 32 << 20
 MIN_BUDGET = 4 << 20  # one frame is up to 1 MiB, and a copy's share is a quarter of the budget
 MAX_BUDGET = 1 << 40
+UNBOUNDED = 1 << 62  # the session's side of the relays: its memory is the laptop's
 
 #: What the counters count, with the one line the session shows the first time each happens.
 NOTICES = {
@@ -68,6 +70,7 @@ class Budget:
         self._gauges: list[Callable[[], int]] = []
         self.counters = {"datagrams_dropped": 0, "datagram_bytes_dropped": 0, "copies_cut": 0, "flows_cut": 0}
         self._noticed: set[str] = set()
+        self.waiting: set[Callable[[], None]] = set()  # see when_room
 
     def add_gauge(self, gauge: Callable[[], int]) -> None:
         """Counts bytes that some other object holds and measures (the channel writer's queue)."""
@@ -82,6 +85,18 @@ class Budget:
     def fits(self, n: int) -> bool:
         return self.used() + n <= self.limit
 
+    def over(self) -> bool:
+        return self.used() >= self.limit
+
+    def charge(self, n: int) -> None:
+        """Charges bytes that are held whatever the budget says (a TCP stream's bytes are never dropped)."""
+        self.held += n
+
+    def when_room(self, callback: Callable[[], None]) -> None:
+        """Calls ``callback`` once, when released bytes bring the budget under its limit again (a TCP stream
+        that stopped reading for the budget resumes then; the channel's own resume wakes every stream too)."""
+        self.waiting.add(callback)
+
     def take(self, n: int) -> bool:
         """Charges ``n`` held bytes if they fit; False (nothing charged) if they do not."""
         if self.used() + n > self.limit:
@@ -93,6 +108,16 @@ class Budget:
         self.held -= n
         if self.held < 0:  # a bookkeeping slip must never make the budget look larger than it is
             self.held = 0
+        if self.waiting:
+            self.wake()
+
+    def wake(self) -> None:
+        """Calls the waiting callbacks if there is room now. The channel's queue shrinks without a release
+        (the writer hands bytes to the pipe), so the mux also calls this after each write."""
+        if self.waiting and self.used() < self.limit:
+            waiting, self.waiting = self.waiting, set()
+            for callback in waiting:
+                callback()
 
     def count(self, kind: str, n: int = 1) -> None:
         """Records a loss; the first of each kind is reported through ``notify``."""

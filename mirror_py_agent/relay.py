@@ -15,7 +15,7 @@ import struct
 from typing import Callable
 
 from . import protocol as p
-from .budget import Budget
+from .budget import UNBOUNDED, Budget
 
 
 def errno_name(exc: BaseException) -> str:
@@ -75,7 +75,7 @@ class Mux:
     def __init__(self, conn: p.Connection, write: Callable[[bytes], None], budget: Budget | None = None) -> None:
         self.conn = conn
         self._write = write
-        self.budget = budget if budget is not None else Budget()
+        self.budget = budget if budget is not None else Budget(UNBOUNDED)
         self.streams: dict[int, StreamEndpoint] = {}
         self.channel_paused = False
         self.credit_threshold = max(1, conn.window // 4)
@@ -84,6 +84,8 @@ class Mux:
         out = self.conn.data_to_send()
         if out:
             self._write(out)
+            if self.budget.waiting:
+                self.budget.wake()
 
     def pause_channel(self) -> None:
         self.channel_paused = True
@@ -224,6 +226,9 @@ class TcpRelay(asyncio.Protocol, StreamEndpoint):
             and not self.mux.channel_paused
             and self.mux.conn.send_window(self.sid) > 0
         )
+        if want and self.mux.budget.over():
+            want = False
+            self.mux.budget.when_room(self.update_reading)
         if want != self._reading:
             self._reading = want
             try:
@@ -240,6 +245,7 @@ class TcpRelay(asyncio.Protocol, StreamEndpoint):
         conn = self.mux.conn
         if self._pending:
             self._pending += data
+            self.mux.budget.charge(len(data))
         else:
             window = conn.send_window(self.sid)
             if len(data) <= window:
@@ -252,6 +258,7 @@ class TcpRelay(asyncio.Protocol, StreamEndpoint):
                 conn.send_data(self.sid, data[:window])
                 self.mux.flush()
             self._pending = bytearray(data[window:])
+            self.mux.budget.charge(len(self._pending))
         self.update_reading()
 
     def eof_received(self) -> bool:
@@ -289,6 +296,7 @@ class TcpRelay(asyncio.Protocol, StreamEndpoint):
             if n > 0:
                 conn.send_data(self.sid, bytes(self._pending[:n]))
                 del self._pending[:n]
+                self.mux.budget.release(n)
                 if not self._pending and self._socket_eof:
                     self._send_eof()
                 self.mux.flush()
@@ -358,6 +366,9 @@ class TcpRelay(asyncio.Protocol, StreamEndpoint):
         self._done()
 
     def _done(self) -> None:
+        if self._pending:  # a closed stream sends nothing more: its bytes go back to the budget
+            self.mux.budget.release(len(self._pending))
+            self._pending = bytearray()
         cb, self._on_done = self._on_done, None
         if cb is not None:
             cb()

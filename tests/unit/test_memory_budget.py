@@ -12,7 +12,7 @@ from mirror_py.config import ConfigError, load_config
 from mirror_py_agent import capture, server
 from mirror_py_agent import protocol as p
 from mirror_py_agent.budget import DEFAULT_BUDGET, Budget
-from mirror_py_agent.relay import Mux, UdpRelay
+from mirror_py_agent.relay import Mux, TcpRelay, UdpRelay
 
 KIB = 1024
 SERVER = ("10.0.0.2", 8080)
@@ -157,3 +157,57 @@ def test_a_bad_memory_budget_is_one_clear_line(tmp_path, text, why):
 
 def test_the_default_budget_is_32_mib(tmp_path):
     assert load_config(cwd=tmp_path).agent.memory_budget == 32 << 20 == DEFAULT_BUDGET
+
+
+class _Transport:
+    """What a TcpRelay needs of an asyncio transport, recording whether it reads."""
+
+    def __init__(self) -> None:
+        self.reading = True
+
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def abort(self) -> None:
+        self.reading = False
+
+
+def test_a_tcp_stream_charges_what_it_read_and_cannot_send_and_no_stream_reads_while_the_budget_is_full():
+    """Lossless bytes are never dropped: they wait in the peers' kernels. Before the budget, every stream
+    whose peer outran the laptop held one more read each, however many streams there were."""
+    conn = p.Connection("agent")
+    session = p.Connection("session", window=64 * KIB)
+    session.send_hello()
+    conn.receive_data(session.data_to_send())
+    mux = Mux(conn, lambda data: None, Budget(100 * KIB))
+    relays = []
+    for sid in (1, 3):
+        conn.open_stream(sid)
+        relay = TcpRelay(mux, sid)
+        relay.attach(_Transport())  # type: ignore[arg-type]
+        relay.start()
+        relays.append(relay)
+    first, second = relays
+    first.data_received(b"a" * (64 * KIB + 40 * KIB))  # the window takes 64 KiB; 40 KiB wait for credit
+    assert mux.budget.held == 40 * KIB
+    second.data_received(b"b" * (64 * KIB + 70 * KIB))  # and 70 KiB more: the budget is full
+    assert mux.budget.held == 110 * KIB and mux.budget.over()
+    assert not first.transport.reading and not second.transport.reading
+    third_sid = 5
+    conn.open_stream(third_sid)
+    third = TcpRelay(mux, third_sid)
+    third.attach(_Transport())  # type: ignore[arg-type]
+    third.start()
+    assert not third.transport.reading  # a stream with room in its window still waits for the budget
+    for ev in conn.receive_data(p.HEADER.pack(p.CREDIT, 3, 4) + (70 * KIB).to_bytes(4, "big")):
+        mux.dispatch(ev)
+    assert mux.budget.held == 40 * KIB
+    assert third.transport.reading  # woken when the budget had room again
+    first.on_channel_close("ECONNRESET")
+    assert mux.budget.held == 0
