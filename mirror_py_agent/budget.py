@@ -83,7 +83,10 @@ class Budget:
         return total
 
     def fits(self, n: int) -> bool:
-        return self.used() + n <= self.limit
+        total = self.held + n  # used(), inlined: this runs for every datagram
+        for gauge in self._gauges:
+            total += gauge()
+        return total <= self.limit
 
     def over(self) -> bool:
         return self.used() >= self.limit

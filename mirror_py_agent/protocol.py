@@ -302,6 +302,9 @@ class Connection:
         self._out.append(HEADER.pack(DATAGRAM, sid, len(payload)) + payload)
         self.queued += HEADER.size + len(payload)
 
+    def queued_bytes(self) -> int:
+        return self.queued
+
     def data_to_send(self) -> bytes:
         if not self._out:
             return b""

@@ -60,7 +60,7 @@ class Agent:
         """``queued`` measures the bytes waiting in the channel's writer: they count against the budget."""
         self.conn = p.Connection("agent", capabilities=CAPABILITIES, info=_info())
         self.budget = Budget(notify=self._notify)
-        self.budget.add_gauge(lambda: self.conn.queued)  # frames not yet handed to the writer
+        self.budget.add_gauge(self.conn.queued_bytes)  # frames not yet handed to the writer
         if queued is not None:
             self.budget.add_gauge(queued)
         self.mux = Mux(self.conn, write, self.budget)
