@@ -87,11 +87,15 @@ def exec_mode(kube: KubeContext, target: ResolvedTarget, python: str, timeout: f
     return Placement(channel, "exec", _own_environment)
 
 
-def _placed_environment(container_id: str | None, enter: list[str]) -> Callable[[Any], Awaitable[dict]]:
+def _placed_environment(container_id: str | None, enter: list[str],
+                        read_target: bool = True) -> Callable[[Any], Awaitable[dict]]:
+    """``read_target`` False: the session takes neither env nor files from the target, and the agent was given
+    no right to read them, so it must not try."""
     async def after_hello(link: Any) -> dict:
         if not container_id:
             raise MirrorError("the target container has no container ID yet; is it running?")
-        placed = await link.request("place", {"container_id": container_id, "enter": enter, "environ": True})
+        placed = await link.request("place", {"container_id": container_id, "enter": enter,
+                                              "environ": read_target, "files": read_target})
         return placed.get("environ") or {}
 
     return after_hello
@@ -105,22 +109,95 @@ def _container_id(pod: dict, container: str) -> str | None:
     return None
 
 
-async def ephemeral_mode(kube: KubeContext, target: ResolvedTarget, python: str, image: str,
-                         timeout: float) -> Placement:
-    from kubernetes.client.exceptions import ApiException
+#: Capabilities the agent needs for each ``network.incoming.mode``: a packet socket to copy a port's traffic
+#: (mirror); iptables rules, which the legacy backend installs through a raw socket, and the forwarding socket's
+#: mark (steal).
+INCOMING_CAPABILITIES: dict[str, tuple[str, ...]] = {"off": (), "mirror": ("NET_RAW",),
+                                                     "steal": ("NET_ADMIN", "NET_RAW")}
 
-    token = "mirror-py-" + secrets.token_hex(6)
-    name = token
-    body = {"spec": {"ephemeralContainers": [{
+
+@dataclass(frozen=True)
+class AgentNeeds:
+    """What the session will ask of an agent placed next to the target, which fixes the rights it is given.
+
+    ``incoming`` is ``network.incoming.mode``; ``target_process`` is whether the agent reads the target process's
+    environment or files (``/proc/PID/environ``, ``/proc/PID/root``), i.e. env or files are not turned off.
+    """
+
+    incoming: str = "mirror"
+    target_process: bool = True
+
+
+def _run_as(pod_spec: dict, container: str) -> tuple[Any, Any, bool]:
+    """(uid, gid, holds extra privileges) of a container as its pod spec declares them (None: the image decides).
+
+    The container's securityContext overrides the pod's; added capabilities or privileged mean the target's
+    processes may hold capabilities an agent lacks.
+    """
+    pod_security = pod_spec.get("securityContext") or {}
+    spec = next((c for c in pod_spec.get("containers") or [] if c.get("name") == container), {})
+    security = spec.get("securityContext") or {}
+    uid = security.get("runAsUser", pod_security.get("runAsUser"))
+    gid = security.get("runAsGroup", pod_security.get("runAsGroup"))
+    extra = bool(security.get("privileged") or (security.get("capabilities") or {}).get("add"))
+    return uid, gid, extra
+
+
+def ephemeral_security(pod_spec: dict, container: str, needs: AgentNeeds) -> dict:
+    """The securityContext of an ephemeral agent: only the capabilities this session uses.
+
+    Reading another process's ``/proc/PID/environ`` and ``/proc/PID/root`` is a PTRACE_MODE_READ access: the
+    kernel allows it to a process of the same user and group whose capabilities include the target's, and
+    otherwise only with CAP_SYS_PTRACE. So when the pod spec declares the target's user and group and the target
+    holds no added capabilities, the agent runs as that same user and group and needs no SYS_PTRACE; when it does
+    not (the image decides, which the API does not tell), SYS_PTRACE is added. Capabilities take effect for root
+    only, so an agent that needs network capabilities can share the target's user only when that user is root.
+    """
+    caps = list(INCOMING_CAPABILITIES[needs.incoming])
+    security: dict = {}
+    if needs.target_process:
+        uid, gid, extra = _run_as(pod_spec, container)
+        if isinstance(uid, int) and isinstance(gid, int) and not extra and (uid == 0 or not caps):
+            security["runAsUser"], security["runAsGroup"] = uid, gid
+        else:
+            caps.append("SYS_PTRACE")
+    if caps:
+        security["capabilities"] = {"add": caps}
+    return security
+
+
+def ephemeral_container(name: str, token: str, image: str, python: str, target_container: str,
+                        security: dict) -> dict:
+    """The ephemeral agent container as the PATCH adds it (one per session: an ephemeral container can never be
+    changed, so a session that needs other rights than an earlier one always gets a container of its own)."""
+    container = {
         "name": name,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": [python, "-I", "-c", IDLE, token],
-        "targetContainerName": target.container,
+        "targetContainerName": target_container,
         "stdin": False,
         "tty": False,
-        "securityContext": {"capabilities": {"add": ["NET_ADMIN", "NET_RAW", "SYS_PTRACE"]}},
-    }]}}
+    }
+    if security:
+        container["securityContext"] = security
+    return container
+
+
+async def ephemeral_mode(kube: KubeContext, target: ResolvedTarget, python: str, image: str,
+                         timeout: float, needs: AgentNeeds | None = None) -> Placement:
+    from kubernetes.client.exceptions import ApiException
+
+    token = "mirror-py-" + secrets.token_hex(6)
+    name = token
+    needs = needs or AgentNeeds()
+    try:
+        target_pod = await asyncio.to_thread(kube.get_json, object_path("pod", target.namespace, target.pod))
+    except Exception as exc:
+        raise explain(exc, f"reading pod {target.namespace}/{target.pod}") from None
+    security = ephemeral_security(target_pod.get("spec") or {}, target.container, needs)
+    body = {"spec": {"ephemeralContainers": [ephemeral_container(name, token, image, python, target.container,
+                                                                 security)]}}
     progress.info("creating ephemeral container %s (image %s) in pod %s/%s", name, image, target.namespace,
                   target.pod)
     try:
@@ -141,7 +218,8 @@ async def ephemeral_mode(kube: KubeContext, target: ResolvedTarget, python: str,
                       f"ephemeral container {name}")
     channel = ExecChannel(kube.configuration, target.namespace, target.pod, name, _agent_command(python, token),
                           f"{target.describe()} via ephemeral container {name}", python, open_timeout=timeout)
-    return Placement(channel, "ephemeral", _placed_environment(_container_id(pod, target.container), []))
+    return Placement(channel, "ephemeral", _placed_environment(_container_id(pod, target.container), [],
+                                                               needs.target_process))
 
 
 def _ephemeral_state(pod: dict, name: str) -> tuple[str, str]:
@@ -208,19 +286,25 @@ def _agent_pod_spec(token: str, image: str, python: str, **extra: Any) -> dict:
     return {"restartPolicy": "Never", "containers": [container], "terminationGracePeriodSeconds": 1, **extra}
 
 
+def job_body(token: str, namespace: str, node: str | None, python: str, image: str) -> dict:
+    """The agent Job as job mode POSTs it (a function of its own so the admission policy can be tested on it)."""
+    # The agent never calls the API: a privileged pod has no use for a token that anyone entering it could take.
+    spec = _agent_pod_spec(token, image, python, nodeName=node, hostPID=True, automountServiceAccountToken=False,
+                           tolerations=[{"operator": "Exists"}], security_context={"privileged": True})
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": token, "namespace": namespace,
+                         "labels": {"app.kubernetes.io/managed-by": "mirror-py"}},
+            "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 60,
+                     "template": {"metadata": {"labels": {"app.kubernetes.io/managed-by": "mirror-py"}},
+                                  "spec": spec}}}
+
+
 async def job_mode(kube: KubeContext, target: ResolvedTarget, python: str, image: str, timeout: float) -> Placement:
     from kubernetes.client.exceptions import ApiException
 
     token = "mirror-py-" + secrets.token_hex(6)
     ns = target.namespace
-    # The agent never calls the API: a privileged pod has no use for a token that anyone entering it could take.
-    spec = _agent_pod_spec(token, image, python, nodeName=target.node, hostPID=True, automountServiceAccountToken=False,
-                           tolerations=[{"operator": "Exists"}], security_context={"privileged": True})
-    body = {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": token, "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "mirror-py"}},
-            "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 60,
-                     "template": {"metadata": {"labels": {"app.kubernetes.io/managed-by": "mirror-py"}},
-                                  "spec": spec}}}
+    body = job_body(token, ns, target.node, python, image)
     progress.info("creating agent job %s/%s on node %s (image %s)", ns, token, target.node, image)
     try:
         await asyncio.to_thread(kube.request_json, "POST", collection("job", ns), body)
@@ -257,15 +341,20 @@ async def _job_pod(kube: KubeContext, namespace: str, job: str, timeout: float) 
     raise MirrorError(f"the agent job {namespace}/{job} created no pod within {timeout:g} s")
 
 
-async def targetless_mode(kube: KubeContext, namespace: str, python: str, image: str, timeout: float) -> Placement:
-    from kubernetes.client.exceptions import ApiException
-
-    token = "mirror-py-" + secrets.token_hex(6)
-    body = {"apiVersion": "v1", "kind": "Pod",
+def targetless_pod(token: str, namespace: str, python: str, image: str) -> dict:
+    """The targetless agent pod as it is POSTed: unprivileged, no service-account token."""
+    return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": token, "namespace": namespace,
                          "labels": {"app.kubernetes.io/managed-by": "mirror-py"}},
             "spec": _agent_pod_spec(token, image, python, automountServiceAccountToken=False,
                                     security_context={"allowPrivilegeEscalation": False})}
+
+
+async def targetless_mode(kube: KubeContext, namespace: str, python: str, image: str, timeout: float) -> Placement:
+    from kubernetes.client.exceptions import ApiException
+
+    token = "mirror-py-" + secrets.token_hex(6)
+    body = targetless_pod(token, namespace, python, image)
     progress.info("no target: creating agent pod %s/%s (image %s)", namespace, token, image)
     try:
         await asyncio.to_thread(kube.request_json, "POST", collection("pod", namespace), body)

@@ -199,7 +199,8 @@ class Session:
                                        min(t.request_timeout, agent.startup_timeout))
         timeout = agent.startup_timeout
         if ref is None:
-            placed = await placement.targetless_mode(kube, kube.namespace, agent.python, agent.image, timeout)
+            placed = await placement.targetless_mode(kube, agent.namespace or kube.namespace, agent.python,
+                                                     agent.image, timeout)
             return await self._start_placed(placed)
         resolved = await asyncio.to_thread(targets.resolve, kube, ref)
         self.incoming.probes = resolved.probes
@@ -216,7 +217,9 @@ class Session:
                               agent.python)
             mode = "ephemeral"
         if mode == "ephemeral":
-            placed = await placement.ephemeral_mode(kube, resolved, agent.python, agent.image, timeout)
+            needs = placement.AgentNeeds(incoming=self.cfg.network.incoming.mode,
+                                         target_process=self.cfg.env.enabled or self.cfg.fs.mode != "local")
+            placed = await placement.ephemeral_mode(kube, resolved, agent.python, agent.image, timeout, needs)
         else:
             placed = await placement.job_mode(kube, resolved, agent.python, agent.image, timeout)
         return await self._start_placed(placed)

@@ -17,8 +17,10 @@ Sandbox-only knobs (nothing a real cluster has; all documented on :class:`Cluste
 * ``Cluster.ephemeral_containers_enabled = False`` answers the ephemeralcontainers subresource with the 404 of a
   cluster that has the feature off; ``Cluster.v4_only`` drops ``v5.channel.k8s.io`` as an older cluster does.
 
-Like a container runtime, exec'd processes get NET_ADMIN only in a privileged container or one whose
-securityContext adds it (NET_RAW stays, as in the runtimes' default set).
+Like a container runtime, a container's processes (its own and exec'd ones) get NET_ADMIN and SYS_PTRACE only
+in a privileged container or one whose securityContext adds them (NET_RAW stays, as in the runtimes' default
+set), and run as the ``runAsUser``/``runAsGroup`` of the container's or else the pod's securityContext (so the
+kernel's own rules decide who may read another container's ``/proc/PID/environ``).
 
 Limits, on purpose: a Service's ClusterIP is the IP of its first ready pod (so ``port`` must equal
 ``targetPort``); all containers of a pod share one mount namespace (volume mounts of one container are
@@ -505,6 +507,7 @@ class Container:
     last_state: dict[str, Any] = field(default_factory=dict)
     no_python: bool = False
     start_after: float = 0.0  # ephemeral containers "pull" for a moment before they run
+    pod_security: dict[str, Any] = field(default_factory=dict)  # the pod's securityContext (runAsUser...)
 
     @property
     def image(self) -> str:
@@ -1330,7 +1333,7 @@ class Cluster:
         )
         hosts = {h: a["ip"] for a in spec.get("hostAliases") or [] for h in a.get("hostnames") or []}
         for cspec in spec["containers"]:
-            c = Container(cspec["name"], copy.deepcopy(cspec))
+            c = Container(cspec["name"], copy.deepcopy(cspec), pod_security=dict(spec.get("securityContext") or {}))
             c.no_python = c.name in no_python_names if no_python_names is not None else bool(no_python)
             rt.containers[c.name] = c
         if rt.host:
@@ -1398,7 +1401,7 @@ class Cluster:
         log = open(self.workdir / "logs" / f"{rt.namespace}_{rt.name}_{c.name}.log", "ab")
         try:
             c.proc = rt.sandbox.run(
-                c.argv,
+                [*_security_wrapper(c), *c.argv],
                 env=self._exec_env(c),
                 cwd=c.cwd,
                 prefix=Cgroups.wrapper(c.cgroup),
@@ -1964,7 +1967,7 @@ class Cluster:
                     else "stat " + argv[0] + ": no such file or directory: unknown"
                 )
             )
-        argv = [*_capability_drop(c.spec), *argv]
+        argv = [*_security_wrapper(c), *argv]
         host_argv = [*Cgroups.wrapper(c.cgroup), *rt.sandbox.nsenter_argv(argv, c.cwd)]
         return ExecPlan(host_argv, env, container, rt)
 
@@ -2042,7 +2045,8 @@ class Cluster:
             raise ApiError(409, "Conflict", f"pod {pod_name} is not running yet")
         pod_obj = pod
         for c in added:
-            container = Container(c["name"], copy.deepcopy(c), ephemeral=True)
+            container = Container(c["name"], copy.deepcopy(c), ephemeral=True,
+                                  pod_security=dict(pod["spec"].get("securityContext") or {}))
             container.start_after = time.monotonic() + self.ephemeral_start_delay
             container.env = self._container_env(
                 rt, pod_obj, c, self._service_env(ns, pod["spec"].get("enableServiceLinks", True))
@@ -2109,15 +2113,32 @@ def _field_ref(pod: Mapping[str, Any], path: str, rt: PodRuntime) -> str:
     return ""
 
 
-def _capability_drop(cspec: Mapping[str, Any]) -> list[str]:
-    """What a container runtime grants: NET_ADMIN only to privileged containers or ones that add it (an exec'd
-    agent in an ordinary container must find it missing, as on a real cluster). NET_RAW stays, as in the
-    runtimes' default set."""
-    security = cspec.get("securityContext") or {}
+# Capabilities root has on the host that a container runtime's default set lacks and that mirror-py's agents
+# depend on: an exec'd agent in an ordinary container must find them missing, as on a real cluster.
+_NOT_BY_DEFAULT = ("NET_ADMIN", "SYS_PTRACE")
+
+
+def _security_wrapper(c: Container) -> list[str]:
+    """What a container runtime grants a container's processes: the capabilities above only to privileged
+    containers or ones that add them, and the user and group of the container's (else the pod's)
+    securityContext, with no supplementary groups. A non-root user keeps no capabilities, as with a runtime
+    that sets no ambient capabilities."""
+    security = c.spec.get("securityContext") or {}
     added = {str(cap).upper().removeprefix("CAP_") for cap in (security.get("capabilities") or {}).get("add") or ()}
-    if security.get("privileged") or "NET_ADMIN" in added or "ALL" in added:
-        return []
-    return [SETPRIV, "--bounding-set", "-net_admin", "--"]
+    argv = []
+    if not security.get("privileged") and "ALL" not in added:
+        drop = [cap.lower() for cap in _NOT_BY_DEFAULT if cap not in added]
+        if drop:
+            argv += ["--bounding-set", ",".join("-" + cap for cap in drop)]
+    uid = security.get("runAsUser", c.pod_security.get("runAsUser"))
+    gid = security.get("runAsGroup", c.pod_security.get("runAsGroup"))
+    if uid is not None or gid is not None:
+        argv += ["--clear-groups"]
+        if gid is not None:
+            argv += ["--regid", str(int(gid))]
+        if uid is not None:
+            argv += ["--reuid", str(int(uid))]
+    return [SETPRIV, *argv, "--"] if argv else []
 
 
 def _probe_port(cspec: Mapping[str, Any]) -> int:

@@ -32,9 +32,24 @@ def test_live_inodes_sees_a_listening_socket():
 
 
 def test_sandbox_exec_has_net_admin_only_where_a_runtime_grants_it():
-    from tests.sandbox.cluster import _capability_drop
+    from tests.sandbox.cluster import Container, _security_wrapper
 
-    assert _capability_drop({})[-3:] == ["--bounding-set", "-net_admin", "--"]
-    assert _capability_drop({"securityContext": {"allowPrivilegeEscalation": False}})
-    assert _capability_drop({"securityContext": {"privileged": True}}) == []
-    assert _capability_drop({"securityContext": {"capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}}}) == []
+    def wrapper(security: dict | None = None, pod: dict | None = None) -> list[str]:
+        spec = {"securityContext": security} if security is not None else {}
+        return _security_wrapper(Container("c", spec, pod_security=pod or {}))
+
+    assert wrapper()[-3:] == ["--bounding-set", "-net_admin,-sys_ptrace", "--"]
+    assert wrapper({"allowPrivilegeEscalation": False})
+    assert wrapper({"privileged": True}) == []
+    assert wrapper({"capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}})[-3:] == ["--bounding-set", "-sys_ptrace",
+                                                                                  "--"]
+    assert wrapper({"capabilities": {"add": ["NET_ADMIN", "SYS_PTRACE"]}}) == []
+
+
+def test_sandbox_runs_a_container_as_its_declared_user():
+    """The container's runAsUser/runAsGroup win over the pod's, as on a real cluster; no supplementary groups."""
+    from tests.sandbox.cluster import Container, _security_wrapper
+
+    spec = {"securityContext": {"runAsUser": 1000, "capabilities": {"add": ["NET_ADMIN", "SYS_PTRACE"]}}}
+    argv = _security_wrapper(Container("c", spec, pod_security={"runAsUser": 5, "runAsGroup": 7}))
+    assert argv[1:] == ["--clear-groups", "--regid", "7", "--reuid", "1000", "--"]
