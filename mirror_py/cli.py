@@ -97,6 +97,8 @@ def _target_options(fn: Callable) -> Callable:
                      envvar=FLAG_VARIABLES["agent_mode"], help="where the agent runs on Kubernetes"),
         click.option("--agent-image", envvar=FLAG_VARIABLES["agent_image"],
                      help="image of ephemeral, job and targetless agents"),
+        click.option("--agent-namespace", envvar=FLAG_VARIABLES["agent_namespace"],
+                     help="namespace of the agent pod of a session without a target"),
         click.option("--agent-startup-timeout", type=float, envvar=FLAG_VARIABLES["agent_startup_timeout"],
                      help="seconds to wait for the agent to start"),
         click.option("--env-file", envvar=FLAG_VARIABLES["env_file"],

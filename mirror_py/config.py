@@ -175,6 +175,13 @@ class AgentConfig(_Section):
     image: str = Field(
         "python:3.12-slim", min_length=1, description="Image of the ephemeral, job and targetless agent containers."
     )
+    namespace: str | None = Field(
+        None,
+        min_length=1,
+        description="Namespace of the targetless agent pod (a session without a target); default the session's "
+        "namespace. A dedicated namespace lets an admin grant pod create, delete and exec there only. Short DNS "
+        "names resolve in the pod's namespace: name others as NAME.NAMESPACE.",
+    )
     startup_timeout: float = Field(
         30.0, gt=0, allow_inf_nan=False, description="Seconds to wait for the agent to say hello."
     )
@@ -423,6 +430,7 @@ FLAG_VARIABLES: dict[str, str] = {
     "agent_mode": "MIRROR_PY_AGENT_MODE",
     "fs_mode": "MIRROR_PY_FS_MODE",
     "agent_image": "MIRROR_PY_AGENT_IMAGE",
+    "agent_namespace": "MIRROR_PY_AGENT_NAMESPACE",
     "agent_startup_timeout": "MIRROR_PY_AGENT_STARTUP_TIMEOUT",
     "outgoing": "MIRROR_PY_OUTGOING",
     "dns": "MIRROR_PY_DNS",
@@ -442,6 +450,7 @@ FLAG_KEYS: dict[str, str] = {
     "agent_mode": "agent.mode",
     "fs_mode": "fs.mode",
     "agent_image": "agent.image",
+    "agent_namespace": "agent.namespace",
     "agent_startup_timeout": "agent.startup_timeout",
     "outgoing": "network.outgoing.enabled",
     "dns": "network.dns.enabled",
