@@ -2,7 +2,8 @@
 
 A Role that grants too little breaks a session halfway; one that grants too much is a permission nobody can
 justify to a cluster admin. So for each agent mode (and a session without a target) a sandbox user holds
-exactly the rules of ``k8s/rbac-<mode>.yaml`` in ``staging``, runs every kind of target, a typo'd name of
+exactly the rules of ``k8s/rbac-<mode>.yaml`` in ``staging`` (the targetless Role in its own ``mirror-py``
+namespace only), runs every kind of target, a typo'd name of
 every kind (the suggestion path lists) and ``mirror-py ls``, and the API calls the sandbox recorded for that
 user must be (a) enough for all of it to work, (b) each allowed by a rule of the Role and (c) together use every
 verb and resource the Role grants. The agent's requested privileges per mode are checked against
@@ -28,6 +29,8 @@ from .conftest import MIRROR_PY, ROOT
 
 MODES = ("exec", "ephemeral", "job", "targetless")
 NAMESPACE = "staging"
+AGENT_NAMESPACE = "mirror-py"  # where targetless sessions put their pod, and the only place their Role is bound
+ROLE_NAMESPACES = {**{mode: NAMESPACE for mode in MODES}, "targetless": AGENT_NAMESPACE}
 
 # Every kind of target the CLI takes, beyond the Deployment, ReplicaSet, Service and Pods of the example.
 EXTRA_WORKLOADS = """
@@ -78,9 +81,38 @@ metadata:
 spec:
   containers:
     - {name: legacy, image: debian:12, command: [sleep, infinity]}
-"""
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: mirror-py}
+""" + "".join(f"""---
+# A target whose spec declares its user {how}: what the ephemeral agent needs to read its environment and files
+# depends on it (docs/agent-modes.md, "Capabilities of the ephemeral agent").
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: staging}}
+spec:
+  securityContext: {pod_security}
+  containers:
+    - name: app
+      image: python:3.12-slim
+      command: [sleep, infinity]
+      securityContext: {container_security}
+      env: [{{name: GREETING, value: hello-{name}}}]
+""" for name, how, pod_security, container_security in (
+    ("same-user", "for the pod (non-root, user and group)", "{runAsUser: 1000, runAsGroup: 1000}", "{}"),
+    ("root-user", "for the container (root, user and group)", "{}", "{runAsUser: 0, runAsGroup: 0}"),
+    # a user without a group, on the container: an ephemeral container does not inherit it
+    ("other-user", "only in part", "{}", "{runAsUser: 1000}"),
+))
+# How each pod above declares its user, in the words of the docs' table (every other target declares nothing).
+DECLARED = {"same-user": "declared non-root", "root-user": "declared root", "other-user": "undeclared"}
 MANIFEST = (ROOT / "examples" / "k8s" / "sandbox.yaml").read_text() + EXTRA_WORKLOADS
 APP = "import socket; print(socket.gethostname())"
+# The target's environment and one of its files (read through /proc/PID/root, which another user's process
+# opens only to the same user or to CAP_SYS_PTRACE).
+APP_ENV = ("import os, socket; print(socket.gethostname(), os.environ.get('GREETING'), "
+           "open('/etc/hostname').read().strip())")
 
 
 def role_rules(mode: str) -> list[dict]:
@@ -109,12 +141,12 @@ def call_verbs(call: ApiCall) -> list[str]:
     return [call.verb]
 
 
-def allowed(call: ApiCall, rules: list[dict]) -> bool:
+def allowed(call: ApiCall, rules: list[dict], namespace: str) -> bool:
     if not call.resource:  # discovery and /version: every authenticated user may (system:discovery)
         return call.path.startswith(("/api", "/apis", "/version"))
     if call.api_group == "authorization.k8s.io" and call.resource == "selfsubjectaccessreviews":
         return True  # system:basic-user, bound to every authenticated user
-    return call.namespace == NAMESPACE and all(
+    return call.namespace == namespace and all(
         any(rule_allows(rule, verb, call.api_group, call.resource, call.name) for rule in rules)
         for verb in call_verbs(call)
     )
@@ -157,7 +189,8 @@ def _mirror(kubeconfig: str, *args: str) -> subprocess.CompletedProcess:
 
 def _scenarios(cluster: Cluster, mode: str) -> list[tuple[str, list[str], str | None]]:
     if mode == "targetless":
-        return [("no target", ["exec", "--", sys.executable, "-c", APP], "mirror-py-")]
+        return [("no target", ["exec", "--agent-namespace", AGENT_NAMESPACE, "--", sys.executable, "-c", APP],
+                 "mirror-py-")]
     api_pod = cluster.pod_names(NAMESPACE, "api-")[0]
     replica_set = api_pod.rsplit("-", 1)[0]
     pods = {"deploy/api": api_pod, "svc/api": api_pod, f"rs/{replica_set}": api_pod, f"pod/{api_pod}": api_pod,
@@ -170,6 +203,14 @@ def _scenarios(cluster: Cluster, mode: str) -> list[tuple[str, list[str], str | 
     if mode == "ephemeral":
         out.append(("auto without python3", ["exec", "--target", "pod/legacy", "--", sys.executable, "-c", APP],
                     "legacy"))
+        # Sessions that land on other rows of the capability table: each must work with exactly the row's rights.
+        for incoming, pod, more in (("off", "same-user", []), ("off", "root-user", []), ("off", "other-user", []),
+                                    ("mirror", "root-user", []), ("steal", "other-user", []),
+                                    ("off", api_pod, ["--no-env", "--fs-mode", "local"]),
+                                    ("steal", "root-user", ["--no-env", "--fs-mode", "local"])):
+            out.append((" ".join(["capabilities:", incoming, pod, *more]),
+                        ["exec", "--agent-mode", mode, "--incoming", incoming, *more, "--target", f"pod/{pod}", "--",
+                         sys.executable, "-c", APP_ENV], pod))
     typos = ["svc/apii", f"rs/{replica_set}x"]  # the kinds `mirror-py ls` does not list
     if mode == "exec":  # the suggestion path is the same in every mode: every kind once is enough
         typos += ["deploy/apii", f"pod/{api_pod}x", "sts/dbb", "ds/node-agnt", "job/migrat"]
@@ -191,7 +232,7 @@ def recorded(tmp_path_factory) -> tuple[Cluster, dict[str, ModeRuns]]:
         users = {}
         for mode in MODES:
             user = f"rbac-{mode}"
-            token = cluster.add_user(user, role_rules(mode), [NAMESPACE])
+            token = cluster.add_user(user, role_rules(mode), [ROLE_NAMESPACES[mode]])
             users[mode] = ModeRuns(mode, user, _kubeconfig_for(cluster, user, token, tmp / f"{mode}.kubeconfig"))
 
         jobs = [(mode, *scenario) for mode in MODES for scenario in _scenarios(cluster, mode)]
@@ -234,7 +275,7 @@ def test_every_call_is_allowed_by_the_role(recorded, mode):
     assert calls, "no API calls recorded for the user"
     rules = role_rules(mode)
     outside = [f"{c.method} {c.path} ({', '.join(call_verbs(c))} {c.api_group or 'core'}/{c.resource}) -> {c.code}"
-               for c in calls if not allowed(c, rules) or c.code in (401, 403)]
+               for c in calls if not allowed(c, rules, ROLE_NAMESPACES[mode]) or c.code in (401, 403)]
     assert not outside, f"k8s/rbac-{mode}.yaml lacks what mirror-py used:\n" + "\n".join(outside)
 
 
@@ -261,24 +302,14 @@ def _created(cluster: Cluster, resource: str, prefix: str) -> list[dict]:
 
 
 def test_agent_privileges_are_what_the_docs_say(recorded):
-    """Exec adds nothing; the ephemeral container asks for exactly the capabilities the docs list and is not
-    privileged; the job pod is privileged with hostPID on the target's node; the targetless pod is
+    """Exec adds nothing; the job pod is privileged with hostPID on the target's node; the targetless pod is
     unprivileged and carries no service-account token."""
     cluster, users = recorded
     writes = [c for c in users["exec"].calls if c.method in ("POST", "PUT", "PATCH", "DELETE")]
     assert not writes, "exec mode must change nothing in the cluster"
     assert "no privileges, nothing added" in _docs_row("exec")
 
-    ephemeral = [c for pod in cluster.store.list("pods", NAMESPACE) for c in pod["spec"].get("ephemeralContainers", [])
-                 if c["name"].startswith("mirror-py-")]
-    assert ephemeral, "no ephemeral agent container was added"
-    documented = set(re.findall(r"\b(?:NET_ADMIN|NET_RAW|SYS_[A-Z]+|CAP_[A-Z_]+)\b", _docs_row("ephemeral")))
-    for container in ephemeral:
-        security = container["securityContext"]
-        assert set(security) == {"capabilities"}, security  # not privileged, no other escalation
-        assert set(security["capabilities"]) == {"add"}, security
-        assert set(security["capabilities"]["add"]) == documented, (security, documented)
-
+    assert "never privileged" in _docs_row("ephemeral")
     jobs = _created(cluster, "jobs", "mirror-py-")
     assert jobs, "no agent job was created"
     for job in jobs:
@@ -298,6 +329,76 @@ def test_agent_privileges_are_what_the_docs_say(recorded):
         assert [c["securityContext"] for c in spec["containers"]] == [{"allowPrivilegeEscalation": False}]
     row = _docs_row("targetless")
     assert "unprivileged pod" in row and "without a service-account token" in row
+
+
+CAPABILITY_NAMES = re.compile(r"\b(?:NET_[A-Z]+|SYS_[A-Z]+|CAP_[A-Z_]+)\b")
+SAME_USER = "the target's user and group"
+
+
+def capability_table() -> dict[tuple[str, str], tuple[set[str], bool]]:
+    """docs/agent-modes.md's table of the ephemeral agent's rights: (incoming, the target's user) -> (capabilities
+    added, whether the agent runs as the target's user and group)."""
+    text = (ROOT / "docs" / "agent-modes.md").read_text()
+    section = text.split("## Capabilities of the ephemeral agent", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header == ["incoming", "the target's user", "capabilities added", "the agent runs as"], header
+    table = {}
+    for line in lines[2:]:
+        incoming, user, caps, runs_as = (cell.strip() for cell in line.strip("|").split("|"))
+        key = (incoming.strip("`"), user)
+        assert key not in table, f"two rows for {key}"
+        assert runs_as in (SAME_USER, "the image's user"), runs_as
+        table[key] = (set(CAPABILITY_NAMES.findall(caps)), runs_as == SAME_USER)
+    return table
+
+
+def _argument(argv: list[str], flag: str, default: str) -> str:
+    return argv[argv.index(flag) + 1] if flag in argv else default
+
+
+def test_ephemeral_capabilities_are_the_docs_table(recorded):
+    """Each ephemeral agent container the sandbox received (the PATCH, as stored) carries exactly the
+    capabilities of its row of the docs' table, runs as the user the row says, and is never privileged; and the
+    session worked with just those rights (the sandbox grants no NET_ADMIN or SYS_PTRACE that is not added, and
+    runs containers as their declared users, so a row that asks for too little fails it)."""
+    cluster, users = recorded
+    table = capability_table()
+    pods = {p["metadata"]["name"]: p for p in cluster.store.list("pods", NAMESPACE)}
+    containers = {c["name"]: (pod, c) for pod in pods.values() for c in pod["spec"].get("ephemeralContainers", [])}
+    checked = set()
+    for run in users["ephemeral"].runs:
+        found = re.search(r"creating ephemeral container (mirror-py-[0-9a-f]+)", run.out.stderr)
+        if found is None:
+            continue
+        assert run.out.returncode == 0, f"{run.what}: {run.out.stderr}"
+        pod, container = containers[found.group(1)]
+        incoming = _argument(run.argv, "--incoming", "mirror")
+        reads = "--no-env" not in run.argv or _argument(run.argv, "--fs-mode", "read") != "local"
+        user = DECLARED.get(pod["metadata"]["name"], "undeclared") if reads else "not read"
+        caps, same_user = table[(incoming, user)]
+        security = container.get("securityContext") or {}
+        assert set(security) <= {"capabilities", "runAsUser", "runAsGroup"}, security  # never privileged
+        assert set((security.get("capabilities") or {}).get("add") or []) == caps, (run.what, security)
+        assert set(security.get("capabilities") or {}) <= {"add"}, security
+        declared = {**(pod["spec"].get("securityContext") or {}),
+                    **(pod["spec"]["containers"][0].get("securityContext") or {})}
+        if same_user:
+            assert (security.get("runAsUser"), security.get("runAsGroup")) == (declared["runAsUser"],
+                                                                               declared["runAsGroup"]), run.what
+        else:
+            assert "runAsUser" not in security and "runAsGroup" not in security, (run.what, security)
+        if run.what.startswith("capabilities:"):
+            words = run.out.stdout.split()
+            if reads:
+                assert words == [run.expect_pod, f"hello-{run.expect_pod}", run.expect_pod], (run.what, words)
+            else:  # the laptop's environment and /etc/hostname
+                assert words[:2] == [run.expect_pod, "None"], (run.what, words)
+        checked.add((incoming, user))
+    # every kind of row the scenarios reach was reached (so a scenario that silently stopped proves nothing)
+    assert checked >= {("off", "declared non-root"), ("off", "declared root"), ("off", "undeclared"),
+                       ("mirror", "declared root"), ("mirror", "undeclared"), ("steal", "undeclared"),
+                       ("off", "not read"), ("steal", "not read")}, checked
 
 
 @pytest.mark.parametrize("mode", ["exec", "ephemeral", "job"])
