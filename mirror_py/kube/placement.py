@@ -218,8 +218,28 @@ async def ephemeral_mode(kube: KubeContext, target: ResolvedTarget, python: str,
                       f"ephemeral container {name}")
     channel = ExecChannel(kube.configuration, target.namespace, target.pod, name, _agent_command(python, token),
                           f"{target.describe()} via ephemeral container {name}", python, open_timeout=timeout)
-    return Placement(channel, "ephemeral", _placed_environment(_container_id(pod, target.container), [],
-                                                               needs.target_process))
+    after = _placed_environment(_container_id(pod, target.container), [], needs.target_process)
+    return Placement(channel, "ephemeral", _explain_denied(after, security))
+
+
+def _explain_denied(after: Callable[[Any], Awaitable[dict]], security: dict) -> Callable[[Any], Awaitable[dict]]:
+    """A refused read of the target's ``/proc/PID`` names the rights the agent was given and what to do: the
+    kernel's answer alone ("Permission denied") does not say that the target is another user's process."""
+    async def after_hello(link: Any) -> dict:
+        try:
+            return await after(link)
+        except OSError as exc:
+            if getattr(exc, "name", None) not in ("EACCES", "EPERM"):
+                raise
+            given = ("running as the target's declared user" if "runAsUser" in security else
+                     "with SYS_PTRACE" if "SYS_PTRACE" in (security.get("capabilities") or {}).get("add", []) else
+                     "with no added capability")
+            raise MirrorError(f"the ephemeral agent ({given}) may not read the target process's environment and "
+                              f"files ({getattr(exc, 'message', exc)}): the process may run as another user than its "
+                              "pod spec declares, or have made itself non-dumpable; use --no-env with --fs-mode "
+                              "local, or --agent-mode job") from None
+
+    return after_hello
 
 
 def _ephemeral_state(pod: dict, name: str) -> tuple[str, str]:

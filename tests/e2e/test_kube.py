@@ -54,7 +54,21 @@ spec:
   ports:
     - {name: udp, port: 9999, targetPort: 9999, protocol: UDP}
 """
-MANIFEST_TEXT = (ROOT / "examples" / "k8s" / "sandbox.yaml").read_text() + UDP_ECHO
+# A target that declares its user (so the ephemeral agent runs as that user, with no capability) and then makes
+# itself non-dumpable, which closes its /proc/PID to everyone without CAP_SYS_PTRACE, its own user included.
+UNDUMPABLE = """
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: undumpable, namespace: staging}
+spec:
+  securityContext: {runAsUser: 1000, runAsGroup: 1000}
+  containers:
+    - name: app
+      image: python:3.12-slim
+      command: [python3, -c, "import ctypes, time; ctypes.CDLL(None).prctl(4, 0); time.sleep(1e9)"]
+"""
+MANIFEST_TEXT = (ROOT / "examples" / "k8s" / "sandbox.yaml").read_text() + UDP_ECHO + UNDUMPABLE
 MANIFEST = ROOT / "examples" / "k8s" / "sandbox.yaml"
 
 APP = (
@@ -275,6 +289,13 @@ def test_ephemeral_containers_disabled_suggests_job(cluster):
                       "ephemeral containers are disabled", "--agent-mode job")
     finally:
         cluster.ephemeral_containers_enabled = True
+
+
+def test_ephemeral_agent_refused_by_the_target_says_why(cluster):
+    """An agent that runs as the target's declared user but is still refused (the process made itself
+    non-dumpable) says what it was given and what to do, in one line."""
+    _assert_error(_run(cluster, "exec", "--target", "pod/undumpable", "--agent-mode", "ephemeral", "--incoming",
+                       "off"), "running as the target's declared user", "non-dumpable", "--agent-mode job")
 
 
 def test_image_pull_failure_names_the_reason(cluster):
