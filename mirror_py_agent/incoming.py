@@ -83,7 +83,7 @@ def clean_stale_rules() -> list[str]:
         bins = iptables.binaries()
         if not bins:
             return []
-        with iptables.netns_lock():
+        with iptables.netns_lock(bins):
             return iptables.clean_stale(bins)
     except (OSError, iptables.IptablesError):
         return []
@@ -96,6 +96,7 @@ class Incoming:
         self.mux = mux
         self.subs: dict[int, Any] = {}
         self.rules: iptables.Rules | None = None
+        self._rules_lock = asyncio.Lock()  # concurrent subscriptions share one chain (and one dead-man helper)
         self._next_sid = 2
 
     def new_stream_id(self) -> int:
@@ -149,9 +150,10 @@ class Incoming:
         return out
 
     async def rules_for_steal(self) -> iptables.Rules:
-        if self.rules is None:
-            self.rules = await asyncio.get_running_loop().run_in_executor(None, iptables.Rules)
-        return self.rules
+        async with self._rules_lock:
+            if self.rules is None:
+                self.rules = await asyncio.get_running_loop().run_in_executor(None, iptables.Rules)
+            return self.rules
 
     async def close(self) -> None:
         for sub in list(self.subs):

@@ -10,7 +10,8 @@
   without touching any workload.
 
 Ephemeral, job and targetless containers run a small idle program; the agent is exec'd next to it, and the idle
-program exits once the agent is gone (ephemeral containers cannot be removed, but they can stop).
+program exits once the agent and its dead-man helper are gone (ephemeral containers cannot be removed, but they
+can stop), after removing any steal rules they could not.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import secrets
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
-from mirror_py_agent import bootstrap
+from mirror_py_agent import bootstrap, sweep
 
 from ..errors import MirrorError
 from ..transport.k8s_exec import ExecChannel
@@ -33,25 +35,70 @@ from .targets import ResolvedTarget, collection, object_path
 progress = logging.getLogger("mirror_py.progress")
 log = logging.getLogger("mirror_py.session")
 
-# Keeps an agent container alive while an agent with the token runs, then exits; gives up if none ever starts.
-IDLE = (
-    "import os,sys,time\n"
-    "tok=sys.argv[1].encode();seen=False;t0=time.time()\n"
-    "while True:\n"
-    " found=False\n"
-    " for p in os.listdir('/proc'):\n"
-    "  if p.isdigit() and int(p)!=os.getpid():\n"
-    "   try:\n"
-    "    with open('/proc/'+p+'/cmdline','rb') as f:\n"
-    "     found=found or tok in f.read()\n"
-    "   except OSError:\n"
-    "    pass\n"
-    " if found:\n"
-    "  seen=True\n"
-    " elif seen or time.time()-t0>300:\n"
-    "  sys.exit(0)\n"
-    " time.sleep(1)\n"
-)
+# Keeps an agent container alive while a process with the token in its command line runs (the agent, and its
+# dead-man helper, forked from it), then removes the steal rules nobody owns in their network namespaces and
+# exits; gives up if none ever starts. Arguments: the token, then optionally the poll interval and the give-up
+# time in seconds (tests shorten them). The sweep is mirror_py_agent/sweep.py itself, which stands alone.
+_IDLE_WATCH = """
+import sys
+import time
+
+
+def watch(token, poll, give_up):
+    nets = {}
+    seen = False
+    start = time.monotonic()
+    while True:
+        found = False
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                with open("/proc/" + entry + "/cmdline", "rb") as f:
+                    if token not in f.read():
+                        continue
+                found = True
+                st = os.stat("/proc/" + entry + "/ns/net")
+                if (st.st_dev, st.st_ino) not in nets:
+                    nets[st.st_dev, st.st_ino] = os.open("/proc/" + entry + "/ns/net", os.O_RDONLY)
+            except OSError:
+                pass
+        if found:
+            seen = True
+        elif seen or time.monotonic() - start > give_up:
+            return nets
+        time.sleep(poll)
+
+
+def sweep_in(key, fd):
+    own = os.stat("/proc/self/ns/net")
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            if key != (own.st_dev, own.st_ino):
+                os.setns(fd, os.CLONE_NEWNET)  # Python 3.12+; older images sweep their own namespace only
+            bins = binaries()
+            if bins:
+                sweep(bins)
+                code = 0
+        except BaseException:
+            pass
+        finally:
+            os._exit(code)
+    os.waitpid(pid, 0)
+
+
+def idle(argv):
+    nets = watch(argv[1].encode(), float(argv[2]) if len(argv) > 2 else 1.0,
+                 float(argv[3]) if len(argv) > 3 else 300.0)
+    for key, fd in nets.items():
+        sweep_in(key, fd)
+
+
+idle(sys.argv)
+"""
+IDLE = Path(sweep.__file__).read_text(encoding="utf-8") + _IDLE_WATCH
 WAITING_FAILURES = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                     "CreateContainerError", "RunContainerError"}
 
