@@ -120,7 +120,7 @@ def one_container_life(ns: str, rnd: random.Random, idle_python: str = sys.execu
     try:
         inner = None
         for _ in range(500):
-            inner = next((c for c in children(idle.pid) if b"def watch(" in cmdline(c)), None)
+            inner = next((c for c in children(idle.pid) if token.encode() in cmdline(c)), None)
             if inner is not None:
                 break
             time.sleep(0.01)
