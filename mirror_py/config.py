@@ -333,6 +333,16 @@ class IncomingConfig(_Section):
     http_filter: IncomingHttpFilterConfig | None = Field(
         None, description="steal: only matching HTTP requests go to the app, the others to the target's own app."
     )
+    steal_timeout: float = Field(
+        30.0, gt=0, allow_inf_nan=False,
+        description="steal: seconds the app may take to accept and start answering a stolen connection (or a "
+        "filtered request); after that it goes to the target's own app, if the client has received nothing yet.",
+    )
+    header_timeout: float = Field(
+        20.0, gt=0, allow_inf_nan=False,
+        description="steal with http_filter: seconds a client may take to send a request head once it has begun; "
+        "a slower client's connection goes to the target's own app.",
+    )
 
 
 class NetworkConfig(_Section):

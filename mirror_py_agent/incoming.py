@@ -10,6 +10,12 @@ session connects to the local app's listener.
   the local app, the rest to the original destination (the pod's app), both over one client connection;
   anything that is not HTTP/1.x goes to the original destination untouched.
 
+A stolen client never waits without bound: when the local side has not answered within the steal timeout,
+or a client of a filtered port takes longer than the header timeout to send a request head, the connection
+goes to the original destination instead, with what the client sent so far, provided the client has received
+nothing from the laptop yet (so it sees exactly one answer: the target's). What cannot be passed on (a body
+larger than :data:`REPLAY_LIMIT`) ends in an error the client sees at once.
+
 Standard library only, Python 3.9+.
 """
 
@@ -31,6 +37,9 @@ READ = 256 * 1024
 FIRST_BYTES_TIMEOUT = 2.0  # a client silent this long on a filtered port is passed through (server-first protocols)
 BATCH_QUEUE = 256 * 1024  # mirrored bytes queued toward the channel in one batch before copies wait for it
 COPY_SHARE = 4  # one mirrored copy may hold at most 1/COPY_SHARE of the agent's memory budget
+STEAL_TIMEOUT = 30.0  # default seconds for the local side to answer a stolen connection or request
+HEADER_TIMEOUT = 20.0  # default seconds a client of a filtered port may take to send one request head
+REPLAY_LIMIT = 256 * 1024  # bytes kept to pass a request on to the original destination when the laptop is silent
 EXPIRE_EVERY = 30.0
 BATCH_WINDOW = 0.005  # a mirroring agent reads its captured packets at most this often
 DRAIN_LIMIT = 4096  # packets read in one go before the agent's other work gets a turn
@@ -38,6 +47,10 @@ DRAIN_LIMIT = 4096  # packets read in one go before the agent's other work gets 
 _BAD_GATEWAY = (
     b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 56\r\nConnection: close\r\n\r\n"
     b"mirror-py: the local app did not accept the connection\n"
+)
+_GATEWAY_TIMEOUT = (
+    b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain\r\nContent-Length: 73\r\nConnection: close\r\n\r\n"
+    b"mirror-py: the local app did not answer, and the request was too large to pass on\n"
 )
 
 _by_mux: dict[int, Incoming] = {}
@@ -89,6 +102,13 @@ def clean_stale_rules() -> list[str]:
         return []
 
 
+def _seconds(args: dict, key: str, default: float) -> float:
+    value = args.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"{key} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
 class Incoming:
     """The subscriptions of one agent (one session)."""
 
@@ -109,6 +129,8 @@ class Incoming:
 
     async def subscribe(self, args: dict) -> dict:
         sub, port, mode, spec = args["sub"], args["port"], args["mode"], args.get("filter")
+        timeouts = {key: _seconds(args, key, default)
+                    for key, default in (("steal_timeout", STEAL_TIMEOUT), ("header_timeout", HEADER_TIMEOUT))}
         if not isinstance(sub, int) or isinstance(sub, bool):
             raise ValueError("sub must be an integer")
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
@@ -129,7 +151,7 @@ class Incoming:
                 raise PermissionError(errno.EPERM, "the agent has no CAP_NET_ADMIN, which stealing needs (iptables "
                                       "rules in the target's network namespace)")
             flt = http1.HttpFilter(spec) if spec else None
-            handler = StealPort(self, sub, port, flt)
+            handler = StealPort(self, sub, port, flt, **timeouts)
             await handler.start()
         else:
             raise ValueError(f"mode must be mirror or steal, not {mode!r}")
@@ -441,18 +463,23 @@ def original_destination(sock: socket.socket) -> tuple | None:
 class StealPort:
     """The agent's listener(s) for one stolen port, and the REDIRECT that feeds them."""
 
-    def __init__(self, owner: Incoming, sub: int, port: int, flt: http1.HttpFilter | None) -> None:
+    def __init__(self, owner: Incoming, sub: int, port: int, flt: http1.HttpFilter | None,
+                 steal_timeout: float = STEAL_TIMEOUT, header_timeout: float = HEADER_TIMEOUT) -> None:
         self.owner = owner
         self.mux = owner.mux
         self.sub = sub
         self.port = port
         self.filter = flt
+        self.steal_timeout = steal_timeout
+        self.header_timeout = header_timeout
         self.listeners: list[socket.socket] = []
         self.tasks: set[asyncio.Future] = set()
         self.connections = 0
         self.to_local = 0
         self.to_remote = 0
         self.passthrough = 0
+        self.timed_out = 0  # passed on to the original destination (or refused) because the laptop was silent
+        self.slow_heads = 0  # passed on to the original destination because the client sent its head too slowly
         self.rules: iptables.Rules | None = None
 
     async def start(self) -> None:
@@ -506,10 +533,11 @@ class StealPort:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def open_local(self, sock: socket.socket, peer: tuple, orig: tuple) -> TcpRelay:
-        """Streams ``sock`` to the session, which connects it to the local app."""
+    async def open_local(self, sock: socket.socket, peer: tuple, orig: tuple, guarded: bool = False) -> TcpRelay:
+        """Streams ``sock`` to the session, which connects it to the local app; ``guarded``: passed on to
+        ``orig`` if the local side does not answer in time (:class:`StolenRelay`)."""
         sid = self.owner.new_stream_id()
-        relay = TcpRelay(self.mux, sid)
+        relay = StolenRelay(self, sid, orig) if guarded else TcpRelay(self.mux, sid)
         self.mux.conn.send_accept(sid, self.sub, peer, orig)
         self.mux.flush()
         try:
@@ -526,9 +554,24 @@ class StealPort:
     async def _steal_whole(self, sock: socket.socket, peer: tuple, orig: tuple) -> None:
         self.to_local += 1
         try:
-            await self.open_local(sock, peer, orig)
+            await self.open_local(sock, peer, orig, guarded=True)
         except OSError:
             pass
+
+    async def pass_on(self, client: _Peer, orig: tuple) -> None:
+        """The rest of ``client``'s connection goes to the original destination, with what it sent so far
+        (``client.buf``) first."""
+        try:
+            reader, writer = await self.open_remote(orig)
+        except OSError:
+            client.close()
+            return
+        up = _Peer(reader, writer)
+        try:
+            await splice(client, up)
+        finally:
+            up.close()
+            client.close()
 
     async def open_remote(self, orig: tuple) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A connection to the original destination that this agent's rules (and earlier ones) let through."""
@@ -548,7 +591,8 @@ class StealPort:
     def stats(self) -> dict:
         return {"mode": "steal", "port": self.port, "filtered": self.filter is not None,
                 "connections": self.connections, "to_local": self.to_local, "to_remote": self.to_remote,
-                "passthrough": self.passthrough, "chain": self.rules.chain if self.rules else ""}
+                "passthrough": self.passthrough, "timed_out": self.timed_out, "slow_heads": self.slow_heads,
+                "chain": self.rules.chain if self.rules else ""}
 
     async def close(self) -> None:
         """New connections go to the pod's app again; those already stolen finish where they are."""
@@ -559,6 +603,120 @@ class StealPort:
             loop.remove_reader(sock.fileno())
             sock.close()
         self.listeners = []
+
+
+class StolenRelay(TcpRelay):
+    """An unfiltered stolen connection, relayed whole to the local app once that app has answered.
+
+    Until its first byte (or EOF) comes back, the client's bytes are also kept, up to :data:`REPLAY_LIMIT`. If
+    the local side stays silent for the steal timeout (a hung app, a laptop that went away, a connect that
+    never completes), the client's socket is taken back from the stream and the connection goes to the
+    original destination with those bytes first: the client has received nothing yet, so the target's answer
+    is the only one it sees. A client that sent more than was kept is reset instead of left waiting."""
+
+    def __init__(self, port: StealPort, sid: int, orig: tuple) -> None:
+        super().__init__(port.mux, sid)
+        self.port = port
+        self.orig = orig
+        self.replay: bytearray | None = bytearray()
+        self.answered = False
+        self._timer = asyncio.get_running_loop().call_later(port.steal_timeout, self._silent)
+
+    def _answer(self) -> None:
+        if not self.answered:
+            self.answered = True
+            self.replay = None
+            self._timer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.answered and self.replay is not None:
+            if len(self.replay) + len(data) <= REPLAY_LIMIT:
+                self.replay += data
+            else:
+                self.replay = None
+        super().data_received(data)
+
+    def on_channel_data(self, data: bytes) -> None:
+        self._answer()
+        super().on_channel_data(data)
+
+    def on_channel_eof(self) -> None:
+        self._answer()
+        super().on_channel_eof()
+
+    def on_channel_close(self, errno: str | None) -> None:
+        self._answer()
+        super().on_channel_close(errno)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()
+        super().connection_lost(exc)
+
+    def _silent(self) -> None:
+        t = self.transport
+        if self.answered or self._closed:
+            return
+        if t is None:  # not attached yet: look again shortly
+            self._timer = asyncio.get_running_loop().call_later(0.1, self._silent)
+            return
+        self.port.timed_out += 1
+        self._closed = True  # the relay's own callbacks do nothing from here on
+        self.mux.streams.pop(self.sid, None)
+        self.mux.conn.send_close(self.sid, "ETIMEDOUT", f"the local app did not answer in "
+                                 f"{self.port.steal_timeout:g} s; the connection went to the target's app")
+        self.mux.flush()
+        sock = t.get_extra_info("socket")
+        if self.replay is None or sock is None:
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+            t.abort()
+            self._done()
+            return
+        # Another descriptor for the same connection: the transport closes its own, the connection lives on.
+        dup = socket.socket(sock.family, sock.type, sock.proto, os.dup(sock.fileno()))
+        t.abort()
+        self._done()
+        self.port._track(self._pass_on(dup, bytes(self.replay)))
+
+    async def _pass_on(self, sock: socket.socket, sent: bytes) -> None:
+        try:
+            sock.setblocking(False)
+            reader, writer = await asyncio.open_connection(sock=sock, limit=READ)
+        except OSError:
+            sock.close()
+            return
+        client = _Peer(reader, writer)
+        client.buf += sent
+        await self.port.pass_on(client, self.orig)
+
+
+async def splice(a: _Peer, b: _Peer) -> None:
+    """Raw bytes both ways until both directions end (what either side has buffered goes first)."""
+
+    async def pipe(src: _Peer, dst: _Peer) -> None:
+        try:
+            if src.buf:
+                dst.write(bytes(src.buf))
+                src.buf.clear()
+            while True:
+                data = await src.reader.read(READ)
+                if not data:
+                    break
+                dst.write(data)
+                await dst.drain()
+            if not dst.writer.is_closing() and dst.writer.can_write_eof():
+                dst.writer.write_eof()
+        except OSError:
+            pass
+
+    await asyncio.gather(pipe(a, b), pipe(b, a))
+
+
+class _SlowHead(Exception):
+    """A client took longer than the header timeout to send one request head."""
 
 
 class _Peer:
@@ -602,6 +760,7 @@ class Splitter:
         self.orig = orig
         self.client: _Peer | None = None
         self.upstreams: dict[bool, _Peer] = {}  # True: the local app, False: the original destination
+        self._replay: bytearray | None = None  # the current request as sent to the local app, to pass it on
 
     async def run(self) -> None:
         try:
@@ -629,17 +788,18 @@ class Splitter:
         assert client is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + FIRST_BYTES_TIMEOUT
+        trickle = False
         while True:
             verdict = http1.looks_like_http1(bytes(client.buf[: http1.MAX_LINE + 1]))
             if verdict is not None:
                 return verdict
-            if client.buf:
-                more = await client.fill()
-            else:
-                try:
-                    more = await asyncio.wait_for(client.fill(), max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    return False
+            if client.buf and not trickle:  # some bytes, too few to tell: the head's own bound from now on
+                trickle = True
+                deadline = loop.time() + self.port.header_timeout
+            try:
+                more = await asyncio.wait_for(client.fill(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                return False
             if not more:
                 return False
 
@@ -685,7 +845,15 @@ class Splitter:
         assert client is not None
         assert self.port.filter is not None
         while True:
-            head = await self._read_head(client, http1.parse_request_head)
+            try:
+                head = await self._request_head()
+            except _SlowHead:
+                # Nothing of this request went anywhere yet: the rest of the connection is the target's.
+                self.port.slow_heads += 1
+                up = await self._upstream(False)
+                if up is not None:
+                    await self._splice(up)
+                return
             if head is None:
                 return
             local = self.port.filter.matches(head)
@@ -694,6 +862,7 @@ class Splitter:
             else:
                 self.port.to_remote += 1
             kind, length = head.body()
+            self._replay = bytearray(head.raw) if local else None
             for attempt in (0, 1):
                 up = await self._upstream(local)
                 if up is None:
@@ -705,7 +874,13 @@ class Splitter:
                 # Bodies are forwarded alongside the response (Expect: 100-continue needs both at once); most
                 # requests have none, and a task per request would be most of their cost.
                 body = None if framer.done else asyncio.ensure_future(self._forward_body(framer, up))
-                outcome = await self._response(head, up)
+                outcome = await self._response(head, up, self.port.steal_timeout if local else None)
+                if outcome == "silent":
+                    local, up, outcome = await self._pass_request_on(head, body)
+                    body = None
+                    if up is None:
+                        return
+                    break
                 if outcome == "retry" and attempt == 0 and body is None and not up.fresh:
                     self._drop(local)  # a kept-alive upstream closed in between: try a new connection once
                     continue
@@ -725,6 +900,57 @@ class Splitter:
             if outcome == "drop":
                 self._drop(local)
 
+    async def _request_head(self) -> http1.RequestHead | None:
+        """The next request head, or None at the end of the connection; :class:`_SlowHead` when the client
+        takes longer than the header timeout from its first byte (a slow or malicious client must not hold
+        the target's port)."""
+        client = self.client
+        assert client is not None
+        loop = asyncio.get_running_loop()
+        deadline = None
+        while True:
+            got = http1.parse_request_head(client.buf)
+            if got is not None:
+                head, n = got
+                del client.buf[:n]
+                return head
+            if client.buf and deadline is None:
+                deadline = loop.time() + self.port.header_timeout
+            if deadline is None:
+                more = await client.fill()
+            else:
+                try:
+                    more = await asyncio.wait_for(client.fill(), max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    raise _SlowHead() from None
+            if not more:
+                if client.buf:
+                    raise http1.HttpError("the connection ended inside a head")
+                return None
+
+    async def _pass_request_on(self, head: http1.RequestHead, body: asyncio.Future | None
+                               ) -> tuple[bool, _Peer | None, str]:
+        """The local app did not answer one request in time: it goes to the original destination, when all of
+        it was kept (the client has received nothing of this request's answer yet), else the client gets a
+        504. Returns the route, the upstream that answers, and the outcome of the answer."""
+        client = self.client
+        assert client is not None
+        self.port.timed_out += 1
+        self._drop(True)
+        whole = self._replay is not None and (body is None or body.done())
+        if body is not None and not body.done():
+            body.cancel()
+        up = await self._upstream(False) if whole else None
+        if up is None:
+            client.write(_GATEWAY_TIMEOUT)
+            await client.drain()
+            return False, None, "close"
+        assert self._replay is not None
+        up.write(bytes(self._replay))
+        self.port.to_local -= 1
+        self.port.to_remote += 1
+        return False, up, await self._response(head, up)
+
     async def _forward_body(self, framer: http1.BodyFramer, up: _Peer) -> None:
         client = self.client
         assert client is not None
@@ -733,6 +959,10 @@ class Splitter:
                 return  # the client stopped sending inside the body
             n = framer.feed(client.buf)
             if n:
+                if self._replay is not None:
+                    self._replay += client.buf[:n]
+                    if len(self._replay) > REPLAY_LIMIT:
+                        self._replay = None  # too large to pass on if the local app stays silent
                 up.write(bytes(client.buf[:n]))
                 del client.buf[:n]
                 try:
@@ -740,14 +970,21 @@ class Splitter:
                 except OSError:
                     pass
 
-    async def _response(self, head: http1.RequestHead, up: _Peer) -> str:
+    async def _response(self, head: http1.RequestHead, up: _Peer, timeout: float | None = None) -> str:
         """Relays the response(s) to one request: ``keep``, ``drop`` (the upstream closes after it), ``close``
-        (the client connection ends), ``upgrade`` (raw bytes from now on) or ``retry`` (nothing came)."""
+        (the client connection ends), ``upgrade`` (raw bytes from now on), ``retry`` (nothing came) or
+        ``silent`` (no response head within ``timeout``; nothing was sent to the client)."""
         client = self.client
         assert client is not None
         sent = False
         while True:
-            resp = await self._read_head(up, http1.parse_response_head)
+            if timeout is not None and not sent:
+                try:
+                    resp = await asyncio.wait_for(self._read_head(up, http1.parse_response_head), timeout)
+                except asyncio.TimeoutError:
+                    return "silent"
+            else:
+                resp = await self._read_head(up, http1.parse_response_head)
             if resp is None:
                 return "close" if sent else "retry"
             sent = True
@@ -777,23 +1014,5 @@ class Splitter:
             return "keep"
 
     async def _splice(self, up: _Peer) -> None:
-        client = self.client
-        assert client is not None
-
-        async def pipe(src: _Peer, dst: _Peer) -> None:
-            try:
-                if src.buf:
-                    dst.write(bytes(src.buf))
-                    src.buf.clear()
-                while True:
-                    data = await src.reader.read(READ)
-                    if not data:
-                        break
-                    dst.write(data)
-                    await dst.drain()
-                if not dst.writer.is_closing() and dst.writer.can_write_eof():
-                    dst.writer.write_eof()
-            except OSError:
-                pass
-
-        await asyncio.gather(pipe(client, up), pipe(up, client))
+        assert self.client is not None
+        await splice(self.client, up)

@@ -142,9 +142,13 @@ class Incoming:
                 flt.ports is None or ps.port in flt.ports) else None
             try:
                 await link.request("incoming_subscribe", {"sub": ps.sub, "port": ps.port, "mode": ps.mode,
-                                                          "filter": spec})
+                                                          "filter": spec, **self._timeouts()})
             except RemoteError as exc:
                 log.warning("%s", self._explain(exc, ps.mode, ps.port))
+
+    def _timeouts(self) -> dict:
+        """How long a stolen client may wait for the app, and a filtered port's client to send a head."""
+        return {"steal_timeout": self.cfg.steal_timeout, "header_timeout": self.cfg.header_timeout}
 
     # ------------------------------------------------------------------------------------- shim requests
     def handlers(self) -> dict:
@@ -185,7 +189,8 @@ class Incoming:
         self.by_sub[sub] = ps
         self.by_inode[inode] = ps
         try:
-            await link.request("incoming_subscribe", {"sub": sub, "port": port, "mode": mode, "filter": spec})
+            await link.request("incoming_subscribe", {"sub": sub, "port": port, "mode": mode, "filter": spec,
+                                                      **self._timeouts()})
         except RemoteError as exc:
             self._drop(ps)
             ps.ready.set_result(None)  # type: ignore[union-attr]

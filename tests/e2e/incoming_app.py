@@ -71,6 +71,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
+        if self.path.startswith("/hang"):  # an app stuck on this request: it never answers
+            record(describe(self.path, self.client_address, self.connection))
+            threading.Event().wait()
         self._reply()
 
     def do_POST(self) -> None:

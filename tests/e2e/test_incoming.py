@@ -301,6 +301,55 @@ def test_filtered_port_passes_non_http_through_untouched(pod, tmp_path):
             assert s.recv(100) == b"late"
 
 
+def _read_response(s: socket.socket) -> dict:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += s.recv(65536)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return json.loads(body)
+
+
+def test_a_silent_local_app_hands_stolen_clients_to_the_target(pod, tmp_path):
+    """The app never answers /hang: after steal_timeout the target's app answers instead (the client has
+    received nothing from the laptop), whole connections and filtered requests alike."""
+    with serving(pod, tmp_path, config='[network.incoming]\nmode = "steal"\nsteal_timeout = 1\n') as app:
+        assert get(pod.ip, "/hang-whole")["server"] == "podip"
+        assert get(pod.ip, "/fine")["server"] == "local"
+        assert [e["path"] for e in app.seen()] == ["/hang-whole", "/fine"]
+        assert [s["timed_out"] for s in app.stats()["subs"].values()] == [1]
+    config = FILTER.replace('mode = "steal"\n', 'mode = "steal"\nsteal_timeout = 1\n')
+    with serving(pod, tmp_path, config=config) as app:
+        conn = http.client.HTTPConnection(pod.ip, PORT, timeout=10)
+        assert get(pod.ip, "/hang-filtered", {"X-User": "me"}, conn=conn)["server"] == "podip"
+        assert get(pod.ip, "/after", {"X-User": "me"}, conn=conn)["server"] == "local"
+        conn.close()
+        assert [e["path"] for e in app.seen()][-2:] == ["/hang-filtered", "/after"]
+
+
+def test_a_client_that_trickles_its_request_head_goes_to_the_target(pod, tmp_path):
+    """Slowloris on a filtered port: a head not complete within header_timeout of its first byte is not held
+    by the agent; the connection goes to the target's app (which answers it like any client of its own)."""
+    config = FILTER.replace('mode = "steal"\n', 'mode = "steal"\nheader_timeout = 1\n')
+    with serving(pod, tmp_path, config=config) as app:
+        for first, rest in ((b"GET /slow HTTP/1.1\r\nHost: x\r\n", b"X-User: me\r\n\r\n"),
+                            (b"GE", b"T /slower HTTP/1.1\r\nX-User: me\r\n\r\n")):
+            with socket.create_connection((pod.ip, PORT), timeout=10) as s:
+                s.sendall(first)
+                time.sleep(1.5)
+                s.sendall(rest)
+                assert _read_response(s)["server"] == "podip"
+        assert get(pod.ip, "/quick", {"X-User": "me"})["server"] == "local"
+        assert [e["path"] for e in app.seen()] == ["/quick"]
+        assert [s["slow_heads"] for s in app.stats()["subs"].values()] == [1]
+
+
 def test_sigkill_of_the_agent_gives_the_port_back_within_5_s(pod, tmp_path):
     with serving(pod, tmp_path, mode="steal"):
         assert get(pod.ip, "/k1")["server"] == "local"
