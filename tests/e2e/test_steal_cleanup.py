@@ -7,6 +7,7 @@ left in the namespace, as a container runtime does), and an agent in it that ste
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import secrets
@@ -303,4 +304,37 @@ def test_concurrent_steal_subscriptions_share_one_chain_and_one_helper(netns):
     out = in_ns(netns, [sys.executable, "-c", CONCURRENT], env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["1", "1"], out  # one dead-man helper, one chain
+    assert leftovers(netns) == []
+
+
+NOTHING_LAZY = (
+    "import json,os,socket,subprocess,sys\n"
+    "from mirror_py_agent import incoming, iptables\n"  # what the agent imports when it starts
+    "imports=[];ran=[]\n"
+    "class Spy:\n"
+    " def find_spec(self,name,path=None,target=None):\n"
+    "  imports.append(name)\n"
+    "sys.meta_path.insert(0,Spy())\n"
+    "popen=subprocess.Popen.__init__\n"
+    "def spy(self,args,*a,**k):\n"
+    " ran.append(os.path.basename(args[0]))\n"
+    " popen(self,args,*a,**k)\n"
+    "subprocess.Popen.__init__=spy\n"
+    "incoming.clean_stale_rules()\n"
+    "ln=socket.socket();ln.bind(('127.0.0.1',0));ln.listen()\n"
+    "r=iptables.Rules();r.add(8080,ln.getsockname()[1],None);r.remove(8080);r.add(8080,ln.getsockname()[1],None)\n"
+    "r.close()\n"
+    "print(json.dumps({'imports':imports,'ran':sorted(set(ran))}))\n"
+)
+
+
+def test_stealing_imports_nothing_more_and_runs_nothing_but_iptables(netns):
+    """The agent's files may be the target's (job mode enters its mount namespace): after start-up, stealing
+    must neither import a module (a file of the target) nor run a program other than iptables (the dead-man
+    helper is forked, not the target's python)."""
+    out = in_ns(netns, [sys.executable, "-c", NOTHING_LAZY], env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["imports"] == []
+    assert set(got["ran"]) <= {"iptables", "ip6tables", "iptables-restore", "ip6tables-restore"}, got["ran"]
     assert leftovers(netns) == []
