@@ -13,8 +13,9 @@ session connects to the local app's listener.
 A stolen client never waits without bound: when the local side has not answered within the steal timeout,
 or a client of a filtered port takes longer than the header timeout to send a request head, the connection
 goes to the original destination instead, with what the client sent so far, provided the client has received
-nothing from the laptop yet (so it sees exactly one answer: the target's). What cannot be passed on (a body
-larger than :data:`REPLAY_LIMIT`) ends in an error the client sees at once.
+nothing from the laptop yet (so it sees exactly one answer: the target's). Sending more than
+:data:`REPLAY_LIMIT` cannot be passed on: the wait goes on while the local side keeps taking the bytes (a large
+upload), and ends in an error the client sees at once when it has taken none for the steal timeout.
 
 Standard library only, Python 3.9+.
 """
@@ -39,7 +40,7 @@ BATCH_QUEUE = 256 * 1024  # mirrored bytes queued toward the channel in one batc
 COPY_SHARE = 4  # one mirrored copy may hold at most 1/COPY_SHARE of the agent's memory budget
 STEAL_TIMEOUT = 30.0  # default seconds for the local side to answer a stolen connection or request
 HEADER_TIMEOUT = 20.0  # default seconds a client of a filtered port may take to send one request head
-REPLAY_LIMIT = 256 * 1024  # bytes kept to pass a request on to the original destination when the laptop is silent
+REPLAY_LIMIT = 64 * 1024  # bytes kept to pass a request on to the original destination when the laptop is silent
 EXPIRE_EVERY = 30.0
 BATCH_WINDOW = 0.005  # a mirroring agent reads its captured packets at most this often
 DRAIN_LIMIT = 4096  # packets read in one go before the agent's other work gets a turn
@@ -612,7 +613,8 @@ class StolenRelay(TcpRelay):
     the local side stays silent for the steal timeout (a hung app, a laptop that went away, a connect that
     never completes), the client's socket is taken back from the stream and the connection goes to the
     original destination with those bytes first: the client has received nothing yet, so the target's answer
-    is the only one it sees. A client that sent more than was kept is reset instead of left waiting."""
+    is the only one it sees. A client that sent more than was kept cannot be passed on: it waits as long as
+    the local side keeps taking its bytes (credit comes back), and is reset after a steal timeout without."""
 
     def __init__(self, port: StealPort, sid: int, orig: tuple) -> None:
         super().__init__(port.mux, sid)
@@ -620,6 +622,7 @@ class StolenRelay(TcpRelay):
         self.orig = orig
         self.replay: bytearray | None = bytearray()
         self.answered = False
+        self.progress = False  # the local side took bytes since the timer was last armed
         self._timer = asyncio.get_running_loop().call_later(port.steal_timeout, self._silent)
 
     def _answer(self) -> None:
@@ -635,6 +638,10 @@ class StolenRelay(TcpRelay):
             else:
                 self.replay = None
         super().data_received(data)
+
+    def on_credit(self) -> None:
+        self.progress = True
+        super().on_credit()
 
     def on_channel_data(self, data: bytes) -> None:
         self._answer()
@@ -658,6 +665,10 @@ class StolenRelay(TcpRelay):
             return
         if t is None:  # not attached yet: look again shortly
             self._timer = asyncio.get_running_loop().call_later(0.1, self._silent)
+            return
+        if self.replay is None and self.progress:  # a large upload the local side is taking: not silent
+            self.progress = False
+            self._timer = asyncio.get_running_loop().call_later(self.port.steal_timeout, self._silent)
             return
         self.port.timed_out += 1
         self._closed = True  # the relay's own callbacks do nothing from here on
@@ -761,6 +772,7 @@ class Splitter:
         self.client: _Peer | None = None
         self.upstreams: dict[bool, _Peer] = {}  # True: the local app, False: the original destination
         self._replay: bytearray | None = None  # the current request as sent to the local app, to pass it on
+        self._body_progress = 0  # chunks of the current request's body the upstream has taken
 
     async def run(self) -> None:
         try:
@@ -863,6 +875,7 @@ class Splitter:
                 self.port.to_remote += 1
             kind, length = head.body()
             self._replay = bytearray(head.raw) if local else None
+            self._body_progress = 0
             for attempt in (0, 1):
                 up = await self._upstream(local)
                 if up is None:
@@ -947,8 +960,6 @@ class Splitter:
             return False, None, "close"
         assert self._replay is not None
         up.write(bytes(self._replay))
-        self.port.to_local -= 1
-        self.port.to_remote += 1
         return False, up, await self._response(head, up)
 
     async def _forward_body(self, framer: http1.BodyFramer, up: _Peer) -> None:
@@ -969,6 +980,7 @@ class Splitter:
                     await up.drain()
                 except OSError:
                     pass
+                self._body_progress += 1
 
     async def _response(self, head: http1.RequestHead, up: _Peer, timeout: float | None = None) -> str:
         """Relays the response(s) to one request: ``keep``, ``drop`` (the upstream closes after it), ``close``
@@ -979,10 +991,16 @@ class Splitter:
         sent = False
         while True:
             if timeout is not None and not sent:
-                try:
-                    resp = await asyncio.wait_for(self._read_head(up, http1.parse_response_head), timeout)
-                except asyncio.TimeoutError:
-                    return "silent"
+                # Silent means: no response head for ``timeout`` since the request, or since the app last took
+                # a piece of its body (a large upload is not a silent app).
+                while True:
+                    progress = self._body_progress
+                    try:
+                        resp = await asyncio.wait_for(self._read_head(up, http1.parse_response_head), timeout)
+                        break
+                    except asyncio.TimeoutError:
+                        if self._body_progress == progress:
+                            return "silent"
             else:
                 resp = await self._read_head(up, http1.parse_response_head)
             if resp is None:

@@ -85,7 +85,6 @@ def netns_lock(bins: list[str], timeout: float = LOCK_TIMEOUT) -> Iterator[None]
         raise IptablesError("could not claim a marker name for the iptables lock")
     binary = bins[0]
     deadline = time.monotonic() + timeout
-    failures = 0
     try:
         while True:
             try:
@@ -93,15 +92,12 @@ def netns_lock(bins: list[str], timeout: float = LOCK_TIMEOUT) -> Iterator[None]
                 break
             except IptablesError as exc:
                 holder = sweep.lock_holder(sweep.rules(binary))
-                if holder is None:  # released in between, or the commit failed for another reason
-                    failures += 1
-                    if failures > 3:
-                        raise
-                    continue
-                if not (holder and sweep.is_live(holder)):
-                    sweep.release_lock(binary, holder)
+                if holder is not None and not (holder and sweep.is_live(holder)):
+                    sweep.release_lock(binary, holder)  # its holder is gone
                     continue
                 if time.monotonic() > deadline:
+                    if holder is None:  # free, yet the commit fails: say why
+                        raise
                     raise IptablesError(
                         f"mirror-py agent {holder} held the iptables lock of this network namespace (chain "
                         f"{LOCK_CHAIN} in the nat table) for {timeout:g} s") from exc

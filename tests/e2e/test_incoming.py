@@ -333,6 +333,29 @@ def test_a_silent_local_app_hands_stolen_clients_to_the_target(pod, tmp_path):
         assert [e["path"] for e in app.seen()][-2:] == ["/hang-filtered", "/after"]
 
 
+def test_a_slow_upload_the_local_app_keeps_taking_is_not_cut(pod, tmp_path):
+    """steal_timeout bounds a silent local side, not a long request: an upload the app keeps reading for
+    longer than the timeout (answered only at its end) stays with the app, whole or filtered."""
+    chunk, count = b"u" * (128 << 10), 16
+
+    def slowly():
+        for _ in range(count):
+            time.sleep(0.25)
+            yield chunk
+
+    for config in ('[network.incoming]\nmode = "steal"\nsteal_timeout = 1\n',
+                   FILTER.replace('mode = "steal"\n', 'mode = "steal"\nsteal_timeout = 1\n')):
+        with serving(pod, tmp_path, config=config) as app:
+            conn = http.client.HTTPConnection(pod.ip, PORT, timeout=20)
+            conn.request("POST", "/upload", body=slowly(),
+                         headers={"Content-Length": str(len(chunk) * count), "X-User": "me"})
+            r = conn.getresponse()
+            body = json.loads(r.read())
+            conn.close()
+            assert r.status == 200 and body["server"] == "local" and len(body["body"]) == len(chunk) * count
+            assert [s["timed_out"] for s in app.stats()["subs"].values()] == [0]
+
+
 def test_a_client_that_trickles_its_request_head_goes_to_the_target(pod, tmp_path):
     """Slowloris on a filtered port: a head not complete within header_timeout of its first byte is not held
     by the agent; the connection goes to the target's app (which answers it like any client of its own)."""
