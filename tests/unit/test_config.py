@@ -679,3 +679,14 @@ def test_loader_raises_only_config_error(document, overrides, dotenv):
             else:
                 json.dumps(shim_settings(cfg))
                 assert set(cfg.sources) >= {"target.path", "env.override"}
+
+
+def test_steal_timeouts_default_and_must_be_positive(tmp_path):
+    cfg = load_config(cwd=tmp_path)
+    assert (cfg.network.incoming.steal_timeout, cfg.network.incoming.header_timeout) == (30.0, 20.0)
+    for key, value in (("steal_timeout", 0), ("header_timeout", -1), ("steal_timeout", "inf")):
+        conf = tmp_path / "bad.toml"
+        conf.write_text(f"[network.incoming]\n{key} = {value}\n")
+        with pytest.raises(ConfigError) as info:
+            load_config(conf, cwd=tmp_path)
+        assert f"network.incoming.{key}" in str(info.value) and "\n" not in str(info.value).strip()

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mirror_py_agent import capture, http1, iptables
+from mirror_py_agent import capture, http1, incoming, iptables
 from mirror_py_agent import protocol as p
 
 
@@ -400,3 +400,11 @@ def test_thermometer_marks_order_the_chains():
     for k, mark in marks.items():
         assert [bool(mark & bit[j]) for j in (1, 2, 3)] == [j <= k for j in (1, 2, 3)]
         assert mark & ~iptables.MARK_BITS == 0
+
+
+@pytest.mark.parametrize("value", [0, -1.5, "30", True, float("inf"), float("nan"), None])
+def test_steal_timeouts_from_the_session_are_checked(value):
+    with pytest.raises(ValueError, match=r"^steal_timeout must be a positive number of seconds, not "):
+        incoming._seconds({"steal_timeout": value}, "steal_timeout", 30.0)
+    assert incoming._seconds({}, "steal_timeout", 30.0) == 30.0
+    assert incoming._seconds({"steal_timeout": 2}, "steal_timeout", 30.0) == 2.0
