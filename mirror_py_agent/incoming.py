@@ -661,8 +661,8 @@ class StolenRelay(TcpRelay):
 
     def _silent(self) -> None:
         t = self.transport
-        if self.answered or self._closed:
-            return
+        if self.answered or self._closed or self.mux.streams.get(self.sid) is not self:
+            return  # answered, ended, or never opened (the stream was forgotten)
         if t is None:  # not attached yet: look again shortly
             self._timer = asyncio.get_running_loop().call_later(0.1, self._silent)
             return
