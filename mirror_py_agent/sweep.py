@@ -2,8 +2,8 @@
 
 This module stands alone (standard library only, no relative imports, everything imported here at the top):
 the agent imports it, and the idle program of agent containers (``mirror_py/kube/placement.py``) carries its
-text, so that whatever runs last in a network namespace — the agent, its dead-man helper, the idle program or
-the next agent — can remove what an agent killed mid-way left behind.
+text, so that whatever runs last in a network namespace (the agent, its dead-man helper, the idle program or
+the next agent) can remove what an agent killed mid-way left behind.
 
 Ownership: the chain ``MIRRORPY-<rank>-<tag>`` is live while the abstract unix socket name
 :func:`marker_name` of its tag is bound. Abstract names belong to the network namespace, like the rules, and
