@@ -7,6 +7,7 @@ relaying, so the app's interpreter never runs session code and the relaying runs
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from ..transport.process import ProcessChannel
 from . import files as session_files
 from . import incoming as session_incoming
 from .agent_link import AgentLink, RemoteError
+from .connects import CONNECT_BOUND, Connects
 from .relays import (
     TcpRelayListener,
     UdpRelay,
@@ -81,6 +83,7 @@ class Session:
         self.incoming = session_incoming.Incoming(self)
         self._closing = False
         self._supervisor: asyncio.Future | None = None
+        self.connects = Connects(self._link, lambda: self.listener)
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -92,6 +95,7 @@ class Session:
         runtime = os.environ.get("XDG_RUNTIME_DIR", "")
         base = runtime if runtime and os.access(runtime, os.W_OK) else None
         self.dir = tempfile.mkdtemp(prefix="mirror-py-", dir=base)  # mode 0700
+        await self.connects.start(os.path.join(self.dir, "connect.sock"))
         self.rpc = RpcServer(os.path.join(self.dir, "session.sock"), self._handlers())
         await self.rpc.start()
         self._supervisor = asyncio.ensure_future(self._supervise())
@@ -247,6 +251,7 @@ class Session:
         await self.incoming.close()
         if self.rpc is not None:
             self.rpc.close()
+        self.connects.close()
         if self.listener is not None:
             self.listener.close()
         for relay in list(self.udp_relays.values()):
@@ -292,6 +297,8 @@ class Session:
     def _handlers(self) -> dict:
         return {
             "connect": self._connect,
+            "connect_info": self._connect_info,
+            "connect_outcome": self._connect_outcome,
             "udp": self._udp,
             "release": self._release,
             "dns": self._dns,
@@ -313,14 +320,30 @@ class Session:
         relay_address = self.listener.address_for(str(local[0]))
         sid = link.new_stream_id()
         self.listener.expect((str(local[0]), int(local[1])), sid)
-        args = {"sid": sid, "host": str(req["host"]), "port": int(req["port"]), "timeout": req.get("timeout")}
+        timeout = req.get("timeout")
+        timed = isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0
+        # Bounded whatever the agent does: by the app's timeout (the agent enforces it too, and the shim stops
+        # waiting when it expires), else a little beyond the kernel's own connect timeout.
+        args = {"sid": sid, "host": str(req["host"]), "port": int(req["port"]), "timeout": timeout if timed else None}
         try:
-            res = await link.request("connect", args, opens_stream=sid)
-        except RemoteError as exc:
+            res = await asyncio.wait_for(link.request("connect", args, opens_stream=sid),
+                                         timeout if timed else CONNECT_BOUND)
+        except (RemoteError, asyncio.TimeoutError) as exc:
             self.listener.pending.pop(_key(str(local[0]), int(local[1])), None)
             link.mux.streams.pop(sid, None)
-            raise RpcError(exc.name, exc.message) from None
+            if isinstance(exc, RemoteError):
+                raise RpcError(exc.name, exc.message) from None
+            if timed:
+                raise RpcError("TIMEOUT", "timed out") from None
+            raise RpcError("ETIMEDOUT", os.strerror(errno.ETIMEDOUT)) from None
         return {"relay": list(relay_address), "peer": res["peer"], "sock": res["sock"]}
+
+    async def _connect_info(self, req: dict) -> dict:
+        """Where a non-blocking connect goes (session/connects.py): asked once per process."""
+        return self.connects.info()
+
+    async def _connect_outcome(self, req: dict) -> dict:
+        return self.connects.outcome((str(req["local"][0]), int(req["local"][1])))
 
     async def _udp(self, req: dict) -> dict:
         link = self._link()

@@ -82,6 +82,9 @@ def _after_fork_in_child() -> None:
     rpc = sys.modules.get(__name__ + ".rpc")
     if rpc is not None:
         rpc.reset_after_fork()
+    nbconnect = sys.modules.get(__name__ + ".nbconnect")
+    if nbconnect is not None:
+        nbconnect.reset_after_fork()
     files = sys.modules.get(__name__ + ".files")
     if files is not None:
         files.after_fork_in_child()

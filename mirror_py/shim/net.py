@@ -40,7 +40,7 @@ _WILDCARDS = ("0.0.0.0", "::", "::ffff:0.0.0.0")
 
 
 class Remote:
-    __slots__ = ("door", "fds", "kind", "local", "peer", "prefixed", "relay", "sock")
+    __slots__ = ("deferred", "door", "fds", "kind", "local", "peer", "prefixed", "relay", "sock", "state")
 
     def __init__(self, kind: str, peer: tuple | None, sock: tuple, relay: tuple | None, local: tuple,
                  prefixed: bool = False, door: tuple | None = None) -> None:
@@ -52,6 +52,8 @@ class Remote:
         self.prefixed = prefixed  # datagrams from the relay carry their source address
         self.door = door  # where datagrams that carry their destination go (UDP)
         self.fds: set[int] = set()  # this process's descriptors known to hold the socket
+        self.state: str | None = None  # "pending" while a non-blocking connect is in flight (nbconnect.py)
+        self.deferred = False  # connected the non-blocking way: the session keeps its outcome until the close
 
 
 registry: dict[int, Remote] = {}  # socket inode -> its remote view
@@ -175,13 +177,19 @@ def _checked(reply: dict) -> dict:
 
 
 def _connect_remote(sock: Any, target: tuple[str, int, str | None], orig: Callable) -> Any:
+    """A remote TCP connect. A non-blocking socket's returns at once (nbconnect.py); a blocking one waits for
+    the target, never longer than the socket's timeout: the agent, the session and this wait all keep it."""
+    from . import nbconnect
+
+    if nbconnect.usable(sock) and nbconnect.start(sock, target):
+        raise BlockingIOError(_errno.EINPROGRESS, os.strerror(_errno.EINPROGRESS))
     ip, port, _ = target
     local = _ensure_bound(sock)
-    timeout = sock.gettimeout()
+    timeout = sock.gettimeout() or None
     res = _checked(rpc.call({
         "op": "connect", "family": int(sock.family), "host": ip, "port": port, "local": local,
-        "timeout": timeout or None,
-    }))
+        "timeout": timeout,
+    }, timeout=timeout))
     relay = _relay_address(sock, res["relay"])
     register(sock, Remote("tcp", tuple(res["peer"]), tuple(res["sock"]), relay, tuple(local)))
     return orig(sock, relay)
@@ -209,8 +217,24 @@ def _open_udp(sock: Any, peer: tuple[str, int] | None) -> Remote:
 
 
 # ---------------------------------------------------------------------------------------- patched methods
+def _in_flight(sock: Any) -> Remote | None:
+    """The entry of a socket whose non-blocking connect is still settling, if ``sock`` is one."""
+    if not registry or sock.type != socket.SOCK_STREAM:
+        return None
+    info = _lookup(sock)
+    return info if info is not None and info.state is not None else None
+
+
 def make_connect(orig: Callable) -> Callable:
     def connect(self, address):
+        info = _in_flight(self)
+        if info is not None:
+            from . import nbconnect
+
+            err = nbconnect.again(self, info)
+            if err:
+                raise OSError(err, os.strerror(err))
+            return None
         target = plan(self, address)
         if target is None:
             return orig(self, address)
@@ -224,6 +248,11 @@ def make_connect(orig: Callable) -> Callable:
 
 def make_connect_ex(orig: Callable) -> Callable:
     def connect_ex(self, address):
+        info = _in_flight(self)
+        if info is not None:
+            from . import nbconnect
+
+            return nbconnect.again(self, info)
         target = plan(self, address)
         if target is None:
             return orig(self, address)
@@ -289,9 +318,13 @@ def make_getsockname(orig: Callable) -> Callable:
         info = _lookup(self)
         if info is not None:
             real = orig(self)
-            if real[1] == info.local[1]:
-                return _view(info.sock, self.family)
-            return real
+            if real[1] != info.local[1]:
+                return real
+            if info.sock is None and info.deferred:
+                from . import nbconnect
+
+                nbconnect.outcome(info)  # the target's side of a non-blocking connect, once it is known
+            return real if info.sock is None else _view(info.sock, self.family)
         return orig(self)
 
     return getsockname
@@ -432,6 +465,10 @@ def make_real_close(orig: Callable) -> Callable:
         # After the close, the session looks whether another process (a forked child) still holds the socket.
         if info.kind == "udp":
             _release(info)
+        elif info.deferred:
+            from . import nbconnect
+
+            nbconnect.forget(info)
         elif info.kind == "listen":
             from . import incoming
 

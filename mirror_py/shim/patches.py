@@ -43,6 +43,8 @@ SOCKET_SURFACE: tuple[Patch, ...] = (
     Patch("socket", "socket", "connect_ex", "net.make_connect_ex"),
     Patch("socket", "socket", "getpeername", "net.make_getpeername"),
     Patch("socket", "socket", "getsockname", "net.make_getsockname"),
+    # SO_ERROR of a non-blocking connect in flight gives the target's errno, not the kernel's stand-in.
+    Patch("socket", "socket", "getsockopt", "nbconnect.make_getsockopt"),
     Patch("socket", "socket", "sendto", "net.make_sendto"),
     Patch("socket", "socket", "sendmsg", "net.make_sendmsg"),
     Patch("socket", "socket", "recvfrom", "net.make_recvfrom"),

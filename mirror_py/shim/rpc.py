@@ -100,15 +100,19 @@ def _recv_exact(sock: _socket_mod.socket, n: int) -> bytes:
     return out  # type: ignore[return-value]
 
 
-def call(request: dict, data: bytes | None = None) -> dict:
+def call(request: dict, data: bytes | None = None, timeout: float | None = None) -> dict:
     """Sends one request and returns the raw reply: ``{"ok": ...}`` or ``{"err": {"errno", "msg"}}``.
 
     ``data`` travels raw after the request (file content); raw bytes in the reply come back as
-    ``reply["data"]``.
+    ``reply["data"]``. With ``timeout``, a reply that takes longer raises ``TimeoutError`` (``socket.timeout``):
+    the app's own socket timeout bounds the wait even when the session or its agent does not answer; the
+    connection, with its late reply, is dropped.
     """
     import json
 
     sock = _connection()
+    if timeout is not None:
+        sock.settimeout(timeout)
     if data is not None:
         request = dict(request, bin=len(data))
     body = json.dumps(request).encode()
@@ -123,9 +127,13 @@ def call(request: dict, data: bytes | None = None) -> dict:
         raw = reply.pop("bin", None) if isinstance(reply, dict) else None
         if raw is not None:
             reply["data"] = _recv_exact(sock, raw)
+        if timeout is not None:
+            sock.settimeout(None)
     except BaseException as exc:  # an interrupted call (Ctrl-C mid-read) leaves unread bytes: never reuse it
         _local.conn = None
         sock.close()
+        if timeout is not None and isinstance(exc, TimeoutError):
+            raise TimeoutError("timed out") from None
         if isinstance(exc, OSError) and not isinstance(exc, SessionUnavailable):
             # The session process ended under us: say that, not "Broken pipe".
             raise SessionUnavailable(exc.errno or 0, f"mirror-py: the session ended ({exc.strerror or exc}); "
