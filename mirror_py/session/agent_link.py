@@ -50,6 +50,7 @@ class AgentLink:
         self.mux = Mux(self.conn, channel.write)
         self.hello: p.Hello | None = None
         self._pending: dict[int, asyncio.Future] = {}
+        self._abandoned: dict[int, int | None] = {}  # request id -> the stream it opens, for replies nobody awaits
         self._hello_waiter: asyncio.Future | None = None
         self._next_sid = 1  # odd ids: the session opens streams; the agent uses even ones
         self._stderr = bytearray()
@@ -145,7 +146,10 @@ class AgentLink:
                 fut = self._pending.pop(ev.id, None)
                 if fut is not None and not fut.done():
                     fut.set_result(ev.result)
+                elif ev.id in self._abandoned:
+                    self._close_abandoned(ev.id)
             elif isinstance(ev, p.ErrorReply):
+                self._abandoned.pop(ev.id, None)
                 fut = self._pending.pop(ev.id, None) if ev.id is not None else None
                 if fut is not None and not fut.done():
                     fut.set_exception(RemoteError(ev.errno, ev.message))
@@ -196,6 +200,7 @@ class AgentLink:
             if not fut.done():
                 fut.set_exception(err)
         self._pending.clear()
+        self._abandoned.clear()
         if self._hello_waiter is not None and not self._hello_waiter.done():
             self._hello_waiter.set_exception(MirrorError(self.failure))
             self._hello_waiter.exception()  # start() may already have failed: never log it as unretrieved
@@ -211,14 +216,37 @@ class AgentLink:
             if sid not in self.mux.streams and not self.conn.is_open(sid):
                 return sid
 
-    async def request(self, op: str, args: dict | None = None, opens_stream: int | None = None) -> Any:
+    async def request(self, op: str, args: dict | None = None, opens_stream: int | None = None,
+                      timeout: float | None = None) -> Any:
+        """The agent's reply; ``asyncio.TimeoutError`` after ``timeout`` seconds. A request given up (timed out
+        or cancelled) is remembered until its reply comes, so a stream the agent opened for it is closed."""
         if self.failure is not None:
             raise RemoteError("ECONNRESET", self.failure)
         rid = self.conn.send_request(op, args, opens_stream)
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._pending[rid] = fut
         self.mux.flush()
-        return await fut
+        timer = None if timeout is None else loop.call_later(timeout, self._time_out, fut)
+        try:
+            return await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if self._pending.get(rid) is fut:  # given up: the reply is still to come
+                del self._pending[rid]
+                self._abandoned[rid] = opens_stream
+
+    @staticmethod
+    def _time_out(fut: asyncio.Future) -> None:
+        if not fut.done():
+            fut.set_exception(asyncio.TimeoutError())
+
+    def _close_abandoned(self, rid: int) -> None:
+        sid = self._abandoned.pop(rid, None)
+        if sid is not None and self.conn.is_open(sid):
+            self.mux.streams.pop(sid, None)
+            self.conn.send_close(sid, "ECONNABORTED", "nobody waits for this connection any more")
 
 
 def _ending(code: int | None) -> str:

@@ -213,7 +213,7 @@ class Connects:
             sid = link.new_stream_id()
             listener.expect(key, sid)
             args = {"sid": sid, "host": str(msg["host"]), "port": int(msg["port"]), "timeout": bound}
-            res = await asyncio.wait_for(link.request("connect", args, opens_stream=sid), bound + 1.0)
+            res = await link.request("connect", args, opens_stream=sid, timeout=bound + 1.0)
             outcome: dict = {"peer": res["peer"], "sock": res["sock"]}
             target = relay
         except asyncio.CancelledError:

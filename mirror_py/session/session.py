@@ -326,8 +326,7 @@ class Session:
         # waiting when it expires), else a little beyond the kernel's own connect timeout.
         args = {"sid": sid, "host": str(req["host"]), "port": int(req["port"]), "timeout": timeout if timed else None}
         try:
-            res = await asyncio.wait_for(link.request("connect", args, opens_stream=sid),
-                                         timeout if timed else CONNECT_BOUND)
+            res = await link.request("connect", args, opens_stream=sid, timeout=timeout if timed else CONNECT_BOUND)
         except (RemoteError, asyncio.TimeoutError) as exc:
             self.listener.pending.pop(_key(str(local[0]), int(local[1])), None)
             link.mux.streams.pop(sid, None)

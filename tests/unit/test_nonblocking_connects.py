@@ -37,7 +37,8 @@ class _Link:
         self._sid += 2
         return self._sid
 
-    async def request(self, op: str, args: dict, opens_stream: int | None = None) -> dict:
+    async def request(self, op: str, args: dict, opens_stream: int | None = None,
+                      timeout: float | None = None) -> dict:
         assert op == "connect"
         self.answer = asyncio.get_running_loop().create_future()
         self.asked.set()
