@@ -71,10 +71,11 @@ class _Endpoints:
 
 
 class _Pending:
-    __slots__ = ("sock", "task", "timer")
+    __slots__ = ("client", "sock", "task", "timer")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, client: socket.socket) -> None:
         self.sock: socket.socket | None = sock
+        self.client = client  # the door connection it came on, where the outcome is told
         self.task: asyncio.Task | None = None
         self.timer: asyncio.TimerHandle | None = None
 
@@ -173,13 +174,13 @@ class Connects:
             msg = json.loads(data)
             if not isinstance(msg, dict):
                 raise ValueError("not an object")
-            self._message(msg, fds)
+            self._message(msg, fds, client)
         except (ValueError, KeyError, TypeError, OSError) as exc:
             log.warning("ignored a bad message on the connect door: %s", exc)
             for fd in fds:
                 os.close(fd)
 
-    def _message(self, msg: dict, fds: list[int]) -> None:
+    def _message(self, msg: dict, fds: list[int], client: socket.socket) -> None:
         key = _key(str(msg["local"][0]), int(msg["local"][1]))
         if msg.get("op") == "forget":
             if fds:
@@ -194,7 +195,7 @@ class Connects:
             raise ValueError("the descriptor is not a TCP socket")
         sock.settimeout(0.0)  # it is the app's non-blocking socket already: this changes nothing for the app
         self._forget(key)  # the same address again: its earlier socket is gone
-        pending = _Pending(sock)
+        pending = _Pending(sock, client)
         self.pending[key] = pending
         pending.task = asyncio.ensure_future(self._connect(key, msg, pending))
 
@@ -238,6 +239,7 @@ class Connects:
             target = None
         self.outcomes[key] = outcome
         self._move(pending.sock, key, target)
+        self._tell(pending.client, key, outcome)
         pending.sock = None
         pending.task = None
         pending.timer = asyncio.get_running_loop().call_later(OUTCOME_TTL, self._expire, key, pending)
@@ -281,6 +283,15 @@ class Connects:
             log.debug("could not move an app socket to its outcome: %s", exc)
         finally:
             sock.close()  # the session's copy only: the app's descriptor holds the socket
+
+    @staticmethod
+    def _tell(client: socket.socket, key: tuple[str, int], outcome: dict) -> None:
+        """Sends the outcome to the shim after the move, so that it need not ask (a round trip saved per
+        connect). Never waits: a shim that does not read gets nothing more, and asks when it needs to."""
+        try:
+            client.send(json.dumps({"local": list(key), "outcome": outcome}).encode())
+        except OSError:
+            pass
 
     def outcome(self, local: tuple[str, int]) -> dict:
         """The outcome of the connect of the app socket bound to ``local``: ``{"pending": true}`` while the agent

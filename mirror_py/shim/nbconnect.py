@@ -32,6 +32,7 @@ _ESTABLISHED, _SYN_SENT, _CLOSE = 1, 2, 7  # tcpi_state, the first byte of TCP_I
 PENDING = "pending"
 
 _info: list[Any] = [None, None]  # [session path, the session's connect_info]
+_outcomes: dict[tuple[str, int], dict] = {}  # told by the session, not asked for yet: local address -> outcome
 _door = threading.local()
 _generation = [0]
 
@@ -124,10 +125,37 @@ def _errno_of(name: str) -> int:
     return num if isinstance(num, int) else _errno.EIO
 
 
+def _told(local: tuple) -> dict | None:
+    """The outcome the session sent on the door for the socket bound to ``local``, if it is here: the session
+    sends it right after moving the socket, so reading it costs no round trip. Outcomes of other sockets read
+    on the way are kept for them."""
+    sock = getattr(_door, "sock", None)
+    if sock is not None and getattr(_door, "gen", -1) == _generation[0]:
+        while True:
+            try:
+                data = sock.recv(4096, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            if not data:
+                break
+            try:
+                msg = json.loads(data)
+                _outcomes[(msg["local"][0], int(msg["local"][1]))] = msg["outcome"]
+            except (ValueError, KeyError, TypeError, IndexError):
+                continue
+    host = local[0][7:] if local[0].startswith("::ffff:") else local[0]  # as the session keys it
+    return _outcomes.pop((host, int(local[1])), None)
+
+
 def outcome(info: net.Remote) -> dict:
-    """The session's word on the connect of ``info``; fills in the socket's address in the target."""
-    reply = rpc.call({"op": "connect_outcome", "local": list(info.local)})
-    out = reply.get("ok") or {"errno": (reply.get("err") or {}).get("errno", "EIO")}
+    """The session's word on the connect of ``info`` (asked when it did not tell already); fills in the
+    socket's address in the target."""
+    out = _told(info.local)
+    if out is None:
+        reply = rpc.call({"op": "connect_outcome", "local": list(info.local)})
+        out = reply.get("ok") or {"errno": (reply.get("err") or {}).get("errno", "EIO")}
     if "sock" in out:
         info.sock = tuple(out["sock"])
     return out
@@ -136,15 +164,19 @@ def outcome(info: net.Remote) -> dict:
 def settle(sock: Any, info: net.Remote) -> int:
     """``SO_ERROR`` of a socket whose deferred connect is not settled yet, as the kernel would give it in the pod:
     0 while in flight or once connected, else the target's errno (given once, as the kernel does)."""
-    state = _tcp_state(sock)
-    if state == _SYN_SENT:
-        return 0  # in flight: at the holding endpoint, or being connected to its relay
-    if state != _CLOSE:
-        info.state = None
-        return _RAW.getsockopt(sock, _SOL_SOCKET, _SO_ERROR)
-    # Closed: the connect failed, or the session is moving the socket right now. The session answers after the
-    # move, so the kernel's state is final by then.
-    out = outcome(info)
+    out = _told(info.local)  # told only once the socket was moved: its state is final then
+    if out is None:
+        state = _tcp_state(sock)
+        if state == _SYN_SENT:
+            return 0  # in flight: at the holding endpoint, or being connected to its relay
+        if state != _CLOSE:
+            info.state = None
+            return _RAW.getsockopt(sock, _SOL_SOCKET, _SO_ERROR)
+        # Closed: the connect failed, or the session is moving the socket right now. The session answers after
+        # the move, so the kernel's state is final by then.
+        out = outcome(info)
+    elif "sock" in out:
+        info.sock = tuple(out["sock"])
     if "errno" in out:
         info.state = None
         _RAW.getsockopt(sock, _SOL_SOCKET, _SO_ERROR)  # the refusal that delivered it
@@ -167,6 +199,7 @@ def again(sock: Any, info: net.Remote) -> int:
 
 def forget(info: net.Remote) -> None:
     """The app closed the socket: the session drops what it keeps for it (and stops waiting for it)."""
+    _told(info.local)
     try:
         _send({"op": "forget", "local": list(info.local)})
     except OSError:
@@ -176,6 +209,7 @@ def forget(info: net.Remote) -> None:
 def reset_after_fork() -> None:
     """A forked child opens its own door (the parent's connection is the parent's)."""
     _generation[0] += 1
+    _outcomes.clear()
 
 
 def make_getsockopt(orig: Callable) -> Callable:
