@@ -237,6 +237,11 @@ class Connects:
             name = errno.errorcode.get(exc.errno or errno.EIO, "EIO")
             outcome = {"errno": name, "msg": exc.strerror or str(exc)}
             target = None
+        except Exception as exc:  # a bad request or an unexpected reply: the app still gets an answer
+            log.warning("a connect for the app failed unexpectedly: %r", exc)
+            self._drop_stream(link, key, sid)
+            outcome = {"errno": "EIO", "msg": f"mirror-py could not connect: {exc}"}
+            target = None
         self.outcomes[key] = outcome
         self._move(pending.sock, key, target)
         self._tell(pending.client, key, outcome)

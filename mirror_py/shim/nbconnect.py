@@ -62,10 +62,12 @@ def _family_key(host: str) -> str:
 
 
 def _door_socket() -> Any:
-    sock = getattr(_door, "sock", None)
-    if sock is not None and getattr(_door, "gen", -1) == _generation[0]:
-        return sock
     info = _session_info()
+    sock = getattr(_door, "sock", None)
+    if sock is not None and getattr(_door, "gen", -1) == _generation[0] and _door.path == info["door"]:
+        return sock  # this thread's connection to this session (a process may meet several sessions in turn)
+    if sock is not None and getattr(_door, "gen", -1) == _generation[0]:
+        sock.close()  # an earlier session's (a forked child's inherited one is left alone, as rpc.py does)
     sock = _RAW(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         sock.connect(info["door"])
@@ -73,7 +75,7 @@ def _door_socket() -> Any:
         sock.close()
         raise rpc.SessionUnavailable(exc.errno or 0, f"mirror-py: the session is not running ({exc.strerror or exc})")
     rpc._check_owner(sock)
-    _door.sock, _door.gen = sock, _generation[0]
+    _door.sock, _door.gen, _door.path = sock, _generation[0], info["door"]
     return sock
 
 
