@@ -1,19 +1,37 @@
-"""Name service operations, answered by the target's own resolver.
+"""Name service operations, answered the way a process in the target would see them.
 
-The agent runs inside the target's network and mount namespaces, so libc reads the target's resolv.conf and
-hosts file on every lookup: the app sees exactly what a process in the pod would.
+Two ways, chosen by the placement:
+
+- libc (exec and ephemeral placements, and before any placement): the agent shares the target's resolver
+  files, because it runs in the target container (exec) or in a container of the same pod, whose
+  ``resolv.conf`` and ``hosts`` the kubelet writes alike (ephemeral); glibc reads them on every lookup.
+- the stub resolver of :mod:`resolver` (rooted placements: the job pod and ``pid/`` targets): the agent runs
+  in the target's network and UTS namespaces only, with more privilege than the target, and reads the target's
+  resolver files through ``/proc/<pid>/root``. glibc cannot be used there: it would read the agent's own files,
+  and entering the target's mount namespace instead would have it load NSS modules from the target's ``/lib``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
+from typing import Any, Callable, Optional
+
+from . import resolver
+
+_reader: list[Callable[[str], Optional[bytes]]] = []
+
+
+def use_root(read: Callable[[str], Optional[bytes]]) -> None:
+    """From now on, resolve with the stub resolver over files read by ``read`` (a path in the target)."""
+    _reader[:] = [read]
 
 
 def _hostname() -> str:
     # A pod's hostname is its /etc/hostname; a namespace entered without its own UTS namespace would otherwise
     # report the node's name.
+    if _reader:
+        return resolver.hostname(_reader[0])
     try:
         with open("/etc/hostname", encoding="utf-8") as f:
             name = f.read().strip()
@@ -31,23 +49,29 @@ def _getaddrinfo(args: dict) -> list:
         raise TypeError("host must be a string or null")
     if port is not None and not isinstance(port, (str, int)):
         raise TypeError("port must be a string, an integer or null")
-    infos = socket.getaddrinfo(
-        host,
-        port,
-        int(args.get("family", 0)),
-        int(args.get("type", 0)),
-        int(args.get("proto", 0)),
-        int(args.get("flags", 0)),
-    )
+    family, kind, proto, flags = (int(args.get(k, 0)) for k in ("family", "type", "proto", "flags"))
+    if _reader:
+        return resolver.getaddrinfo(_reader[0], host, port, family, kind, proto, flags)
+    infos = socket.getaddrinfo(host, port, family, kind, proto, flags)
     return [[int(f), int(t), int(pr), canon, list(sa)] for f, t, pr, canon, sa in infos]
 
 
+def _gethostbyname(args: dict) -> str:
+    if _reader:
+        return resolver.gethostbyname(_reader[0], str(args["host"]))
+    return socket.gethostbyname(str(args["host"]))
+
+
 def _gethostbyname_ex(args: dict) -> list:
+    if _reader:
+        return resolver.gethostbyname_ex(_reader[0], str(args["host"]))
     name, aliases, addrs = socket.gethostbyname_ex(str(args["host"]))
     return [name, aliases, addrs]
 
 
 def _gethostbyaddr(args: dict) -> list:
+    if _reader:
+        return resolver.gethostbyaddr(_reader[0], str(args["host"]))
     name, aliases, addrs = socket.gethostbyaddr(str(args["host"]))
     return [name, aliases, addrs]
 
@@ -56,13 +80,16 @@ def _getnameinfo(args: dict) -> list:
     sa = args["sockaddr"]
     if not isinstance(sa, list) or not 2 <= len(sa) <= 4:
         raise TypeError("sockaddr must be a list of 2 to 4 items")
-    host, port = socket.getnameinfo(tuple(sa), int(args.get("flags", 0)))
+    flags = int(args.get("flags", 0))
+    if _reader:
+        return resolver.getnameinfo(_reader[0], sa, flags)
+    host, port = socket.getnameinfo(tuple(sa), flags)
     return [host, port]
 
 
 _FUNCTIONS = {
     "getaddrinfo": _getaddrinfo,
-    "gethostbyname": lambda a: socket.gethostbyname(str(a["host"])),
+    "gethostbyname": _gethostbyname,
     "gethostbyname_ex": _gethostbyname_ex,
     "gethostbyaddr": _gethostbyaddr,
     "getnameinfo": _getnameinfo,
@@ -71,7 +98,7 @@ _FUNCTIONS = {
 
 
 async def resolve(args: dict) -> Any:
-    """Runs one lookup in a worker thread: libc resolvers block."""
+    """Runs one lookup in a worker thread: libc resolvers and the stub resolver's queries block."""
     fn = _FUNCTIONS.get(args.get("fn"))  # type: ignore[arg-type]
     if fn is None:
         raise ValueError(f"unknown name service function {args.get('fn')!r}")

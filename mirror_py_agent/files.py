@@ -144,6 +144,36 @@ class Root:
             return self.fd
         return keep
 
+    def read_small(self, path: str, limit: int = 1 << 20) -> bytes | None:
+        """The content of a small regular file inside the root (the resolver's files), or None when it is
+        missing or not a regular file. ``O_NONBLOCK`` and the type check keep a FIFO or a device planted by
+        the target from blocking or flooding the agent."""
+        try:
+            res = self.resolve(path, follow_last=True)
+        except (OSError, ValueError):
+            return None
+        try:
+            flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
+            if res.dir_fd is None:
+                fd = os.open(res.name, flags & ~os.O_NOFOLLOW)
+            else:
+                fd = os.open(res.name, flags, dir_fd=res.dir_fd)
+            res._opened = fd
+            if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            chunks, size = [], 0
+            while size < limit:
+                chunk = os.read(fd, min(1 << 16, limit - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            return b"".join(chunks)
+        except OSError:
+            return None
+        finally:
+            res.close(self)
+
     def realpath(self, path: str, strict: bool = False) -> str:
         """The canonical path as seen inside the root; like ``os.path.realpath``, a part that does not exist
         is kept as written unless ``strict``."""

@@ -145,7 +145,8 @@ async def _files(args: dict, mux: Mux) -> Any:
 
 
 async def _place(args: dict, mux: Mux) -> dict:
-    # Runs on the event loop thread, not in an executor: entering a mount namespace needs a single thread.
+    # Runs on the event loop thread, not in an executor: setns() applies to the calling thread only, and the
+    # executor's threads must be started after it (they inherit the namespaces of the thread that starts them).
     return placement.place(args)
 
 

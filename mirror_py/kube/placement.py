@@ -4,8 +4,10 @@
 - ephemeral: an ephemeral container (its own image, so the target needs no python3) joins the target pod and
   the target container's process namespace; the agent reads the target's environment and files through
   ``/proc/<pid>``.
-- job: a privileged pod with hostPID on the target's node; the agent enters the target container's network,
-  mount and UTS namespaces, for clusters where ephemeral containers are off.
+- job: a privileged pod with hostPID on the target's node, for clusters where ephemeral containers are off. The
+  agent enters the target container's network and UTS namespaces only, never its mount namespace (there the
+  privileged agent would run the target's code: its NSS modules, its stdlib, its binaries); it reads files and
+  the resolver's files through ``/proc/<pid>/root`` and resolves names with its own stub resolver.
 - targetless: a fresh unprivileged pod in the namespace, deleted at the end: cluster DNS and outgoing traffic
   without touching any workload.
 
@@ -135,14 +137,16 @@ def exec_mode(kube: KubeContext, target: ResolvedTarget, python: str, timeout: f
 
 
 def _placed_environment(container_id: str | None, enter: list[str],
-                        read_target: bool = True) -> Callable[[Any], Awaitable[dict]]:
+                        read_target: bool = True, resolver: str = "libc") -> Callable[[Any], Awaitable[dict]]:
     """``read_target`` False: the session takes neither env nor files from the target, and the agent was given
-    no right to read them, so it must not try."""
+    no right to read them, so it must not try. ``resolver`` "root": names from the target's resolver files
+    through its root (an agent outside the target's mount namespace); "libc": the agent's own glibc."""
     async def after_hello(link: Any) -> dict:
         if not container_id:
             raise MirrorError("the target container has no container ID yet; is it running?")
         placed = await link.request("place", {"container_id": container_id, "enter": enter,
-                                              "environ": read_target, "files": read_target})
+                                              "environ": read_target, "files": read_target,
+                                              "resolver": resolver})
         return placed.get("environ") or {}
 
     return after_hello
@@ -394,7 +398,10 @@ async def job_mode(kube: KubeContext, target: ResolvedTarget, python: str, image
         raise
     channel = ExecChannel(kube.configuration, ns, pod_name, "agent", _agent_command(python, token),
                           f"{target.describe()} via job pod {pod_name}", python, open_timeout=timeout)
-    after = _placed_environment(_container_id(target_pod, target.container), ["net", "mnt", "uts"])
+    # Network and UTS only: in the target's mount namespace this privileged agent would run the target's code
+    # (see mirror_py_agent.placement). Files come through /proc/<pid>/root, names from the stub resolver.
+    after = _placed_environment(_container_id(target_pod, target.container), ["net", "uts"],
+                                resolver="root")
     return Placement(channel, "job", after, placement_cleanup)
 
 

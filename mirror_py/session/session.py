@@ -110,9 +110,12 @@ class Session:
         env: dict | None = None
         placed = None
         if path and local_transport.is_local(path):
-            channel, env_args = self._local_channel(path)
+            target = local_transport.resolve(path)
+            channel, env_args = self._local_channel(target)
             link = await self._start_agent(channel)
-            if self.cfg.env.enabled and env_args is not None:
+            if target.root_pid is not None:
+                env = await self._place_rooted(link, target.root_pid)
+            elif self.cfg.env.enabled and env_args is not None:
                 try:
                     env = await link.request("environ", env_args)
                 except RemoteError as exc:
@@ -185,11 +188,22 @@ class Session:
                       asyncio.get_running_loop().time() - started)
         return link
 
-    def _local_channel(self, path: str) -> tuple[Channel, dict | None]:
-        target = local_transport.resolve(path)
-        argv = target.agent_argv(bootstrap.command(self.cfg.agent.python))
-        channel = ProcessChannel(argv, target.describe(), self.cfg.agent.python)
+    def _local_channel(self, target: local_transport.LocalTarget) -> tuple[Channel, dict | None]:
+        python = target.python or self.cfg.agent.python
+        argv = target.agent_argv(bootstrap.command(python))
+        channel = ProcessChannel(argv, target.describe(), python)
         return channel, ({"pid": target.env_pid} if target.env_pid is not None else None)
+
+    async def _place_rooted(self, link: AgentLink, pid: int) -> dict | None:
+        """Has an agent that runs outside the target's mount namespace reach its files, environment and
+        resolver files through /proc/<pid>; the target's environment, or None when env is off."""
+        try:
+            placed = await link.request("place", {"pid": pid, "enter": [], "environ": self.cfg.env.enabled,
+                                                  "resolver": "root"})
+        except RemoteError as exc:
+            await link.close()
+            raise MirrorError(f"the agent could not reach {link.description}: {exc.message}") from None
+        return placed.get("environ") if self.cfg.env.enabled else None
 
     async def _start_kube(self, path: str | None) -> tuple[AgentLink, Any, dict | None]:
         """(link, placement, the target's environment or None) for a Kubernetes target, or targetless."""

@@ -1,6 +1,16 @@
 """Local targets: the agent runs in a process's namespaces, a named network namespace or a container.
 
 Each target is just a command prefix whose stdin/stdout reach the agent; the channel is that process's pipes.
+
+- ``pid/PID``: mirror-py's own interpreter (``sys.executable``) as host root in the process's network and UTS
+  namespaces only, never its mount namespace: there a root agent would run the target's ``python3``, its stdlib
+  and its NSS modules outside the container's capabilities, seccomp and user namespace. The agent is then
+  "placed" like a job-mode agent: files through ``/proc/PID/root``, environment from ``/proc/PID/environ``,
+  names from the stub resolver over the target's resolver files.
+- ``netns/NAME``: the host's ``python3`` under ``ip netns exec``; everything but the network (and the files
+  ``ip`` binds from ``/etc/netns/NAME``, which only root writes) is the host's own.
+- ``docker/NAME``, ``podman/NAME``: the container's ``python3`` through ``exec -i``, like exec mode: inside the
+  container, with the container's own privileges.
 """
 
 from __future__ import annotations
@@ -8,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 
 from ..errors import MirrorError
@@ -21,6 +32,11 @@ class LocalTarget:
     name: str
     argv_prefix: tuple[str, ...]
     env_pid: int | None  # whose /proc/<pid>/environ is the target's environment, as seen by the agent
+    #: A rooted placement: the agent reaches this process's files, environment and resolver files through
+    #: /proc/<pid> (a ``place`` request right after its hello) instead of living in its mount namespace.
+    root_pid: int | None = None
+    #: The interpreter that runs the agent, when it must not be the configured one found in the target.
+    python: str | None = None
 
     def agent_argv(self, command: list[str]) -> list[str]:
         return [*self.argv_prefix, *command]
@@ -66,8 +82,10 @@ def _pid_target(name: str) -> LocalTarget:
             "(or CAP_SYS_ADMIN and CAP_SYS_PTRACE)"
         )
     nsenter = _need("nsenter", "to enter the namespaces of a pid/ target (Debian package util-linux)")
-    # Enter network, mount and UTS namespaces: the target's sockets, resolv.conf/hosts and hostname.
-    return LocalTarget("pid", name, (nsenter, "-t", str(pid), "-n", "-m", "-u", "--"), pid)
+    # Network and UTS namespaces only (the target's sockets and host name), with mirror-py's own interpreter:
+    # nothing of the target runs with host root. Its files come through /proc/<pid>/root (see the module doc).
+    return LocalTarget("pid", name, (nsenter, "-t", str(pid), "-n", "-u", "--"), None, root_pid=pid,
+                       python=sys.executable)
 
 
 def _is_zombie(pid: int) -> bool:

@@ -1,0 +1,819 @@
+"""A stub resolver that reads the target's resolver files through its root and asks its name servers itself.
+
+An agent that reaches the target from outside (the job placement, ``pid/`` targets) runs with more privilege
+than the target and never enters its mount namespace, so it must not let glibc resolve names there: glibc would
+read the target's ``nsswitch.conf`` and ``dlopen`` the NSS modules it names from the target's ``/lib``. This
+module does what glibc's ``files`` and ``dns`` sources do, with nothing of the target's but data:
+
+- ``/etc/nsswitch.conf`` (its ``hosts:`` line; sources other than ``files`` and ``dns`` are skipped, their
+  status actions too), ``/etc/hosts``, ``/etc/resolv.conf`` (``nameserver``, ``search``/``domain``,
+  ``options ndots: timeout: attempts: rotate use-vc edns0``), ``/etc/services`` and ``/etc/hostname``, each
+  read through :class:`files.Root` and re-read on every lookup, as glibc re-reads a changed ``resolv.conf``;
+- UDP queries, retried over TCP when the answer is truncated, to each name server in turn with the search list
+  and ``ndots``; A and AAAA asked together, CNAME chains followed, PTR for reverse lookups;
+- glibc's answers: the same tuples, the RFC 3484 order with glibc's default policy table, the same
+  ``socket.gaierror``/``socket.herror`` codes and words, so the laptop cannot tell it from libc in the pod.
+
+Standard library only, Python 3.9+; the agent imports it before it joins any of the target's namespaces.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import functools
+import ipaddress
+import os
+import secrets
+import select
+import socket
+import struct
+import time
+from typing import Any, Callable, Optional
+
+Reader = Callable[[str], Optional[bytes]]
+
+_GAI_TEXT = {
+    socket.EAI_BADFLAGS: "Bad value for ai_flags",
+    socket.EAI_NONAME: "Name or service not known",
+    socket.EAI_AGAIN: "Temporary failure in name resolution",
+    socket.EAI_FAIL: "Non-recoverable failure in name resolution",
+    socket.EAI_FAMILY: "ai_family not supported",
+    socket.EAI_SOCKTYPE: "ai_socktype not supported",
+    socket.EAI_SERVICE: "Servname not supported for ai_socktype",
+    socket.EAI_NODATA: "No address associated with hostname",
+    socket.EAI_ADDRFAMILY: "Address family for hostname not supported",
+}
+_H_TEXT = {1: "Unknown host", 2: "Host name lookup failure", 3: "Unknown server error",
+           4: "No address associated with name"}
+HOST_NOT_FOUND, TRY_AGAIN, NO_RECOVERY, NO_DATA = 1, 2, 3, 4
+
+A, NS, CNAME, PTR, AAAA, OPT = 1, 2, 5, 12, 28, 41
+_MAX_CNAMES = 16
+_MAX_UDP = 65535
+
+
+def gai_error(code: int) -> socket.gaierror:
+    return socket.gaierror(code, _GAI_TEXT.get(code, "Unknown error"))
+
+
+def h_error(code: int) -> socket.herror:
+    return socket.herror(code, _H_TEXT.get(code, "Resolver internal error"))
+
+
+# ------------------------------------------------------------------------------------------ configuration
+class Config:
+    """One reading of the target's resolver files."""
+
+    def __init__(self, read: Reader) -> None:
+        self.read = read
+        self.nameservers: list[str] = []
+        self.search: list[str] = []
+        self.ndots, self.timeout, self.attempts = 1, 5.0, 2
+        self.rotate = self.use_vc = self.edns0 = False
+        self._resolv(read("/etc/resolv.conf"))
+        self.sources = _nsswitch(read("/etc/nsswitch.conf"))
+
+    def _resolv(self, raw: bytes | None) -> None:
+        search: list[str] | None = None
+        for line in (raw or b"").decode("utf-8", "replace").splitlines():
+            words = line.split()
+            if not words or words[0][0] in "#;":
+                continue
+            key, rest = words[0], words[1:]
+            if key == "nameserver" and rest and len(self.nameservers) < 3:
+                if _numeric(rest[0]) is not None:
+                    self.nameservers.append(rest[0])
+            elif key == "domain" and rest:
+                search = [rest[0]]
+            elif key == "search":
+                search = rest[:32]
+            elif key == "options":
+                for opt in rest:
+                    name, _, value = opt.partition(":")
+                    num = int(value) if value.isdigit() else None
+                    if name == "ndots" and num is not None:
+                        self.ndots = min(num, 15)
+                    elif name == "timeout" and num is not None:
+                        self.timeout = float(min(max(num, 1), 30))
+                    elif name == "attempts" and num is not None:
+                        self.attempts = min(max(num, 1), 5)
+                    elif name == "rotate":
+                        self.rotate = True
+                    elif name == "use-vc":
+                        self.use_vc = True
+                    elif name == "edns0":
+                        self.edns0 = True
+        if not self.nameservers:
+            self.nameservers = ["127.0.0.1"]
+        if search is None:
+            # Without search or domain, glibc takes the domain part of the host name.
+            host = socket.gethostname()
+            search = [host.split(".", 1)[1]] if "." in host else []
+        self.search = [d.rstrip(".") for d in search if d.rstrip(".")]
+
+
+def _nsswitch(raw: bytes | None) -> list[tuple[str, dict]]:
+    """The ``hosts:`` sources mirror-py can run, each with its status actions (glibc's default without
+    the file: ``dns [!UNAVAIL=return] files``)."""
+    if raw is None:
+        return [("dns", {"NOTFOUND": "return", "TRYAGAIN": "return", "SUCCESS": "return"}),
+                ("files", {"SUCCESS": "return"})]
+    for line in raw.decode("utf-8", "replace").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line.startswith("hosts:"):
+            continue
+        out: list[tuple[str, dict]] = []
+        words = line[len("hosts:"):].replace("[", " [ ").replace("]", " ] ").split()
+        i = 0
+        while i < len(words):
+            word = words[i]
+            if word == "[":
+                j = words.index("]", i) if "]" in words[i:] else len(words)
+                if out and out[-1][0] != "":
+                    actions = out[-1][1]
+                    for item in words[i + 1:j]:
+                        status, _, action = item.upper().partition("=")
+                        if status.startswith("!"):
+                            for other in ("SUCCESS", "NOTFOUND", "UNAVAIL", "TRYAGAIN"):
+                                if other != status[1:]:
+                                    actions[other] = action.lower()
+                        else:
+                            actions[status] = action.lower()
+                i = j + 1
+                continue
+            # A source mirror-py cannot run is skipped along with its actions (marked by an empty name).
+            out.append((word if word in ("files", "dns") else "", {"SUCCESS": "return"}))
+            i += 1
+        return [s for s in out if s[0]]
+    return [("dns", {"SUCCESS": "return"}), ("files", {"SUCCESS": "return"})]
+
+
+def hosts_entries(read: Reader) -> list[tuple[str, list[str]]]:
+    entries = []
+    for line in (read("/etc/hosts") or b"").decode("utf-8", "replace").splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) >= 2 and _numeric(words[0]) is not None:
+            entries.append((words[0], words[1:]))
+    return entries
+
+
+def _numeric(text: str) -> tuple[int, str] | None:
+    """(family, address text) of an IP literal as glibc's inet_aton/inet_pton read it, or None."""
+    try:
+        return socket.AF_INET6, str(ipaddress.IPv6Address(text.split("%", 1)[0]))
+    except ValueError:
+        pass
+    if text and all(c in "0123456789abcdefABCDEFxX." for c in text):
+        try:
+            return socket.AF_INET, socket.inet_ntoa(socket.inet_aton(text))
+        except OSError:
+            return None
+    return None
+
+
+# --------------------------------------------------------------------------------------------- messages
+def _encode_name(name: str) -> bytes:
+    out = b""
+    for label in name.rstrip(".").split("."):
+        raw = label.encode("ascii")
+        if not raw or len(raw) > 63:
+            raise gai_error(socket.EAI_NONAME)
+        out += bytes([len(raw)]) + raw
+    if len(out) > 254:
+        raise gai_error(socket.EAI_NONAME)
+    return out + b"\0"
+
+
+def _question(ident: int, name: str, qtype: int, edns0: bool) -> bytes:
+    header = struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 1 if edns0 else 0)
+    body = _encode_name(name) + struct.pack(">HH", qtype, 1)
+    if edns0:
+        body += b"\0" + struct.pack(">HHIH", OPT, 1232, 0, 0)
+    return header + body
+
+
+def _read_name(data: bytes, offset: int) -> tuple[str, int]:
+    labels, end, jumps = [], None, 0
+    while True:
+        if offset >= len(data):
+            raise ValueError("truncated name")
+        length = data[offset]
+        if length & 0xC0 == 0xC0:
+            if offset + 1 >= len(data) or jumps > 32:
+                raise ValueError("bad compression")
+            if end is None:
+                end = offset + 2
+            offset = ((length & 0x3F) << 8) | data[offset + 1]
+            jumps += 1
+            continue
+        if length == 0:
+            return ".".join(labels), (end if end is not None else offset + 1)
+        labels.append(data[offset + 1:offset + 1 + length].decode("ascii", "replace"))
+        offset += 1 + length
+
+
+class Answer:
+    """One response: its rcode, whether it was truncated, and its answer records as (name, type, data)."""
+
+    def __init__(self, data: bytes, ident: int, name: str, qtype: int) -> None:
+        if len(data) < 12:
+            raise ValueError("short message")
+        rid, flags, qd, an = struct.unpack(">HHHH", data[:8])
+        if rid != ident or not flags & 0x8000:
+            raise ValueError("not our answer")
+        self.rcode = flags & 0xF
+        self.truncated = bool(flags & 0x0200)
+        offset = 12
+        for _ in range(qd):
+            qname, offset = _read_name(data, offset)
+            qt = struct.unpack(">H", data[offset:offset + 2])[0]
+            offset += 4
+            if qname.lower() != name.rstrip(".").lower() or qt != qtype:
+                raise ValueError("answer to another question")
+        self.records: list[tuple[str, int, Any]] = []
+        for _ in range(an):
+            owner, offset = _read_name(data, offset)
+            rtype, _cls, _ttl, rdlen = struct.unpack(">HHIH", data[offset:offset + 10])
+            offset += 10
+            rdata = data[offset:offset + rdlen]
+            if rtype == A and rdlen == 4:
+                self.records.append((owner, A, socket.inet_ntop(socket.AF_INET, rdata)))
+            elif rtype == AAAA and rdlen == 16:
+                self.records.append((owner, AAAA, socket.inet_ntop(socket.AF_INET6, rdata)))
+            elif rtype in (CNAME, PTR):
+                self.records.append((owner, rtype, _read_name(data, offset)[0]))
+            offset += rdlen
+
+    def follow(self, name: str, qtype: int) -> tuple[str, list[str], list[Any]]:
+        """(final name, names that were aliases on the way, data of the records of ``qtype``)."""
+        current, aliases = name.rstrip("."), []
+        for _ in range(_MAX_CNAMES):
+            target = next((d for o, t, d in self.records if t == CNAME and o.lower() == current.lower()), None)
+            if target is None:
+                break
+            aliases.append(current)
+            current = target
+        data = [d for o, t, d in self.records if t == qtype and o.lower() == current.lower()]
+        return current, aliases, data
+
+
+class Unavailable(OSError):
+    """No name server could be reached (glibc's NSS_STATUS_UNAVAIL)."""
+
+
+def _exchange_udp(server: str, packets: dict, timeout: float) -> dict:
+    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+    answers: dict = {}
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.connect((server, 53))  # a connected socket: ICMP errors arrive, strangers' datagrams do not
+        for packet, _ in packets.values():
+            sock.send(packet)
+        deadline = time.monotonic() + timeout
+        while len(answers) < len(packets):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                break
+            data = sock.recv(_MAX_UDP)
+            if len(data) < 2:
+                continue
+            ident = struct.unpack(">H", data[:2])[0]
+            if ident in packets and ident not in answers:
+                _, (name, qtype) = packets[ident]
+                try:
+                    answers[ident] = Answer(data, ident, name, qtype)
+                except (ValueError, struct.error, IndexError):
+                    continue
+    return answers
+
+
+def _exchange_tcp(server: str, packet: bytes, ident: int, name: str, qtype: int, timeout: float) -> Answer:
+    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect((server, 53))
+        sock.sendall(struct.pack(">H", len(packet)) + packet)
+        size = struct.unpack(">H", _recv_exact(sock, 2))[0]
+        return Answer(_recv_exact(sock, size), ident, name, qtype)
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    buf = b""
+    while len(buf) < size:
+        chunk = sock.recv(size - len(buf))
+        if not chunk:
+            raise ConnectionResetError(errno.ECONNRESET, "the name server closed the connection")
+        buf += chunk
+    return buf
+
+
+def query(config: Config, name: str, qtypes: list[int]) -> dict:
+    """qtype → Answer for one fully qualified name, from the first name server that answers usefully.
+
+    Raises :class:`Unavailable` when no server could be reached and ``TimeoutError`` when none answered."""
+    servers = list(config.nameservers)
+    if config.rotate and len(servers) > 1:
+        shift = secrets.randbelow(len(servers))
+        servers = servers[shift:] + servers[:shift]
+    refused = 0
+    for attempt in range(config.attempts):
+        for server in servers:
+            packets = {}
+            for qtype in qtypes:
+                ident = secrets.randbelow(0x10000)
+                while ident in packets:
+                    ident = secrets.randbelow(0x10000)
+                packets[ident] = (_question(ident, name, qtype, config.edns0), (name, qtype))
+            try:
+                if config.use_vc:
+                    got = {i: _exchange_tcp(server, p, i, n, t, config.timeout)
+                           for i, (p, (n, t)) in packets.items()}
+                else:
+                    got = _exchange_udp(server, packets, config.timeout)
+                    for ident, ans in list(got.items()):
+                        if ans.truncated:
+                            p, (n, t) = packets[ident]
+                            got[ident] = _exchange_tcp(server, p, ident, n, t, config.timeout)
+            except ConnectionRefusedError:
+                refused += 1
+                continue
+            except (OSError, ValueError, struct.error):
+                continue
+            if len(got) < len(packets):
+                continue
+            # A server that fails (SERVFAIL, REFUSED, ...) is skipped; NOERROR and NXDOMAIN are answers.
+            if any(ans.rcode not in (0, 3) for ans in got.values()):
+                continue
+            return {packets[i][1][1]: ans for i, ans in got.items()}
+    if refused >= len(servers) * config.attempts:
+        raise Unavailable(errno.ECONNREFUSED, "no name server could be reached")
+    raise TimeoutError(errno.ETIMEDOUT, "no name server answered")
+
+
+def _candidates(config: Config, name: str) -> list[str]:
+    """The names to ask in order, as glibc's res_search builds them."""
+    if name.endswith("."):
+        return [name.rstrip(".")]
+    dots = name.count(".")
+    out = [name] if dots >= config.ndots else []
+    out += [f"{name}.{domain}" for domain in config.search]
+    if dots < config.ndots:
+        out.append(name)
+    return out
+
+
+def dns_search(config: Config, name: str, qtypes: list[int]) -> tuple[str, dict]:
+    """(the name that answered, qtype → (final name, aliases, records)) or a status: "NOTFOUND" with
+    h_errno HOST_NOT_FOUND or NO_DATA, "TRYAGAIN", "UNAVAIL" (raised as :class:`_Status`)."""
+    got_nodata = got_servfail = False
+    for candidate in _candidates(config, name):
+        try:
+            answers = query(config, candidate, qtypes)
+        except Unavailable:
+            raise _Status("UNAVAIL", TRY_AGAIN) from None
+        except TimeoutError:
+            raise _Status("TRYAGAIN", TRY_AGAIN) from None
+        results = {qt: ans.follow(candidate, qt) for qt, ans in answers.items()}
+        if any(r[2] for r in results.values()):
+            return candidate, results
+        if all(ans.rcode == 0 for ans in answers.values()):
+            got_nodata = True
+        elif any(ans.rcode == 2 for ans in answers.values()):
+            got_servfail = True
+    if got_nodata:
+        raise _Status("NOTFOUND", NO_DATA)
+    if got_servfail:
+        raise _Status("TRYAGAIN", TRY_AGAIN)
+    raise _Status("NOTFOUND", HOST_NOT_FOUND)
+
+
+class _Status(Exception):
+    def __init__(self, status: str, herrno: int) -> None:
+        super().__init__(status)
+        self.status = status
+        self.herrno = herrno
+
+
+# ---------------------------------------------------------------------------------------------- sources
+class Lookup:
+    """What one forward lookup found: canonical name, aliases, and (family, address) pairs in order."""
+
+    def __init__(self, canon: str, aliases: list[str], addrs: list[tuple[int, str]]) -> None:
+        self.canon, self.aliases, self.addrs = canon, aliases, addrs
+
+
+def _files_forward(read: Reader, name: str, families: tuple[int, ...]) -> Lookup | None:
+    low = name.rstrip(".").lower()
+    canon, aliases, addrs = None, [], []
+    for addr, names in hosts_entries(read):
+        if low not in (n.lower() for n in names):
+            continue
+        fam, text = _numeric(addr)  # type: ignore[misc]
+        if fam not in families:
+            continue
+        if canon is None:
+            canon = names[0]
+        for alias in names:
+            if alias != canon and alias not in aliases:
+                aliases.append(alias)
+        if (fam, text) not in addrs:
+            addrs.append((fam, text))
+    return Lookup(canon, aliases, addrs) if canon is not None else None
+
+
+def _dns_forward(config: Config, name: str, families: tuple[int, ...]) -> Lookup:
+    qtypes = [A if fam == socket.AF_INET else AAAA for fam in families]
+    asked, results = dns_search(config, name, qtypes)
+    canon, aliases, addrs = "", [], []
+    for qtype in qtypes:
+        final, chain, data = results[qtype]
+        if data and not canon:
+            canon, aliases = final, chain
+        fam = socket.AF_INET if qtype == A else socket.AF_INET6
+        addrs += [(fam, d) for d in data]
+    return Lookup(canon or asked, aliases, addrs)
+
+
+def forward(read: Reader, name: str, families: tuple[int, ...]) -> Lookup:
+    """Runs the nsswitch ``hosts`` sources in order; raises ``_Status`` with the last source's failure."""
+    config = Config(read)
+    last = _Status("NOTFOUND", HOST_NOT_FOUND)
+    for source, actions in config.sources:
+        try:
+            if source == "files":
+                found = _files_forward(read, name, families)
+                if found is None:
+                    raise _Status("NOTFOUND", HOST_NOT_FOUND)
+                return found
+            return _dns_forward(config, name, families)
+        except _Status as status:
+            last = status
+            if actions.get(status.status, "continue") == "return":
+                break
+    raise last
+
+
+def reverse(read: Reader, family: int, addr: str) -> tuple[str, list[str]]:
+    config = Config(read)
+    last = _Status("NOTFOUND", HOST_NOT_FOUND)
+    for source, actions in config.sources:
+        try:
+            if source == "files":
+                for entry, names in hosts_entries(read):
+                    if _numeric(entry) == (family, addr):
+                        return names[0], names[1:]
+                raise _Status("NOTFOUND", HOST_NOT_FOUND)
+            packed = socket.inet_pton(family, addr)
+            if family == socket.AF_INET:
+                qname = ".".join(str(b) for b in reversed(packed)) + ".in-addr.arpa"
+            else:
+                qname = ".".join(reversed(packed.hex())) + ".ip6.arpa"
+            answers = query(config, qname, [PTR])
+            _final, aliases, names = answers[PTR].follow(qname, PTR)
+            if names:
+                return names[0], aliases
+            raise _Status("NOTFOUND", NO_DATA if answers[PTR].rcode == 0 else HOST_NOT_FOUND)
+        except Unavailable:
+            last = _Status("UNAVAIL", TRY_AGAIN)
+        except TimeoutError:
+            last = _Status("TRYAGAIN", TRY_AGAIN)
+        except _Status as status:
+            last = status
+        if actions.get(last.status, "continue") == "return":
+            break
+    raise last
+
+
+# --------------------------------------------------------------------------------------------- ordering
+_PRECEDENCE = [("::1/128", 50), ("2002::/16", 30), ("::/96", 20), ("::ffff:0:0/96", 10), ("::/0", 40)]
+_LABELS = [("::1/128", 0), ("2002::/16", 2), ("::/96", 3), ("::ffff:0:0/96", 4), ("fec0::/10", 5),
+           ("fc00::/7", 6), ("2001::/32", 7), ("::/0", 1)]
+_PRECEDENCE_NETS = [(ipaddress.IPv6Network(n), v) for n, v in _PRECEDENCE]
+_LABEL_NETS = [(ipaddress.IPv6Network(n), v) for n, v in _LABELS]
+
+
+def _as6(family: int, addr: str) -> ipaddress.IPv6Address:
+    if family == socket.AF_INET:
+        return ipaddress.IPv6Address("::ffff:" + addr)
+    return ipaddress.IPv6Address(addr.split("%", 1)[0])
+
+
+def _table(table: list, address: ipaddress.IPv6Address) -> int:
+    best = None
+    for net, value in table:
+        if address in net and (best is None or net.prefixlen > best[0]):
+            best = (net.prefixlen, value)
+    return best[1] if best else 0
+
+
+def _scope(family: int, addr: str) -> int:
+    if family == socket.AF_INET:
+        first = ipaddress.IPv4Address(addr)
+        return 2 if first.is_loopback or first.is_link_local else 14
+    a = ipaddress.IPv6Address(addr.split("%", 1)[0])
+    if a.is_multicast:
+        return a.packed[1] & 0xF
+    if a.is_loopback or a.is_link_local:
+        return 2
+    if a.is_site_local:
+        return 5
+    return 14
+
+
+def _ipv4_prefixlens() -> dict:
+    """Each local IPv4 address → its netmask length (glibc applies rule 9 to IPv4 only inside a subnet)."""
+    out = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _index, name in socket.if_nameindex():
+            req = struct.pack("256s", name.encode()[:15])
+            try:
+                addr = socket.inet_ntoa(fcntl.ioctl(sock.fileno(), 0x8915, req)[20:24])  # SIOCGIFADDR
+                mask = fcntl.ioctl(sock.fileno(), 0x891B, req)[20:24]  # SIOCGIFNETMASK
+            except OSError:
+                continue
+            out[addr] = bin(int.from_bytes(mask, "big")).count("1")
+    return out
+
+
+def _source(family: int, addr: str) -> str | None:
+    """The source address the kernel would pick for ``addr`` (None: unreachable), as glibc finds it."""
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((addr, 9) if family == socket.AF_INET else (addr, 9, 0, 0))
+            return sock.getsockname()[0]
+    except OSError:
+        return None
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    bits = 0
+    for x, y in zip(a, b):
+        diff = x ^ y
+        if diff == 0:
+            bits += 8
+            continue
+        return bits + 8 - diff.bit_length()
+    return bits
+
+
+def sort_addresses(addrs: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """glibc's RFC 3484 destination order (rules 1, 2, 5, 6, 8, 9, 10) with its default policy table."""
+    if len(addrs) < 2:
+        return list(addrs)
+    prefixlens = _ipv4_prefixlens() if any(f == socket.AF_INET for f, _ in addrs) else {}
+    keyed = []
+    for index, (fam, addr) in enumerate(addrs):
+        src = _source(fam, addr)
+        dst6 = _as6(fam, addr)
+        keyed.append({"index": index, "fam": fam, "addr": addr, "src": src, "dst6": dst6,
+                      "src6": _as6(fam, src) if src else None, "scope": _scope(fam, addr),
+                      "src_scope": _scope(fam, src) if src else None,
+                      "label": _table(_LABEL_NETS, dst6), "prec": _table(_PRECEDENCE_NETS, dst6)})
+
+    def rule9_bits(k: dict) -> int:
+        if k["fam"] == socket.AF_INET:
+            plen = prefixlens.get(k["src"], 32)
+            dst, src = int(ipaddress.IPv4Address(k["addr"])), int(ipaddress.IPv4Address(k["src"]))
+            mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF if plen else 0
+            return (dst ^ src).bit_length() if (dst & mask) == (src & mask) else 0
+        return _common_prefix(k["dst6"].packed, k["src6"].packed)
+
+    def compare(a: dict, b: dict) -> int:
+        if (a["src"] is None) != (b["src"] is None):  # rule 1: avoid unusable destinations
+            return 1 if a["src"] is None else -1
+        if a["src"] is not None and b["src"] is not None:
+            a2, b2 = a["scope"] == a["src_scope"], b["scope"] == b["src_scope"]  # rule 2: matching scope
+            if a2 != b2:
+                return -1 if a2 else 1
+            a5 = a["label"] == _table(_LABEL_NETS, a["src6"])  # rule 5: matching label
+            b5 = b["label"] == _table(_LABEL_NETS, b["src6"])
+            if a5 != b5:
+                return -1 if a5 else 1
+        if a["prec"] != b["prec"]:  # rule 6: higher precedence
+            return -1 if a["prec"] > b["prec"] else 1
+        if a["scope"] != b["scope"]:  # rule 8: smaller scope
+            return -1 if a["scope"] < b["scope"] else 1
+        if a["src"] is not None and b["src"] is not None and a["fam"] == b["fam"]:  # rule 9
+            bits_a, bits_b = rule9_bits(a), rule9_bits(b)
+            if bits_a != bits_b:
+                return -1 if bits_a > bits_b else 1
+        return -1 if a["index"] < b["index"] else 1  # rule 10: keep the order
+
+    keyed.sort(key=functools.cmp_to_key(compare))
+    return [(k["fam"], k["addr"]) for k in keyed]
+
+
+# ------------------------------------------------------------------------------------- the socket calls
+_FLAGS = (socket.AI_PASSIVE | socket.AI_CANONNAME | socket.AI_NUMERICHOST | socket.AI_V4MAPPED | socket.AI_ALL
+          | socket.AI_ADDRCONFIG | socket.AI_NUMERICSERV | getattr(socket, "AI_IDN", 0x40)
+          | getattr(socket, "AI_CANONIDN", 0x80))
+_TYPES = [(socket.SOCK_STREAM, socket.IPPROTO_TCP, "tcp"), (socket.SOCK_DGRAM, socket.IPPROTO_UDP, "udp"),
+          (socket.SOCK_RAW, 0, None)]
+
+
+def _service(read: Reader, name: str, proto: str) -> int | None:
+    for line in (read("/etc/services") or b"").decode("utf-8", "replace").splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) >= 2 and "/" in words[1]:
+            port, _, p = words[1].partition("/")
+            if p == proto and (words[0] == name or name in words[2:]) and port.isdigit():
+                return int(port)
+    return None
+
+
+def service_name(read: Reader, port: int, proto: str) -> str | None:
+    for line in (read("/etc/services") or b"").decode("utf-8", "replace").splitlines():
+        words = line.split("#", 1)[0].split()
+        if len(words) >= 2 and words[1] == f"{port}/{proto}":
+            return words[0]
+    return None
+
+
+def _socktypes(read: Reader, port: Any, socktype: int, proto: int, flags: int) -> list[tuple[int, int, int]]:
+    """(socktype, protocol, port) triples, as glibc's gaih_inet_serv builds them."""
+    chosen = [t for t in _TYPES if (not socktype or t[0] == socktype) and (not proto or not t[1] or t[1] == proto)]
+    if socktype and not any(t[0] == socktype for t in _TYPES):
+        raise gai_error(socket.EAI_SOCKTYPE)
+    if port is None:
+        return [(t, p or proto, 0) for t, p, _ in chosen]
+    text = str(port)
+    if isinstance(port, int) or text.isdigit():
+        num = int(text)
+        if socktype == socket.SOCK_RAW and not proto:
+            raise gai_error(socket.EAI_SERVICE)
+        return [(t, p or proto, num) for t, p, _ in chosen if not (t == socket.SOCK_RAW and not socktype)] \
+            if not socktype else [(t, p or proto, num) for t, p, _ in chosen]
+    if flags & socket.AI_NUMERICSERV:
+        raise gai_error(socket.EAI_NONAME)
+    out = []
+    for t, p, pname in chosen:
+        if pname is None:
+            continue
+        num = _service(read, text, pname)
+        if num is not None:
+            out.append((t, p, num))
+    if not out:
+        raise gai_error(socket.EAI_SERVICE)
+    return out
+
+
+def _families(family: int, flags: int) -> tuple[int, ...]:
+    if family == socket.AF_INET:
+        return (socket.AF_INET,)
+    if family == socket.AF_INET6:
+        return (socket.AF_INET6, socket.AF_INET) if flags & socket.AI_V4MAPPED else (socket.AF_INET6,)
+    return (socket.AF_INET, socket.AF_INET6)
+
+
+def _addrconfig() -> set:
+    """The families this network namespace has a usable address of (loopback and link-local do not count)."""
+    have = set()
+    for _index, name in socket.if_nameindex():
+        if name == "lo":
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                fcntl.ioctl(sock.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+                have.add(socket.AF_INET)
+            except OSError:
+                pass
+    try:
+        with open("/proc/self/net/if_inet6") as f:  # the agent's own procfs: this network namespace's view
+            for line in f:
+                words = line.split()
+                if words and words[-1] != "lo" and not words[0].startswith("fe80"):
+                    have.add(socket.AF_INET6)
+    except OSError:
+        pass
+    return have
+
+
+def getaddrinfo(read: Reader, host: str | None, port: Any, family: int = 0, socktype: int = 0, proto: int = 0,
+                flags: int = 0) -> list:
+    if flags & ~_FLAGS or (flags & socket.AI_CANONNAME and host is None):
+        raise gai_error(socket.EAI_BADFLAGS)
+    if host is None and port is None:
+        raise gai_error(socket.EAI_NONAME)
+    if family not in (socket.AF_UNSPEC, socket.AF_INET, socket.AF_INET6):
+        raise gai_error(socket.EAI_FAMILY)
+    types = _socktypes(read, port, socktype, proto, flags)
+    canon = ""
+    if host is None:
+        passive = flags & socket.AI_PASSIVE
+        addrs = [(socket.AF_INET6, "::" if passive else "::1"), (socket.AF_INET, "0.0.0.0" if passive else "127.0.0.1")]
+        addrs = [a for a in addrs if family in (socket.AF_UNSPEC, a[0])]
+    else:
+        numeric = _numeric(host)
+        if numeric is not None:
+            fam, text = numeric
+            if family == socket.AF_INET6 and fam == socket.AF_INET:
+                if not flags & socket.AI_V4MAPPED:
+                    raise gai_error(socket.EAI_ADDRFAMILY)
+                fam, text = socket.AF_INET6, "::ffff:" + text
+            elif family == socket.AF_INET and fam == socket.AF_INET6:
+                raise gai_error(socket.EAI_ADDRFAMILY)
+            addrs, canon = [(fam, text + ("%" + host.split("%", 1)[1] if "%" in host else ""))], host
+        else:
+            if flags & socket.AI_NUMERICHOST:
+                raise gai_error(socket.EAI_NONAME)
+            try:
+                host.encode("ascii")
+            except UnicodeEncodeError:
+                host = host.encode("idna").decode("ascii")
+            families = _families(family, flags)
+            if flags & socket.AI_ADDRCONFIG:
+                usable = _addrconfig()
+                families = tuple(f for f in families if f in usable) or families
+            try:
+                found = forward(read, host, families)
+            except _Status as status:
+                if status.status in ("TRYAGAIN", "UNAVAIL") and status.herrno == TRY_AGAIN:
+                    raise gai_error(socket.EAI_AGAIN) from None
+                raise gai_error(socket.EAI_NODATA if status.herrno == NO_DATA else socket.EAI_NONAME) from None
+            addrs, canon = found.addrs, found.canon
+            if family == socket.AF_INET6 and flags & socket.AI_V4MAPPED:
+                six = [a for a in addrs if a[0] == socket.AF_INET6]
+                four = [(socket.AF_INET6, "::ffff:" + a) for f, a in addrs if f == socket.AF_INET]
+                addrs = six + four if flags & socket.AI_ALL or not six else six
+            if not addrs:
+                raise gai_error(socket.EAI_NODATA)
+            addrs = sort_addresses(addrs)
+    out = []
+    for fam, addr in addrs:
+        for t, p, num in types:
+            if fam == socket.AF_INET:
+                sockaddr: list = [addr, num]
+            else:
+                text, _, scope = addr.partition("%")
+                scope_id = 0
+                if scope:
+                    scope_id = int(scope) if scope.isdigit() else socket.if_nametoindex(scope)
+                sockaddr = [text, num, 0, scope_id]
+            out.append([fam, t, p, canon if not out and flags & socket.AI_CANONNAME else "", sockaddr])
+    return out
+
+
+def gethostbyname_ex(read: Reader, host: str) -> list:
+    infos = getaddrinfo(read, host, None, socket.AF_INET)  # Python checks the name with getaddrinfo first
+    if _numeric(host) is not None:
+        return [host, [], [infos[0][4][0]]]
+    try:
+        found = forward(read, host, (socket.AF_INET,))
+    except _Status as status:
+        raise h_error(status.herrno) from None
+    aliases = found.aliases if found.aliases else []
+    return [found.canon, aliases, [a for _, a in found.addrs]]
+
+
+def gethostbyname(read: Reader, host: str) -> str:
+    return getaddrinfo(read, host, None, socket.AF_INET)[0][4][0]
+
+
+def gethostbyaddr(read: Reader, host: str) -> list:
+    numeric = _numeric(host)
+    if numeric is None:
+        infos = getaddrinfo(read, host, None)
+        fam, addr = infos[0][0], infos[0][4][0]
+    else:
+        fam, addr = numeric
+    try:
+        name, aliases = reverse(read, fam, addr)
+    except _Status as status:
+        raise h_error(status.herrno if status.herrno != NO_DATA else HOST_NOT_FOUND) from None
+    return [name, aliases, [addr]]
+
+
+def getnameinfo(read: Reader, sockaddr: list, flags: int) -> list:
+    host, port = sockaddr[0], int(sockaddr[1])
+    numeric = _numeric(host) if isinstance(host, str) else None
+    if numeric is None:
+        raise gai_error(socket.EAI_NONAME)
+    fam, addr = numeric
+    name = None
+    if not flags & socket.NI_NUMERICHOST:
+        try:
+            name = reverse(read, fam, addr)[0]
+        except _Status as status:
+            if flags & socket.NI_NAMEREQD:
+                raise gai_error(socket.EAI_AGAIN if status.herrno == TRY_AGAIN else socket.EAI_NONAME) from None
+        if name is not None and flags & socket.NI_NOFQDN:
+            local = socket.gethostname().partition(".")[2]
+            if local and name.endswith("." + local):
+                name = name[: -len(local) - 1]
+    if name is None:
+        name = addr
+        if fam == socket.AF_INET6 and len(sockaddr) >= 4 and sockaddr[3]:
+            try:
+                name += "%" + socket.if_indextoname(int(sockaddr[3]))
+            except OSError:
+                name += "%" + str(sockaddr[3])
+    service = None
+    if not flags & socket.NI_NUMERICSERV:
+        service = service_name(read, port, "udp" if flags & socket.NI_DGRAM else "tcp")
+    return [name, service or str(port)]
+
+
+def hostname(read: Reader) -> str:
+    raw = read("/etc/hostname")
+    name = raw.decode("utf-8", "replace").strip() if raw else ""
+    return name or socket.gethostname()
