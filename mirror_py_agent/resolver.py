@@ -161,8 +161,9 @@ def hosts_entries(read: Reader) -> list[tuple[str, list[str]]]:
 def _numeric(text: str) -> tuple[int, str] | None:
     """(family, address text) of an IP literal as glibc's inet_aton/inet_pton read it, or None."""
     try:
-        return socket.AF_INET6, str(ipaddress.IPv6Address(text.split("%", 1)[0]))
-    except ValueError:
+        return socket.AF_INET6, socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6,
+                                                                                text.split("%", 1)[0]))
+    except (OSError, ValueError):
         pass
     if text and all(c in "0123456789abcdefABCDEFxX." for c in text):
         try:
@@ -403,21 +404,30 @@ class Lookup:
 
 
 def _files_forward(read: Reader, name: str, families: tuple[int, ...]) -> Lookup | None:
+    """glibc's ``files`` source. Both families (getaddrinfo's AF_UNSPEC) take every matching line as it is
+    written; an IPv4 lookup also takes ``::1`` as 127.0.0.1 and ``::ffff:a.b.c.d`` as a.b.c.d, as glibc
+    does. Every matching line counts: the first gives the canonical name, the others add their names as
+    aliases and their addresses (duplicates included)."""
     low = name.rstrip(".").lower()
     canon, aliases, addrs = None, [], []
     for addr, names in hosts_entries(read):
         if low not in (n.lower() for n in names):
             continue
         fam, text = _numeric(addr)  # type: ignore[misc]
+        if families == (socket.AF_INET,) and fam == socket.AF_INET6:
+            packed = socket.inet_pton(socket.AF_INET6, text)
+            if text == "::1":
+                fam, text = socket.AF_INET, "127.0.0.1"
+            elif packed[:12] == b"\0" * 10 + b"\xff\xff":
+                fam, text = socket.AF_INET, socket.inet_ntop(socket.AF_INET, packed[12:])
         if fam not in families:
             continue
         if canon is None:
             canon = names[0]
-        for alias in names:
-            if alias != canon and alias not in aliases:
-                aliases.append(alias)
-        if (fam, text) not in addrs:
-            addrs.append((fam, text))
+            aliases.extend(names[1:])
+        else:
+            aliases.extend(n for n in names if n != canon)
+        addrs.append((fam, text))
     return Lookup(canon, aliases, addrs) if canon is not None else None
 
 
@@ -631,7 +641,10 @@ def service_name(read: Reader, port: int, proto: str) -> str | None:
 
 def _socktypes(read: Reader, port: Any, socktype: int, proto: int, flags: int) -> list[tuple[int, int, int]]:
     """(socktype, protocol, port) triples, as glibc's gaih_inet_serv builds them."""
-    chosen = [t for t in _TYPES if (not socktype or t[0] == socktype) and (not proto or not t[1] or t[1] == proto)]
+    # A protocol without a socket type picks the types of that protocol only; raw sockets take any protocol
+    # but are chosen only by name.
+    chosen = [t for t in _TYPES if (t[0] == socktype if socktype else not proto or t[1] == proto)
+              and (not proto or not t[1] or t[1] == proto)]
     if socktype and not any(t[0] == socktype for t in _TYPES):
         raise gai_error(socket.EAI_SOCKTYPE)
     if port is None:
@@ -641,8 +654,7 @@ def _socktypes(read: Reader, port: Any, socktype: int, proto: int, flags: int) -
         num = int(text)
         if socktype == socket.SOCK_RAW and not proto:
             raise gai_error(socket.EAI_SERVICE)
-        return [(t, p or proto, num) for t, p, _ in chosen if not (t == socket.SOCK_RAW and not socktype)] \
-            if not socktype else [(t, p or proto, num) for t, p, _ in chosen]
+        return [(t, p or proto, num) for t, p, _ in chosen]
     if flags & socket.AI_NUMERICSERV:
         raise gai_error(socket.EAI_NONAME)
     out = []
@@ -661,8 +673,38 @@ def _families(family: int, flags: int) -> tuple[int, ...]:
     if family == socket.AF_INET:
         return (socket.AF_INET,)
     if family == socket.AF_INET6:
-        return (socket.AF_INET6, socket.AF_INET) if flags & socket.AI_V4MAPPED else (socket.AF_INET6,)
+        return (socket.AF_INET6,)
     return (socket.AF_INET, socket.AF_INET6)
+
+
+def _gai_status(status: _Status) -> socket.gaierror:
+    if status.status in ("TRYAGAIN", "UNAVAIL") and status.herrno == TRY_AGAIN:
+        return gai_error(socket.EAI_AGAIN)
+    return gai_error(socket.EAI_NODATA if status.herrno == NO_DATA else socket.EAI_NONAME)
+
+
+def _forward_addresses(read: Reader, host: str, families: tuple[int, ...], flags: int) -> tuple[list, str]:
+    """(addresses, canonical name) of a name for getaddrinfo. ``AI_V4MAPPED`` with IPv6 asks for IPv4
+    separately, as glibc does, when there is no IPv6 address or ``AI_ALL`` wants both."""
+    try:
+        found = forward(read, host, families)
+        addrs, canon = list(found.addrs), found.canon
+    except _Status as status:
+        if not (families == (socket.AF_INET6,) and flags & socket.AI_V4MAPPED):
+            raise _gai_status(status) from None
+        addrs, canon, first = [], "", status
+    else:
+        first = None
+    if families == (socket.AF_INET6,) and flags & socket.AI_V4MAPPED and (flags & socket.AI_ALL or not addrs):
+        try:
+            four = forward(read, host, (socket.AF_INET,))
+        except _Status as status:
+            if first is not None:
+                raise _gai_status(first) from None
+        else:
+            addrs += [(socket.AF_INET6, "::ffff:" + a) for _, a in four.addrs]
+            canon = canon or four.canon
+    return addrs, canon
 
 
 def _addrconfig() -> set:
@@ -724,17 +766,7 @@ def getaddrinfo(read: Reader, host: str | None, port: Any, family: int = 0, sock
             if flags & socket.AI_ADDRCONFIG:
                 usable = _addrconfig()
                 families = tuple(f for f in families if f in usable) or families
-            try:
-                found = forward(read, host, families)
-            except _Status as status:
-                if status.status in ("TRYAGAIN", "UNAVAIL") and status.herrno == TRY_AGAIN:
-                    raise gai_error(socket.EAI_AGAIN) from None
-                raise gai_error(socket.EAI_NODATA if status.herrno == NO_DATA else socket.EAI_NONAME) from None
-            addrs, canon = found.addrs, found.canon
-            if family == socket.AF_INET6 and flags & socket.AI_V4MAPPED:
-                six = [a for a in addrs if a[0] == socket.AF_INET6]
-                four = [(socket.AF_INET6, "::ffff:" + a) for f, a in addrs if f == socket.AF_INET]
-                addrs = six + four if flags & socket.AI_ALL or not six else six
+            addrs, canon = _forward_addresses(read, host, families, flags)
             if not addrs:
                 raise gai_error(socket.EAI_NODATA)
             addrs = sort_addresses(addrs)
@@ -794,8 +826,11 @@ def getnameinfo(read: Reader, sockaddr: list, flags: int) -> list:
         try:
             name = reverse(read, fam, addr)[0]
         except _Status as status:
+            # glibc: a name server that failed is an error even when a numeric answer would do.
+            if status.herrno == TRY_AGAIN:
+                raise gai_error(socket.EAI_AGAIN) from None
             if flags & socket.NI_NAMEREQD:
-                raise gai_error(socket.EAI_AGAIN if status.herrno == TRY_AGAIN else socket.EAI_NONAME) from None
+                raise gai_error(socket.EAI_NONAME) from None
         if name is not None and flags & socket.NI_NOFQDN:
             local = socket.gethostname().partition(".")[2]
             if local and name.endswith("." + local):
