@@ -23,7 +23,6 @@ import errno
 import fcntl
 import functools
 import ipaddress
-import os
 import secrets
 import select
 import socket
@@ -51,6 +50,8 @@ HOST_NOT_FOUND, TRY_AGAIN, NO_RECOVERY, NO_DATA = 1, 2, 3, 4
 A, NS, CNAME, PTR, AAAA, OPT = 1, 2, 5, 12, 28, 41
 _MAX_CNAMES = 16
 _MAX_UDP = 65535
+#: Where name servers listen; resolv.conf cannot say otherwise (tests point it at their own server).
+DNS_PORT = 53
 
 
 def gai_error(code: int) -> socket.gaierror:
@@ -267,7 +268,7 @@ def _exchange_udp(server: str, packets: dict, timeout: float) -> dict:
     family = socket.AF_INET6 if ":" in server else socket.AF_INET
     answers: dict = {}
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.connect((server, 53))  # a connected socket: ICMP errors arrive, strangers' datagrams do not
+        sock.connect((server, DNS_PORT))  # a connected socket: ICMP errors arrive, strangers' datagrams do not
         for packet, _ in packets.values():
             sock.send(packet)
         deadline = time.monotonic() + timeout
@@ -292,7 +293,7 @@ def _exchange_tcp(server: str, packet: bytes, ident: int, name: str, qtype: int,
     family = socket.AF_INET6 if ":" in server else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
-        sock.connect((server, 53))
+        sock.connect((server, DNS_PORT))
         sock.sendall(struct.pack(">H", len(packet)) + packet)
         size = struct.unpack(">H", _recv_exact(sock, 2))[0]
         return Answer(_recv_exact(sock, size), ident, name, qtype)
@@ -317,7 +318,7 @@ def query(config: Config, name: str, qtypes: list[int]) -> dict:
         shift = secrets.randbelow(len(servers))
         servers = servers[shift:] + servers[:shift]
     refused = 0
-    for attempt in range(config.attempts):
+    for _attempt in range(config.attempts):
         for server in servers:
             packets = {}
             for qtype in qtypes:
@@ -698,7 +699,7 @@ def _forward_addresses(read: Reader, host: str, families: tuple[int, ...], flags
     if families == (socket.AF_INET6,) and flags & socket.AI_V4MAPPED and (flags & socket.AI_ALL or not addrs):
         try:
             four = forward(read, host, (socket.AF_INET,))
-        except _Status as status:
+        except _Status:
             if first is not None:
                 raise _gai_status(first) from None
         else:
@@ -781,7 +782,8 @@ def getaddrinfo(read: Reader, host: str | None, port: Any, family: int = 0, sock
                 if scope:
                     scope_id = int(scope) if scope.isdigit() else socket.if_nametoindex(scope)
                 sockaddr = [text, num, 0, scope_id]
-            out.append([fam, t, p, canon if not out and flags & socket.AI_CANONNAME else "", sockaddr])
+            out.append([int(fam), int(t), int(p), canon if not out and flags & socket.AI_CANONNAME else "",
+                        sockaddr])
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -29,10 +30,22 @@ def test_container_engine_missing(monkeypatch):
         local.resolve("podman/api")
 
 
-def test_pid_target_enters_net_mount_and_uts_namespaces():
+def test_pid_target_runs_mirror_pys_python_in_net_and_uts_namespaces_only():
+    """Never the target's mount namespace nor its python3: the agent is host root there. It is placed like a
+    job agent instead (files, environment and resolver files through /proc/PID)."""
     target = local.resolve(f"pid/{os.getpid()}")
-    assert target.argv_prefix[1:] == ("-t", str(os.getpid()), "-n", "-m", "-u", "--")
-    assert target.env_pid == os.getpid()
+    assert target.argv_prefix[1:] == ("-t", str(os.getpid()), "-n", "-u", "--")
+    assert target.python == sys.executable
+    assert target.root_pid == os.getpid()
+    argv = target.agent_argv(bootstrap.command(target.python))
+    assert argv[len(target.argv_prefix):][:2] == [sys.executable, "-I"]
+
+
+def test_the_agent_refuses_to_enter_a_mount_namespace():
+    from mirror_py_agent import placement
+
+    with pytest.raises(ValueError, match="never enters the target's mount namespace"):
+        placement.enter(os.getpid(), ["net", "mnt"])
 
 
 @pytest.mark.parametrize(
