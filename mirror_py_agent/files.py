@@ -52,6 +52,20 @@ class Root:
         # The root itself is followed: /proc/<pid>/root is a symlink by design; only what lies below it is not.
         self.fd = -1 if self.kernel else os.open(self.path, _DIR_FLAGS & ~os.O_NOFOLLOW)
 
+    @classmethod
+    def inside(cls, base: Root, path: str) -> Root:
+        """The directory ``path`` of ``base`` as a root of its own, found by ``base``'s confined resolution."""
+        res = base.resolve(path, follow_last=True)
+        try:
+            if res.dir_fd is None:
+                return cls(res.name)
+            fd = os.open(res.name, _DIR_FLAGS, dir_fd=res.dir_fd)
+        finally:
+            res.close(base)
+        root = cls.__new__(cls)
+        root.path, root.kernel, root.fd = os.path.join(base.path, path.lstrip("/")), False, fd
+        return root
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -238,9 +252,9 @@ def root() -> Root:
     return _root[0]
 
 
-def set_root(path: str) -> None:
-    """Serve files from inside ``path`` from now on (the job placement passes ``/proc/<pid>/root``)."""
-    new = Root(path)
+def set_root(path: str | Root) -> None:
+    """Serve files from inside ``path`` from now on (placements pass ``/proc/<pid>/root``)."""
+    new = path if isinstance(path, Root) else Root(path)
     while _root:
         _root.pop().close()
     _root.append(new)

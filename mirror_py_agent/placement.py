@@ -118,7 +118,11 @@ def place(args: dict) -> dict:
     if namespaces:
         enter(pid, namespaces)
     if args.get("files", True):
-        files.set_root(f"/proc/{pid}/root")
+        # MIRROR_PY_AGENT_FS_ROOT names a directory of the target to serve as the root instead (tests use it
+        # to build a jail); it is found inside the target's root like any path.
+        inner = os.environ.get(files.ROOT_ENV)
+        files.set_root(files.Root.inside(files.Root(f"/proc/{pid}/root"), inner) if inner
+                       else f"/proc/{pid}/root")
     if how == "root":
         dns.use_root(root.read_small)
     else:

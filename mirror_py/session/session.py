@@ -189,7 +189,10 @@ class Session:
         return link
 
     def _local_channel(self, target: local_transport.LocalTarget) -> tuple[Channel, dict | None]:
-        python = target.python or self.cfg.agent.python
+        # A target with its own default (pid/: mirror-py's interpreter, on this machine) keeps it unless the user
+        # chose an interpreter; the choice is then a command on this machine too, never one of the target's.
+        chosen = "python" in self.cfg.agent.model_fields_set
+        python = self.cfg.agent.python if chosen or target.python is None else target.python
         argv = target.agent_argv(bootstrap.command(python))
         channel = ProcessChannel(argv, target.describe(), python)
         return channel, ({"pid": target.env_pid} if target.env_pid is not None else None)

@@ -35,7 +35,8 @@ class LocalTarget:
     #: A rooted placement: the agent reaches this process's files, environment and resolver files through
     #: /proc/<pid> (a ``place`` request right after its hello) instead of living in its mount namespace.
     root_pid: int | None = None
-    #: The interpreter that runs the agent, when it must not be the configured one found in the target.
+    #: The interpreter that runs the agent unless the user chose one (``agent.python``), when the configured
+    #: default would be looked up in the target.
     python: str | None = None
 
     def agent_argv(self, command: list[str]) -> list[str]:

@@ -136,11 +136,20 @@ def test_errors_are_the_pods(through):
     assert out["str_error"] == ["[Errno 2] No such file or directory: '/etc/config/missing'"]
 
 
-def test_permission_errors_parity(through, native):
+def test_permission_errors_parity(fpod, native, tmp_path):
     # The agent runs as nobody, as an exec'd agent runs as the container's user; natively the app does. The
-    # pod's 0600 file and 0700 directory refuse them alike.
+    # pod's 0600 file and 0700 directory refuse them alike. The target is a process of nobody in the pod: an
+    # agent reads a target's files through /proc/PID/root, which only its own user (or root) may open.
     python = "/usr/bin/python3"
-    remote = through("permissions", extra=["--agent-python", _as_nobody(python)])
+    target = fpod.run([*NOBODY, "sleep", "infinity"])
+    try:
+        res = run_mirror(f"pid/{target.pid}", [sys.executable, PROBE, "permissions"],
+                         extra=["--agent-python", _as_nobody(python)], env={"PROBE_LOCAL_DIR": str(tmp_path)})
+    finally:
+        target.kill()
+        target.wait()
+    assert res.code == 0, res.stderr
+    remote = res.json
     local = native("permissions", prefix=[*NOBODY, python])
     assert remote == local
     assert remote["read"] == ["PermissionError", 13]
@@ -267,6 +276,20 @@ def test_agent_root_confines_every_path(through, fpod):
     assert through("read_file", "/etc/hostname-link", env=env) == {"content": ["FileNotFoundError", 2]}
     assert through("read_file", "/escape-up/srv/pod-data/tree/a.txt", env=env) == {
         "content": ["FileNotFoundError", 2]}
+
+
+def test_pid_agent_resolves_paths_inside_the_targets_root(through, native):
+    # A pid/ agent serves files from /proc/<pid>/root, as the job placement does, and resolves every path inside
+    # it: symlinks to / and to ../../.. in the pod, and a path full of "..", reach the pod's files exactly as
+    # the kernel resolves them in the pod, never the host's.
+    for path in ("/srv/pod-data/jail/etc/config/app.yaml", "/srv/pod-data/jail/escape-root/etc/config/app.yaml",
+                 "/srv/pod-data/jail/escape-up/etc/config/app.yaml", "/../../../etc/config/app.yaml",
+                 "/srv/pod-data/jail/etc/hostname-link", "/srv/pod-data/jail/escape-up/srv/pod-data/tree/a.txt",
+                 "/proc/1/root/etc/config/app.yaml"):
+        assert through("read_file", path) == native("read_file", path), path
+    assert through("read_file", "/srv/pod-data/jail/escape-root/etc/config/app.yaml") == {
+        "content": "name: pod\nreplicas: 3\nlast line\n"}
+    assert through("read_file", "/srv/pod-data/jail/etc/hostname-link") == {"content": "files-5c8d\n"}
 
 
 def test_config_rejects_a_bad_regex(tmp_path):
