@@ -721,7 +721,8 @@ def _addrconfig() -> set:
             except OSError:
                 pass
     try:
-        with open("/proc/self/net/if_inet6") as f:  # the agent's own procfs: this network namespace's view
+        # The agent's own procfs, as this thread sees it: the network namespace it entered.
+        with open("/proc/thread-self/net/if_inet6") as f:
             for line in f:
                 words = line.split()
                 if words and words[-1] != "lo" and not words[0].startswith("fe80"):
