@@ -59,8 +59,8 @@ mirror_py_agent.server.main()
 '''
 
 _AGENT_MODULES = (
-    "__init__", "addresses", "budget", "protocol", "relay", "resolver", "dns", "env", "files", "net", "placement",
-    "server", "capture", "http1", "sweep", "iptables", "incoming",
+    "__init__", "addresses", "budget", "protocol", "relay", "dnswire", "addrsort", "resolver", "dns", "env",
+    "files", "net", "placement", "server", "capture", "http1", "sweep", "iptables", "incoming",
 )
 _CBOR2_MODULES = ("__init__", "_types", "_encoder", "_decoder", "encoder", "decoder", "types")
 

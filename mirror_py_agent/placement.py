@@ -33,7 +33,8 @@ PREIMPORT = (
     "encodings.utf_16", "encodings.utf_32", "stringprep", "unicodedata", "shlex", "subprocess", "signal",
     "selectors", "fcntl", "functools", "ipaddress", "secrets", "select", "errno", "struct", "ctypes",
     "concurrent.futures.thread", "asyncio.unix_events", "asyncio.base_subprocess",
-    "mirror_py_agent.resolver", "mirror_py_agent.iptables", "mirror_py_agent.incoming",
+    "mirror_py_agent.dnswire", "mirror_py_agent.addrsort", "mirror_py_agent.resolver", "mirror_py_agent.iptables",
+    "mirror_py_agent.incoming",
 )
 
 

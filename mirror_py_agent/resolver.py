@@ -9,9 +9,9 @@ module does what glibc's ``files`` and ``dns`` sources do, with nothing of the t
   status actions too), ``/etc/hosts``, ``/etc/resolv.conf`` (``nameserver``, ``search``/``domain``,
   ``options ndots: timeout: attempts: rotate use-vc edns0``), ``/etc/services`` and ``/etc/hostname``, each
   read through :class:`files.Root` and re-read on every lookup, as glibc re-reads a changed ``resolv.conf``;
-- UDP queries, retried over TCP when the answer is truncated, to each name server in turn with the search list
-  and ``ndots``; A and AAAA asked together, CNAME chains followed, PTR for reverse lookups;
-- glibc's answers: the same tuples, the RFC 3484 order with glibc's default policy table, the same
+- the search list and ``ndots`` over the queries of :mod:`dnswire` (UDP, TCP on truncation, each name server
+  in turn; A and AAAA asked together, CNAME chains followed, PTR for reverse lookups);
+- glibc's answers: the same tuples, in glibc's order (:mod:`addrsort`), the same
   ``socket.gaierror``/``socket.herror`` codes and words, so the laptop cannot tell it from libc in the pod.
 
 Standard library only, Python 3.9+; the agent imports it before it joins any of the target's namespaces.
@@ -19,16 +19,13 @@ Standard library only, Python 3.9+; the agent imports it before it joins any of 
 
 from __future__ import annotations
 
-import errno
 import fcntl
-import functools
-import ipaddress
-import secrets
-import select
 import socket
 import struct
-import time
 from typing import Any, Callable, Optional
+
+from .addrsort import sort_addresses
+from .dnswire import AAAA, PTR, A, BadName, Unavailable, query
 
 Reader = Callable[[str], Optional[bytes]]
 
@@ -46,12 +43,6 @@ _GAI_TEXT = {
 _H_TEXT = {1: "Unknown host", 2: "Host name lookup failure", 3: "Unknown server error",
            4: "No address associated with name"}
 HOST_NOT_FOUND, TRY_AGAIN, NO_RECOVERY, NO_DATA = 1, 2, 3, 4
-
-A, NS, CNAME, PTR, AAAA, OPT = 1, 2, 5, 12, 28, 41
-_MAX_CNAMES = 16
-_MAX_UDP = 65535
-#: Where name servers listen; resolv.conf cannot say otherwise (tests point it at their own server).
-DNS_PORT = 53
 
 
 def gai_error(code: int) -> socket.gaierror:
@@ -174,184 +165,6 @@ def _numeric(text: str) -> tuple[int, str] | None:
     return None
 
 
-# --------------------------------------------------------------------------------------------- messages
-def _encode_name(name: str) -> bytes:
-    out = b""
-    for label in name.rstrip(".").split("."):
-        raw = label.encode("ascii")
-        if not raw or len(raw) > 63:
-            raise gai_error(socket.EAI_NONAME)
-        out += bytes([len(raw)]) + raw
-    if len(out) > 254:
-        raise gai_error(socket.EAI_NONAME)
-    return out + b"\0"
-
-
-def _question(ident: int, name: str, qtype: int, edns0: bool) -> bytes:
-    header = struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 1 if edns0 else 0)
-    body = _encode_name(name) + struct.pack(">HH", qtype, 1)
-    if edns0:
-        body += b"\0" + struct.pack(">HHIH", OPT, 1232, 0, 0)
-    return header + body
-
-
-def _read_name(data: bytes, offset: int) -> tuple[str, int]:
-    labels, end, jumps = [], None, 0
-    while True:
-        if offset >= len(data):
-            raise ValueError("truncated name")
-        length = data[offset]
-        if length & 0xC0 == 0xC0:
-            if offset + 1 >= len(data) or jumps > 32:
-                raise ValueError("bad compression")
-            if end is None:
-                end = offset + 2
-            offset = ((length & 0x3F) << 8) | data[offset + 1]
-            jumps += 1
-            continue
-        if length == 0:
-            return ".".join(labels), (end if end is not None else offset + 1)
-        labels.append(data[offset + 1:offset + 1 + length].decode("ascii", "replace"))
-        offset += 1 + length
-
-
-class Answer:
-    """One response: its rcode, whether it was truncated, and its answer records as (name, type, data)."""
-
-    def __init__(self, data: bytes, ident: int, name: str, qtype: int) -> None:
-        if len(data) < 12:
-            raise ValueError("short message")
-        rid, flags, qd, an = struct.unpack(">HHHH", data[:8])
-        if rid != ident or not flags & 0x8000:
-            raise ValueError("not our answer")
-        self.rcode = flags & 0xF
-        self.truncated = bool(flags & 0x0200)
-        offset = 12
-        for _ in range(qd):
-            qname, offset = _read_name(data, offset)
-            qt = struct.unpack(">H", data[offset:offset + 2])[0]
-            offset += 4
-            if qname.lower() != name.rstrip(".").lower() or qt != qtype:
-                raise ValueError("answer to another question")
-        self.records: list[tuple[str, int, Any]] = []
-        for _ in range(an):
-            owner, offset = _read_name(data, offset)
-            rtype, _cls, _ttl, rdlen = struct.unpack(">HHIH", data[offset:offset + 10])
-            offset += 10
-            rdata = data[offset:offset + rdlen]
-            if rtype == A and rdlen == 4:
-                self.records.append((owner, A, socket.inet_ntop(socket.AF_INET, rdata)))
-            elif rtype == AAAA and rdlen == 16:
-                self.records.append((owner, AAAA, socket.inet_ntop(socket.AF_INET6, rdata)))
-            elif rtype in (CNAME, PTR):
-                self.records.append((owner, rtype, _read_name(data, offset)[0]))
-            offset += rdlen
-
-    def follow(self, name: str, qtype: int) -> tuple[str, list[str], list[Any]]:
-        """(final name, names that were aliases on the way, data of the records of ``qtype``)."""
-        current, aliases = name.rstrip("."), []
-        for _ in range(_MAX_CNAMES):
-            target = next((d for o, t, d in self.records if t == CNAME and o.lower() == current.lower()), None)
-            if target is None:
-                break
-            aliases.append(current)
-            current = target
-        data = [d for o, t, d in self.records if t == qtype and o.lower() == current.lower()]
-        return current, aliases, data
-
-
-class Unavailable(OSError):
-    """No name server could be reached (glibc's NSS_STATUS_UNAVAIL)."""
-
-
-def _exchange_udp(server: str, packets: dict, timeout: float) -> dict:
-    family = socket.AF_INET6 if ":" in server else socket.AF_INET
-    answers: dict = {}
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.connect((server, DNS_PORT))  # a connected socket: ICMP errors arrive, strangers' datagrams do not
-        for packet, _ in packets.values():
-            sock.send(packet)
-        deadline = time.monotonic() + timeout
-        while len(answers) < len(packets):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([sock], [], [], left)[0]:
-                break
-            data = sock.recv(_MAX_UDP)
-            if len(data) < 2:
-                continue
-            ident = struct.unpack(">H", data[:2])[0]
-            if ident in packets and ident not in answers:
-                _, (name, qtype) = packets[ident]
-                try:
-                    answers[ident] = Answer(data, ident, name, qtype)
-                except (ValueError, struct.error, IndexError):
-                    continue
-    return answers
-
-
-def _exchange_tcp(server: str, packet: bytes, ident: int, name: str, qtype: int, timeout: float) -> Answer:
-    family = socket.AF_INET6 if ":" in server else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect((server, DNS_PORT))
-        sock.sendall(struct.pack(">H", len(packet)) + packet)
-        size = struct.unpack(">H", _recv_exact(sock, 2))[0]
-        return Answer(_recv_exact(sock, size), ident, name, qtype)
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    buf = b""
-    while len(buf) < size:
-        chunk = sock.recv(size - len(buf))
-        if not chunk:
-            raise ConnectionResetError(errno.ECONNRESET, "the name server closed the connection")
-        buf += chunk
-    return buf
-
-
-def query(config: Config, name: str, qtypes: list[int]) -> dict:
-    """qtype → Answer for one fully qualified name, from the first name server that answers usefully.
-
-    Raises :class:`Unavailable` when no server could be reached and ``TimeoutError`` when none answered."""
-    servers = list(config.nameservers)
-    if config.rotate and len(servers) > 1:
-        shift = secrets.randbelow(len(servers))
-        servers = servers[shift:] + servers[:shift]
-    refused = 0
-    for _attempt in range(config.attempts):
-        for server in servers:
-            packets = {}
-            for qtype in qtypes:
-                ident = secrets.randbelow(0x10000)
-                while ident in packets:
-                    ident = secrets.randbelow(0x10000)
-                packets[ident] = (_question(ident, name, qtype, config.edns0), (name, qtype))
-            try:
-                if config.use_vc:
-                    got = {i: _exchange_tcp(server, p, i, n, t, config.timeout)
-                           for i, (p, (n, t)) in packets.items()}
-                else:
-                    got = _exchange_udp(server, packets, config.timeout)
-                    for ident, ans in list(got.items()):
-                        if ans.truncated:
-                            p, (n, t) = packets[ident]
-                            got[ident] = _exchange_tcp(server, p, ident, n, t, config.timeout)
-            except ConnectionRefusedError:
-                refused += 1
-                continue
-            except (OSError, ValueError, struct.error):
-                continue
-            if len(got) < len(packets):
-                continue
-            # A server that fails (SERVFAIL, REFUSED, ...) is skipped; NOERROR and NXDOMAIN are answers.
-            if any(ans.rcode not in (0, 3) for ans in got.values()):
-                continue
-            return {packets[i][1][1]: ans for i, ans in got.items()}
-    if refused >= len(servers) * config.attempts:
-        raise Unavailable(errno.ECONNREFUSED, "no name server could be reached")
-    raise TimeoutError(errno.ETIMEDOUT, "no name server answered")
-
-
 def _candidates(config: Config, name: str) -> list[str]:
     """The names to ask in order, as glibc's res_search builds them."""
     if name.endswith("."):
@@ -371,6 +184,8 @@ def dns_search(config: Config, name: str, qtypes: list[int]) -> tuple[str, dict]
     for candidate in _candidates(config, name):
         try:
             answers = query(config, candidate, qtypes)
+        except BadName:  # a label too long with this suffix: no such name
+            continue
         except Unavailable:
             raise _Status("UNAVAIL", TRY_AGAIN) from None
         except TimeoutError:
@@ -493,125 +308,6 @@ def reverse(read: Reader, family: int, addr: str) -> tuple[str, list[str]]:
         if actions.get(last.status, "continue") == "return":
             break
     raise last
-
-
-# --------------------------------------------------------------------------------------------- ordering
-_PRECEDENCE = [("::1/128", 50), ("2002::/16", 30), ("::/96", 20), ("::ffff:0:0/96", 10), ("::/0", 40)]
-_LABELS = [("::1/128", 0), ("2002::/16", 2), ("::/96", 3), ("::ffff:0:0/96", 4), ("fec0::/10", 5),
-           ("fc00::/7", 6), ("2001::/32", 7), ("::/0", 1)]
-_PRECEDENCE_NETS = [(ipaddress.IPv6Network(n), v) for n, v in _PRECEDENCE]
-_LABEL_NETS = [(ipaddress.IPv6Network(n), v) for n, v in _LABELS]
-
-
-def _as6(family: int, addr: str) -> ipaddress.IPv6Address:
-    if family == socket.AF_INET:
-        return ipaddress.IPv6Address("::ffff:" + addr)
-    return ipaddress.IPv6Address(addr.split("%", 1)[0])
-
-
-def _table(table: list, address: ipaddress.IPv6Address) -> int:
-    best = None
-    for net, value in table:
-        if address in net and (best is None or net.prefixlen > best[0]):
-            best = (net.prefixlen, value)
-    return best[1] if best else 0
-
-
-def _scope(family: int, addr: str) -> int:
-    if family == socket.AF_INET:
-        first = ipaddress.IPv4Address(addr)
-        return 2 if first.is_loopback or first.is_link_local else 14
-    a = ipaddress.IPv6Address(addr.split("%", 1)[0])
-    if a.is_multicast:
-        return a.packed[1] & 0xF
-    if a.is_loopback or a.is_link_local:
-        return 2
-    if a.is_site_local:
-        return 5
-    return 14
-
-
-def _ipv4_prefixlens() -> dict:
-    """Each local IPv4 address → its netmask length (glibc applies rule 9 to IPv4 only inside a subnet)."""
-    out = {}
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for _index, name in socket.if_nameindex():
-            req = struct.pack("256s", name.encode()[:15])
-            try:
-                addr = socket.inet_ntoa(fcntl.ioctl(sock.fileno(), 0x8915, req)[20:24])  # SIOCGIFADDR
-                mask = fcntl.ioctl(sock.fileno(), 0x891B, req)[20:24]  # SIOCGIFNETMASK
-            except OSError:
-                continue
-            out[addr] = bin(int.from_bytes(mask, "big")).count("1")
-    return out
-
-
-def _source(family: int, addr: str) -> str | None:
-    """The source address the kernel would pick for ``addr`` (None: unreachable), as glibc finds it."""
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.connect((addr, 9) if family == socket.AF_INET else (addr, 9, 0, 0))
-            return sock.getsockname()[0]
-    except OSError:
-        return None
-
-
-def _common_prefix(a: bytes, b: bytes) -> int:
-    bits = 0
-    for x, y in zip(a, b):
-        diff = x ^ y
-        if diff == 0:
-            bits += 8
-            continue
-        return bits + 8 - diff.bit_length()
-    return bits
-
-
-def sort_addresses(addrs: list[tuple[int, str]]) -> list[tuple[int, str]]:
-    """glibc's RFC 3484 destination order (rules 1, 2, 5, 6, 8, 9, 10) with its default policy table."""
-    if len(addrs) < 2:
-        return list(addrs)
-    prefixlens = _ipv4_prefixlens() if any(f == socket.AF_INET for f, _ in addrs) else {}
-    keyed = []
-    for index, (fam, addr) in enumerate(addrs):
-        src = _source(fam, addr)
-        dst6 = _as6(fam, addr)
-        keyed.append({"index": index, "fam": fam, "addr": addr, "src": src, "dst6": dst6,
-                      "src6": _as6(fam, src) if src else None, "scope": _scope(fam, addr),
-                      "src_scope": _scope(fam, src) if src else None,
-                      "label": _table(_LABEL_NETS, dst6), "prec": _table(_PRECEDENCE_NETS, dst6)})
-
-    def rule9_bits(k: dict) -> int:
-        if k["fam"] == socket.AF_INET:
-            plen = prefixlens.get(k["src"], 32)
-            dst, src = int(ipaddress.IPv4Address(k["addr"])), int(ipaddress.IPv4Address(k["src"]))
-            mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF if plen else 0
-            return (dst ^ src).bit_length() if (dst & mask) == (src & mask) else 0
-        return _common_prefix(k["dst6"].packed, k["src6"].packed)
-
-    def compare(a: dict, b: dict) -> int:
-        if (a["src"] is None) != (b["src"] is None):  # rule 1: avoid unusable destinations
-            return 1 if a["src"] is None else -1
-        if a["src"] is not None and b["src"] is not None:
-            a2, b2 = a["scope"] == a["src_scope"], b["scope"] == b["src_scope"]  # rule 2: matching scope
-            if a2 != b2:
-                return -1 if a2 else 1
-            a5 = a["label"] == _table(_LABEL_NETS, a["src6"])  # rule 5: matching label
-            b5 = b["label"] == _table(_LABEL_NETS, b["src6"])
-            if a5 != b5:
-                return -1 if a5 else 1
-        if a["prec"] != b["prec"]:  # rule 6: higher precedence
-            return -1 if a["prec"] > b["prec"] else 1
-        if a["scope"] != b["scope"]:  # rule 8: smaller scope
-            return -1 if a["scope"] < b["scope"] else 1
-        if a["src"] is not None and b["src"] is not None and a["fam"] == b["fam"]:  # rule 9
-            bits_a, bits_b = rule9_bits(a), rule9_bits(b)
-            if bits_a != bits_b:
-                return -1 if bits_a > bits_b else 1
-        return -1 if a["index"] < b["index"] else 1  # rule 10: keep the order
-
-    keyed.sort(key=functools.cmp_to_key(compare))
-    return [(k["fam"], k["addr"]) for k in keyed]
 
 
 # ------------------------------------------------------------------------------------- the socket calls

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mirror_py_agent import files, resolver
+from mirror_py_agent import dnswire, files, resolver
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,7 +119,7 @@ def port(monkeypatch):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.2", 0))
         free = probe.getsockname()[1]
-    monkeypatch.setattr(resolver, "DNS_PORT", free)
+    monkeypatch.setattr(dnswire, "DNS_PORT", free)
     return free
 
 
