@@ -114,18 +114,19 @@ def place(args: dict) -> dict:
     result: dict = {"pid": pid}
     if args.get("environ"):
         result["environ"] = env.read_environ({"pid": pid})
-    # The root is opened before entering: /proc/<pid> is this pid namespace's view of the target.
-    root = files.Root(f"/proc/{pid}/root")
-    if namespaces:
-        enter(pid, namespaces)
-    if args.get("files", True):
+    # Roots are opened before entering, and only when needed: an agent given no right to read the target
+    # (an ephemeral container without SYS_PTRACE) must not try.
+    serve_files = bool(args.get("files", True))
+    root = files.Root(f"/proc/{pid}/root") if serve_files or how == "root" else None
+    if serve_files and root is not None:
         # MIRROR_PY_AGENT_FS_ROOT names a directory of the target to serve as the root instead (tests use it
         # to build a jail); it is found inside the target's root like any path.
         inner = os.environ.get(files.ROOT_ENV)
-        files.set_root(files.Root.inside(files.Root(f"/proc/{pid}/root"), inner) if inner
-                       else f"/proc/{pid}/root")
-    if how == "root":
+        files.set_root(files.Root.inside(root, inner) if inner else files.Root(f"/proc/{pid}/root"))
+    if namespaces:
+        enter(pid, namespaces)
+    if how == "root" and root is not None:
         dns.use_root(root.read_small)
-    else:
+    elif root is not None:
         root.close()
     return result
