@@ -14,6 +14,7 @@ Two ways, chosen by the placement:
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from typing import Any, Callable, Optional
 
@@ -25,6 +26,12 @@ _reader: list[Callable[[str], Optional[bytes]]] = []
 def use_root(read: Callable[[str], Optional[bytes]]) -> None:
     """From now on, resolve with the stub resolver over files read by ``read`` (a path in the target)."""
     _reader[:] = [read]
+
+#: What the C library reads to answer a lookup: a change to any of them may change the answers, so the
+#: session's cache is emptied when one changes (see :func:`watch`).
+RESOLVER_FILES = ("/etc/hosts", "/etc/resolv.conf", "/etc/nsswitch.conf", "/etc/host.conf", "/etc/gai.conf")
+WATCH_INTERVAL = 0.5  # seconds between two looks at RESOLVER_FILES while a session watches them
+WATCH_LIMIT = 300.0  # a watch answers "unchanged" after this long, so no request stays open for ever
 
 
 def _hostname() -> str:
@@ -103,3 +110,42 @@ async def resolve(args: dict) -> Any:
     if fn is None:
         raise ValueError(f"unknown name service function {args.get('fn')!r}")
     return await asyncio.get_running_loop().run_in_executor(None, fn, args)
+
+
+def resolver_stamp() -> list:
+    """Identity and version of each resolver file: inode, mtime, ctime and size (None for a missing file).
+
+    Kubernetes writes a pod's /etc/hosts in place (it is a bind mount, so it cannot be replaced by a rename),
+    and an editor or a config reloader replaces it with a new inode: either way one of these fields changes.
+    The stat follows symbolic links, as the C library's open() does."""
+    out: list = []
+    for path in RESOLVER_FILES:
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append(None)
+            continue
+        out.append([st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size])
+    return out
+
+
+async def watch(args: dict) -> dict:
+    """Answers once a resolver file differs from ``since`` (a stamp from an earlier answer; default: now).
+
+    A long poll rather than a message of its own: the session keeps one watch open while it caches answers
+    and empties its cache when the watch answers, so a change to the target's /etc/hosts is seen within
+    about WATCH_INTERVAL plus half a round trip, and a cached lookup still costs no round trip at all. The
+    baseline is taken before the first await, so a lookup requested after the watch reads files that are
+    no older than the baseline."""
+    since = args.get("since")
+    baseline = since if isinstance(since, list) else resolver_stamp()
+    interval = min(max(float(args.get("interval", WATCH_INTERVAL)), 0.05), 10.0)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + min(max(float(args.get("limit", WATCH_LIMIT)), interval), WATCH_LIMIT)
+    while True:
+        await asyncio.sleep(interval)
+        current = resolver_stamp()
+        if current != baseline:
+            return {"changed": True, "stamp": current}
+        if loop.time() >= deadline:
+            return {"changed": False, "stamp": current}

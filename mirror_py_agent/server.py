@@ -17,7 +17,7 @@ from . import protocol as p
 from .budget import Budget, describe, valid_limit
 from .relay import Mux, errno_name, error_text
 
-CAPABILITIES = ["tcp", "udp", "dns", "env", "fs", "incoming"]
+CAPABILITIES = ["tcp", "udp", "dns", "dns_watch", "env", "fs", "incoming"]
 _F_SETPIPE_SZ = 1031
 # A session pings at least every ``keepalive`` seconds (it says how often in its hello). Silence for this many
 # intervals means it is gone without closing the channel (a laptop asleep, a network dropped without a reset):
@@ -136,6 +136,10 @@ async def _resolve(args: dict, mux: Mux) -> Any:
     return await dns.resolve(args)
 
 
+async def _dns_watch(args: dict, mux: Mux) -> dict:
+    return await dns.watch(args)
+
+
 async def _environ(args: dict, mux: Mux) -> dict:
     return env.read_environ(args)
 
@@ -156,6 +160,7 @@ async def _ping(args: dict, mux: Mux) -> dict:
 
 _HANDLERS = {
     "dns": _resolve,
+    "dns_watch": _dns_watch,
     "environ": _environ,
     "fs": _files,
     "udp_open": net.open_udp,

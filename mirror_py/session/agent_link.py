@@ -6,6 +6,7 @@ The channel may be a local process's pipes or a Kubernetes exec websocket; the p
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from typing import Any, Callable
 
@@ -59,6 +60,7 @@ class AgentLink:
         self._last_received = 0.0
         self._liveness: asyncio.Future | None = None
         self.on_accept: Callable[[p.Accept], None] | None = None  # incoming connections (agent-opened streams)
+        self.requests: collections.Counter[str] = collections.Counter()  # sent, by op: the session's round trips
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> p.Hello:
@@ -222,11 +224,8 @@ class AgentLink:
         or cancelled) is remembered until its reply comes, so a stream the agent opened for it is closed."""
         if self.failure is not None:
             raise RemoteError("ECONNRESET", self.failure)
-        rid = self.conn.send_request(op, args, opens_stream)
+        rid, fut = self._send(op, args, opens_stream)
         loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._pending[rid] = fut
-        self.mux.flush()
         timer = None if timeout is None else loop.call_later(timeout, self._time_out, fut)
         try:
             return await fut
@@ -236,6 +235,23 @@ class AgentLink:
             if self._pending.get(rid) is fut:  # given up: the reply is still to come
                 del self._pending[rid]
                 self._abandoned[rid] = opens_stream
+
+    def send(self, op: str, args: dict | None = None) -> asyncio.Future:
+        """Sends a request now and returns the future of its answer: for a caller that needs its request on
+        the wire before the next one (``await request()`` sends only when the coroutine first runs)."""
+        if self.failure is not None:
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(RemoteError("ECONNRESET", self.failure))
+            return fut
+        return self._send(op, args, None)[1]
+
+    def _send(self, op: str, args: dict | None, opens_stream: int | None) -> tuple[int, asyncio.Future]:
+        rid = self.conn.send_request(op, args, opens_stream)
+        self.requests[op] += 1
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        self.mux.flush()
+        return rid, fut
 
     @staticmethod
     def _time_out(fut: asyncio.Future) -> None:
