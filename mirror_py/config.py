@@ -236,6 +236,12 @@ class DnsConfig(_Section):
 
     enabled: bool = Field(True, description="Resolve names with the target's resolver.")
     filter: FilterConfig | None = Field(None, description="Which names are resolved locally or remotely.")
+    cache: bool = Field(True, description="Keep the target's answers in the session for every process of it "
+                                          "(emptied when the target's /etc/hosts or resolv.conf changes).")
+    cache_ttl: float = Field(5.0, ge=0, le=86400, allow_inf_nan=False,
+                             description="Seconds a found name is kept (0: not kept).")
+    cache_negative_ttl: float = Field(1.0, ge=0, le=86400, allow_inf_nan=False,
+                                      description="Seconds an unknown name is kept (0: not kept).")
 
 
 def _check_regex(text: str) -> str:

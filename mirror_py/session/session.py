@@ -30,6 +30,7 @@ from . import files as session_files
 from . import incoming as session_incoming
 from .agent_link import AgentLink, RemoteError
 from .connects import CONNECT_BOUND, Connects
+from .dns_cache import DnsCache
 from .relays import (
     TcpRelayListener,
     UdpRelay,
@@ -84,6 +85,10 @@ class Session:
         self._closing = False
         self._supervisor: asyncio.Future | None = None
         self.connects = Connects(self._link, lambda: self.listener)
+        dns = cfg.network.dns
+        self.dns_cache = DnsCache(dns.cache, dns.cache_ttl, dns.cache_negative_ttl)
+        self._dns_watch: asyncio.Future | None = None
+        self._dns_watched: AgentLink | None = None  # the link whose resolver files are being watched
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -123,6 +128,7 @@ class Session:
         else:
             link, placed, env = await self._start_kube(path)
         self.link, self.placement = link, placed
+        self.dns_cache.flush()  # a new agent may be in another pod, with other names
         if env is not None:
             self.remote_env = env
 
@@ -265,6 +271,8 @@ class Session:
         self._closing = True
         if self._supervisor is not None:
             self._supervisor.cancel()
+        if self._dns_watch is not None:
+            self._dns_watch.cancel()
         await self.incoming.close()
         if self.rpc is not None:
             self.rpc.close()
@@ -416,20 +424,53 @@ class Session:
         return {}
 
     async def _dns(self, req: dict) -> Any:
-        link = self._link()
         args = {k: v for k, v in req.items() if k != "op"}
         try:
-            return await link.request("dns", args)
+            return await self.dns_cache.lookup(args, self._ask_agent_dns)
         except RemoteError as exc:
             raise RpcError(exc.name, exc.message) from None
+
+    async def _ask_agent_dns(self, args: dict) -> Any:
+        link = self._link()
+        if self.dns_cache.enabled and link is not self._dns_watched:
+            self._watch_resolver_files(link)
+        return await link.request("dns", args)
+
+    def _watch_resolver_files(self, link: AgentLink) -> None:
+        """Keeps one ``dns_watch`` open on ``link`` while the cache is in use; its answer empties the cache.
+
+        The first watch goes on the wire before the lookup that started it, so the agent's baseline is no
+        newer than the files that lookup reads. An agent without the capability leaves the TTLs as the only
+        bound."""
+        self._dns_watched = link
+        if link.hello is None or "dns_watch" not in link.hello.capabilities:
+            return
+        if self._dns_watch is not None:
+            self._dns_watch.cancel()
+        self._dns_watch = asyncio.ensure_future(self._keep_watching(link, link.send("dns_watch", {})))
+
+    async def _keep_watching(self, link: AgentLink, answer: asyncio.Future) -> None:
+        while True:
+            try:
+                res = await answer
+            except RemoteError:
+                return  # the link is gone; the next agent's first lookup watches again
+            if res.get("changed"):
+                self.dns_cache.flush()
+            if link is not self.link or link.failure is not None or self._closing:
+                return
+            answer = link.send("dns_watch", {"since": res.get("stamp")})
 
     async def _fs(self, req: dict) -> Any:
         """File operations of the app, done by the agent inside the target's root (see session/files.py)."""
         return await session_files.handle(self._link(), req)
 
     async def _info(self, req: dict) -> dict:
+        """What the session is connected to, and what it costs: requests sent to the current agent by
+        operation (each one a round trip) and the name cache's counters."""
         hello = self.link.hello if self.link else None
-        return {"target": self.target_description, "agent": hello.info if hello else None}
+        return {"target": self.target_description, "agent": hello.info if hello else None,
+                "requests": dict(self.link.requests) if self.link else {}, "dns_cache": dict(self.dns_cache.stats)}
 
 
 class StartInterrupted(Exception):
