@@ -16,6 +16,7 @@ Run as root::
     .venv/bin/python benchmarks/distance.py                  # 0, 20 and 50 ms RTT, 3 runs each, ~5 minutes
     .venv/bin/python benchmarks/distance.py --quick          # 0 and 50 ms RTT, 1 run each, ~1 minute
     .venv/bin/python benchmarks/distance.py --rtt 0 --rtt 100 --repeat 2
+    .venv/bin/python benchmarks/distance.py --quick --mirror-config off.toml   # A/B of a setting
 
 Prints the machine and a markdown table (stdout): each operation in milliseconds, in RTT units (the figure
 divided by the link's round-trip time) and as a ratio to the same operation in the pod. Progress goes to
@@ -262,11 +263,12 @@ def client() -> dict[str, Any]:
 class Distance:
     """The running cluster, the api pod's container to enter, and one delay link per RTT."""
 
-    def __init__(self, cluster: Any, links: dict[int, Any], workdir: Path) -> None:
+    def __init__(self, cluster: Any, links: dict[int, Any], workdir: Path, config: str | None = None) -> None:
         from core import mirror_py_command
 
         self.cluster = cluster
         self.links = links
+        self.config = ["--config", config] if config else []
         self.api_pod = cluster.pod_names(NAMESPACE, "api-")[0]
         self.api_pid = cluster.container_pid(self.api_pod, "app", NAMESPACE)
         self.mirror = mirror_py_command()
@@ -281,7 +283,7 @@ class Distance:
 
     def through(self, rtt: int, argv: Sequence[str], mode: str = "exec") -> list[str]:
         """``argv`` under mirror-py, started in the laptop namespace behind the ``rtt`` link."""
-        return self.links[rtt].argv([*self.mirror, "exec", "--target", "deploy/api", "-n", NAMESPACE,
+        return self.links[rtt].argv([*self.mirror, "exec", *self.config, "--target", "deploy/api", "-n", NAMESPACE,
                                      "--agent-mode", mode, "--agent-startup-timeout", "60", "--", *argv])
 
     def client(self, cmd: list[str], want_shim: bool) -> dict[str, Any]:
@@ -405,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a round-trip time of the link in ms (repeatable; default 0, 20, 50)")
     parser.add_argument("--repeat", type=int, help="client runs per way; figures are medians over them")
     parser.add_argument("--no-ephemeral", action="store_true", help="skip the ephemeral agent's session start")
+    parser.add_argument("--mirror-config", metavar="FILE", help="a mirror-py config file for the mirror-py runs")
     parser.add_argument("--json", metavar="FILE", help="also write every raw result to FILE")
     args = parser.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
@@ -415,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     bad = [r for r in cfg["rtts"] if not 0 <= r <= 2000]
     if bad or cfg["repeat"] < 1:
         parser.error("--rtt takes 0..2000 ms and --repeat at least 1")
+    config = str(Path(args.mirror_config).resolve()) if args.mirror_config else None
+    if config is not None and not os.path.isfile(config):
+        parser.error(f"--mirror-config: no such file: {args.mirror_config}")
     if os.geteuid() != 0:
         print("benchmarks/distance.py starts a sandbox cluster and network namespaces and must run as root",
               file=sys.stderr)
@@ -438,25 +444,32 @@ def main(argv: list[str] | None = None) -> int:
         with Cluster.start(manifest()) as cluster, tempfile.TemporaryDirectory() as tmp:
             for rtt in cfg["rtts"]:
                 links[rtt] = BadLink(delay=rtt / 2000.0, loss=0.0).__enter__()
-            d = Distance(cluster, links, Path(tmp))
+            d = Distance(cluster, links, Path(tmp), config)
             log(f"cluster up in {time.perf_counter() - began:.1f} s; api pod {d.api_pod}; links "
                 + ", ".join(f"{r} ms RTT" for r in cfg["rtts"]))
             samples = run_all(d, cfg["rtts"], cfg["repeat"], not args.no_ephemeral)
             raw["samples"] = samples
+    except RuntimeError as exc:  # a client or a session failed: what it said, not this script's traceback
+        print(f"benchmarks/distance.py: a run failed: {exc}", file=sys.stderr)
+        return 1
     finally:
         for link in links.values():
             link.close()
         if args.json:
             Path(args.json).write_text(json.dumps(raw, indent=1, default=str) + "\n")
 
+    rtts = ", ".join(f"{r}" for r in cfg["rtts"])
     print(f"## mirror-py at a distance, {datetime.date.today().isoformat()} "
-          f"({'--quick' if args.quick else 'full'} mode)")
+          f"({'--quick' if args.quick else 'full'} mode, {rtts} ms RTT, {cfg['repeat']} run(s) per way)")
     print()
     print("\n".join(machine_lines(info)))
     print(f"- In the pod: the client entered into the api pod's app container; through mirror-py: `mirror-py exec "
           f"--target deploy/api --agent-mode exec` from a laptop namespace behind a userspace delay link "
           f"(no loss). Median of {cfg['repeat']} client run(s) per way; per-request rows are the median of "
           f"{SAMPLES} requests in each run")
+    if config:
+        print(f"- mirror-py runs with `--config {args.mirror_config}`: " + Path(config).read_text().strip()
+              .replace("\n", "; "))
     print()
     print("\n".join(table(samples, cfg["rtts"])))
     print()
