@@ -25,6 +25,8 @@ def lookup(name: str) -> list:
         return sorted({info[4][0] for info in socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)})
     except socket.gaierror as exc:
         return [f"gaierror {exc.errno}: {exc.strerror}"]
+    except OSError as exc:  # the session between two agents
+        return [f"{type(exc).__name__}: {exc}"]
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -99,7 +100,19 @@ def _edit_hosts(pod: Pod, name: str, address: str) -> None:
     pod.exec_output([sys.executable, "-c", code, name, address])
 
 
-def test_an_edit_of_the_pods_hosts_file_is_seen_before_the_ttl(dns_pod, tmp_path):
+def _agent_of(session_pid: int) -> int:
+    with open(f"/proc/{session_pid}/task/{session_pid}/children") as f:
+        for child in f.read().split():
+            with open(f"/proc/{child}/cmdline", "rb") as c:
+                if b"-I" in c.read().split(b"\0"):
+                    return int(child)
+    raise AssertionError("no agent process under the session")
+
+
+@pytest.mark.parametrize("agent", ["running", "killed"])
+def test_an_edit_of_the_pods_hosts_file_is_seen_before_the_ttl(dns_pod, tmp_path, agent):
+    """``killed``: the file is edited while the session has no agent, so no watch sees the change; the new
+    agent's session must not answer from what the old agent said."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([*MIRROR_PY, "exec", "--target", f"pid/{dns_pod.pid}",
                              *_config(tmp_path, cache_ttl=3600), "--", sys.executable, APP, "hosts",
@@ -107,6 +120,8 @@ def test_an_edit_of_the_pods_hosts_file_is_seen_before_the_ttl(dns_pod, tmp_path
                             stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
     try:
         assert proc.stdout.readline() == "edit\n", proc.stderr.read() if proc.poll() is not None else ""
+        if agent == "killed":
+            os.kill(_agent_of(proc.pid), signal.SIGKILL)
         _edit_hosts(dns_pod, "moving.pod.internal", "10.77.9.9")
         proc.stdin.write("go\n")
         proc.stdin.flush()

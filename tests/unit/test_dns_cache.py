@@ -177,3 +177,41 @@ def test_memory_stays_bounded():
         assert len(agent.asked) == MAX_ENTRIES + 11
 
     run(main())
+
+
+# --- the agent's watch of the resolver files ---------------------------------------------------------------
+
+
+def _watch_files(tmp_path, monkeypatch):
+    from mirror_py_agent import dns
+
+    hosts, resolv = tmp_path / "hosts", tmp_path / "resolv.conf"
+    hosts.write_text("10.0.0.1 api\n")
+    monkeypatch.setattr(dns, "RESOLVER_FILES", (str(hosts), str(resolv)))  # resolv.conf: missing at first
+    return dns, hosts, resolv
+
+
+def test_the_watch_answers_when_a_resolver_file_is_edited_in_place_or_appears(tmp_path, monkeypatch):
+    dns, hosts, resolv = _watch_files(tmp_path, monkeypatch)
+
+    async def main():
+        watch = asyncio.ensure_future(dns.watch({"interval": 0.05}))
+        await asyncio.sleep(0.12)
+        assert not watch.done()
+        with open(hosts, "r+") as f:  # in place, same size: the inode stays, the times move
+            f.write("10.0.0.2 api\n")
+        answer = await asyncio.wait_for(watch, 10)
+        assert answer["changed"] is True and answer["stamp"][1] is None
+        # From that stamp on, the next change is the file that appears.
+        watch = asyncio.ensure_future(dns.watch({"interval": 0.05, "since": answer["stamp"]}))
+        resolv.write_text("nameserver 10.96.0.10\n")
+        again = await asyncio.wait_for(watch, 10)
+        assert again["changed"] is True and again["stamp"][1] is not None
+
+    asyncio.run(main())
+
+
+def test_a_watch_without_changes_ends_after_its_limit(tmp_path, monkeypatch):
+    dns, _, _ = _watch_files(tmp_path, monkeypatch)
+    answer = asyncio.run(dns.watch({"interval": 0.05, "limit": 0.2}))
+    assert answer == {"changed": False, "stamp": dns.resolver_stamp()}
