@@ -92,7 +92,7 @@ def test_dns_and_file_calls_in_flight_fail_with_clear_oserrors(pod):
         "session = os.getppid()\n"
         "children = open(f'/proc/{session}/task/{session}/children').read().split()\n"
         "agent = [int(c) for c in children if int(c) != os.getpid()][0]\n"
-        "def dns(): return socket.getaddrinfo('api.pod.internal', 80, socket.AF_INET)[0][4][0]\n"
+        "def dns(port=80): return socket.getaddrinfo('api.pod.internal', port, socket.AF_INET)[0][4][0]\n"
         "def read(): return open('/etc/nsswitch.conf').read().strip()\n"
         "out = {'before': [dns(), read()]}\n"
         "os.kill(agent, signal.SIGSTOP)\n"
@@ -101,7 +101,8 @@ def test_dns_and_file_calls_in_flight_fail_with_clear_oserrors(pod):
         "        out[name] = ['ok', fn()]\n"
         "    except OSError as e:\n"
         "        out[name] = [type(e).__name__, str(e)]\n"
-        "threads = [threading.Thread(target=call, args=a) for a in (('dns', dns), ('file', read))]\n"
+        # Another port: a question the session has not answered yet (its name cache would answer port 80).
+        "threads = [threading.Thread(target=call, args=a) for a in (('dns', lambda: dns(81)), ('file', read))]\n"
         "for t in threads: t.start()\n"
         "time.sleep(0.5)\n"
         "out['waiting'] = sorted(n for n in ('dns', 'file') if n not in out)\n"
