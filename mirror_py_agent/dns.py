@@ -21,11 +21,14 @@ from typing import Any, Callable, Optional
 from . import resolver
 
 _reader: list[Callable[[str], Optional[bytes]]] = []
+_stat: list[Callable[[str], os.stat_result]] = [os.stat]
 
 
-def use_root(read: Callable[[str], Optional[bytes]]) -> None:
-    """From now on, resolve with the stub resolver over files read by ``read`` (a path in the target)."""
+def use_root(read: Callable[[str], Optional[bytes]], stat: Callable[[str], os.stat_result]) -> None:
+    """From now on, resolve with the stub resolver over files read by ``read`` (a path in the target), and
+    watch them with ``stat``."""
     _reader[:] = [read]
+    _stat[:] = [stat]
 
 #: What the C library reads to answer a lookup: a change to any of them may change the answers, so the
 #: session's cache is emptied when one changes (see :func:`watch`).
@@ -121,8 +124,8 @@ def resolver_stamp() -> list:
     out: list = []
     for path in RESOLVER_FILES:
         try:
-            st = os.stat(path)
-        except OSError:
+            st = _stat[0](path)
+        except (OSError, ValueError):
             out.append(None)
             continue
         out.append([st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size])

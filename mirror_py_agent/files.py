@@ -188,6 +188,14 @@ class Root:
         finally:
             res.close(self)
 
+    def stat(self, path: str) -> os.stat_result:
+        """``os.stat`` of a path inside the root, following links inside it (the resolver files' watch)."""
+        res = self.resolve(path, follow_last=True)
+        try:
+            return os.stat(res.name, **_kw(res))
+        finally:
+            res.close(self)
+
     def realpath(self, path: str, strict: bool = False) -> str:
         """The canonical path as seen inside the root; like ``os.path.realpath``, a part that does not exist
         is kept as written unless ``strict``."""

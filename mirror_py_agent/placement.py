@@ -126,7 +126,7 @@ def place(args: dict) -> dict:
     if namespaces:
         enter(pid, namespaces)
     if how == "root" and root is not None:
-        dns.use_root(root.read_small)
+        dns.use_root(root.read_small, root.stat)
     elif root is not None:
         root.close()
     return result
