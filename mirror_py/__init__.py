@@ -4,6 +4,8 @@ Interposed interpreters import this package before pytest starts, so pytest must
 PYTEST_DONT_REWRITE
 """
 
+from __future__ import annotations
+
 __version__ = "0.1.0"
 
 
