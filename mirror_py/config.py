@@ -384,6 +384,11 @@ class FsConfig(_Section):
         description="Regex = replacement (re.sub syntax, \\1 for groups): rewrites a path before the rules "
         "and the target see it; the first matching regex wins.",
     )
+    metadata_cache: float = Field(
+        1.0, ge=0, le=60, allow_inf_nan=False,
+        description="Seconds a remote path's stat (and a listed entry's) is kept in the session, 0 to 60 "
+        "(0: not kept); any change made through mirror-py empties it.",
+    )
 
 
 class EnvConfig(_Section):

@@ -14,15 +14,45 @@ from typing import Any
 from mirror_py_agent.files import CHUNK
 
 from .agent_link import AgentLink, RemoteError
+from .fs_cache import MetadataCache, changes
 from .rpc_server import Binary, RpcError
 
 MAX_READ = 16 << 20
 IN_FLIGHT = 8
 
 
-async def handle(link: AgentLink, req: dict) -> Any:
-    """Serves one ``{"op": "fs", "fn": ...}`` request of a shim."""
+async def handle(link: AgentLink, req: dict, cache: MetadataCache | None = None) -> Any:
+    """Serves one ``{"op": "fs", "fn": ...}`` request of a shim; ``cache`` answers a ``stat`` asked again
+    (see session/fs_cache.py) and is emptied around every request that may change the target."""
     args = {k: v for k, v in req.items() if k != "op"}  # raw bytes (an xattr's value) go on as "data"
+    if cache is None or not cache.enabled:
+        return await _forward(link, args, req)
+    cache.bind(link)
+    fn = args.get("fn")
+    if changes(args):
+        cache.flush()
+        try:
+            return await _forward(link, args, req)
+        finally:
+            cache.flush()
+    if fn not in ("stat", "scandir") or not isinstance(args.get("path"), str):
+        return await _forward(link, args, req)
+    path, follow = args["path"], bool(args.get("follow", True))
+    if fn == "stat":
+        hit = cache.get(path, follow)
+        if hit is not None:
+            return list(hit)
+    mark = cache.generation()
+    result = await _forward(link, args, req)
+    if fn == "stat":
+        cache.put(path, follow, result, mark)
+    else:
+        cache.put_listing(path, result, mark)
+    return result
+
+
+async def _forward(link: AgentLink, args: dict, req: dict) -> Any:
+    """Sends one shim request on to the agent (reads and writes split into chunks the agent can take)."""
     fn = args.get("fn")
     try:
         if fn == "read":

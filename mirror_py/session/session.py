@@ -31,6 +31,7 @@ from . import incoming as session_incoming
 from .agent_link import AgentLink, RemoteError
 from .connects import CONNECT_BOUND, Connects
 from .dns_cache import DnsCache
+from .fs_cache import MetadataCache
 from .relays import (
     TcpRelayListener,
     UdpRelay,
@@ -87,6 +88,7 @@ class Session:
         self.connects = Connects(self._link, lambda: self.listener)
         dns = cfg.network.dns
         self.dns_cache = DnsCache(dns.cache, dns.cache_ttl, dns.cache_negative_ttl)
+        self.fs_cache = MetadataCache(cfg.fs.metadata_cache)
         self._dns_watch: asyncio.Future | None = None
         self._dns_watched: AgentLink | None = None  # the link whose resolver files are being watched
 
@@ -463,14 +465,15 @@ class Session:
 
     async def _fs(self, req: dict) -> Any:
         """File operations of the app, done by the agent inside the target's root (see session/files.py)."""
-        return await session_files.handle(self._link(), req)
+        return await session_files.handle(self._link(), req, self.fs_cache)
 
     async def _info(self, req: dict) -> dict:
         """What the session is connected to, and what it costs: requests sent to the current agent by
         operation (each one a round trip) and the name cache's counters."""
         hello = self.link.hello if self.link else None
         return {"target": self.target_description, "agent": hello.info if hello else None,
-                "requests": dict(self.link.requests) if self.link else {}, "dns_cache": dict(self.dns_cache.stats)}
+                "requests": dict(self.link.requests) if self.link else {}, "dns_cache": dict(self.dns_cache.stats),
+                "fs_cache": dict(self.fs_cache.stats)}
 
 
 class StartInterrupted(Exception):
