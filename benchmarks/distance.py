@@ -56,6 +56,10 @@ FILES = ("/etc/config/app.yaml", "/etc/secrets/API_TOKEN", "/etc/secrets/DATABAS
          "/etc/hosts", "/etc/resolv.conf", "/etc/passwd", "/etc/group", "/etc/config/app.yaml",
          "/etc/secrets/API_TOKEN")
 
+#: A tree of the target's own for the listing rows: the pod's /etc/ssl (a few directories, a few hundred
+#: entries, most of them symlinks).
+TREE = "/etc/ssl"
+
 FULL = {"rtts": [0, 20, 50], "repeat": 3}
 QUICK = {"rtts": [0, 50], "repeat": 1}
 
@@ -69,6 +73,9 @@ ROWS = (
     ("http_keepalive", "an HTTP GET on a keep-alive connection (median)"),
     ("download", "a 1 MiB download (connect to EOF)"),
     ("files", "ten small remote files, open + read each (total)"),
+    ("stat_again", "`os.stat` of the same remote file again"),
+    ("scandir_stat", f"`os.scandir` + `entry.stat()` of `{TREE}/certs` (one directory)"),
+    ("walk", f"`os.walk` of `{TREE}` (a tree of a few directories)"),
     ("postgres", "a Postgres query through asyncpg"),
     ("start_exec", "session start to the app's first line, exec agent"),
     ("start_ephemeral", "session start to the app's first line, ephemeral agent"),
@@ -233,6 +240,11 @@ def _read_files() -> float:
     return _ms(time.perf_counter() - start)
 
 
+def _scandir_stat() -> int:
+    with os.scandir(TREE + "/certs") as entries:
+        return sum(1 for entry in entries if entry.stat(follow_symlinks=False))
+
+
 def _urlopen() -> None:
     with urllib.request.urlopen(API_URL, timeout=60) as answer:
         if b"greeting" not in answer.read():
@@ -252,6 +264,10 @@ def client() -> dict[str, Any]:
     out["http_keepalive"] = _http_keepalive()
     out["download"] = _download()
     out["files"] = _read_files()
+    os.stat(FILES[0])
+    out["stat_again"] = _timed(lambda: os.stat(FILES[0]))
+    out["scandir_stat"] = _timed(_scandir_stat)
+    out["walk"] = _timed(lambda: sum(len(files) for _, _, files in os.walk(TREE)))
     shim = sys.modules.get("mirror_py.shim")
     out["shim_active"] = bool(shim is not None and shim.active())
     return out
