@@ -111,7 +111,9 @@ class Placement:
 
     channel: ExecChannel
     mode: str
-    after_hello: Callable[[Any], Awaitable[dict]]  # link -> the target's environment
+    # link -> the target's environment; started right behind the agent's hello, before its answer (its requests
+    # reach the agent after the hello, and are answered after it)
+    after_hello: Callable[[Any], Awaitable[dict]]
     cleanup: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Awaitable
 from typing import Any, Callable
 
 from mirror_py_agent import bootstrap
@@ -53,6 +54,7 @@ class AgentLink:
         self._pending: dict[int, asyncio.Future] = {}
         self._abandoned: dict[int, int | None] = {}  # request id -> the stream it opens, for replies nobody awaits
         self._hello_waiter: asyncio.Future | None = None
+        self.pipelined: asyncio.Future | None = None  # what start() sent right behind the hello, see there
         self._next_sid = 1  # odd ids: the session opens streams; the agent uses even ones
         self._stderr = bytearray()
         self.closed = asyncio.Event()
@@ -63,27 +65,47 @@ class AgentLink:
         self.requests: collections.Counter[str] = collections.Counter()  # sent, by op: the session's round trips
 
     # ------------------------------------------------------------------------------------------ lifecycle
-    async def start(self) -> p.Hello:
+    async def start(self, pipelined: Callable[[AgentLink], Awaitable[Any]] | None = None) -> p.Hello:
+        """Starts the agent and waits for its hello.
+
+        ``pipelined`` (the placement's first requests, such as the target's environment) starts right behind
+        the hello instead of after its answer: its requests travel with the bundle and the hello, and their
+        answers come back with the agent's hello, one round trip less at a distance. The agent serves requests
+        in the order they arrive and reads the hello first. Its outcome is :attr:`pipelined`."""
         loop = asyncio.get_running_loop()
         self._hello_waiter = loop.create_future()
         await self.channel.open(self)
         self.channel.write(bootstrap.bundle())
         self.conn.send_hello()
         self.mux.flush()
+        if pipelined is not None:
+            self.pipelined = asyncio.ensure_future(pipelined(self))
         try:
             hello = await asyncio.wait_for(asyncio.shield(self._hello_waiter), self.startup_timeout)
         except asyncio.TimeoutError:
+            self._drop_pipelined()
             await self.close()
             raise MirrorError(
                 f"the agent for {self.description} did not answer within {self.startup_timeout:g} s"
                 f"{self._stderr_hint()}; raise agent.startup_timeout if the target is slow"
             ) from None
         except MirrorError:
+            self._drop_pipelined()
             await self.close()
+            raise
+        except BaseException:
+            self._drop_pipelined()
             raise
         self.hello = hello
         self._liveness = asyncio.ensure_future(self._keep_alive())
         return hello
+
+    def _drop_pipelined(self) -> None:
+        """The start failed: the pipelined requests' outcome is of no interest (their failure is the start's)."""
+        task, self.pipelined = self.pipelined, None
+        if task is not None:
+            task.cancel()
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _keep_alive(self) -> None:
         """Pings the agent over the protocol itself, not the transport: the pings are data on the exec stream,

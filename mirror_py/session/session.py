@@ -185,13 +185,14 @@ class Session:
             await self.link.close()  # the next attempt starts a fresh agent: this one must not linger
             raise
 
-    async def _start_agent(self, channel: Channel) -> AgentLink:
+    async def _start_agent(self, channel: Channel, pipelined: Any = None) -> AgentLink:
+        """A started agent; ``pipelined`` (link -> awaitable) is sent behind its hello (AgentLink.start)."""
         self.target_description = channel.description
         log.info("starting the agent in %s", self.target_description)
         started = asyncio.get_running_loop().time()
         link = AgentLink(channel, self.cfg.agent.startup_timeout, self.cfg.agent.keepalive_interval,
                          self.cfg.agent.memory_budget)
-        hello = await link.start()
+        hello = await link.start(pipelined)
         progress.info("agent ready in %s (python %s, %.1f s)", self.target_description, hello.info.get("python"),
                       asyncio.get_running_loop().time() - started)
         return link
@@ -257,9 +258,12 @@ class Session:
         """Starts the agent on a placement and has it reach the target; on failure both are cleaned up."""
         link: AgentLink | None = None
         try:
-            link = await self._start_agent(placed.channel)
+            # What the placement asks first (the target's environment, entering its namespaces) travels with
+            # the hello: one round trip, not two.
+            link = await self._start_agent(placed.channel, placed.after_hello)
+            assert link.pipelined is not None
             try:
-                env = await placed.after_hello(link)
+                env = await link.pipelined
             except RemoteError as exc:
                 raise MirrorError(f"the {placed.mode} agent could not reach the target: {exc.message}") from None
         except BaseException:
