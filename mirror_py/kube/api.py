@@ -25,6 +25,9 @@ class KubeContext:
     namespace: str
     context: str
     request_timeout: float = 30.0  # seconds for the connect and for the answer of each request
+    # A connection to the API server opened while the target is looked up, for the start's first exec stream
+    # (mirror_py/transport/warm.py); None when there is none.
+    warm: Any = None
 
     def get_json(self, path: str, **query: str) -> Any:
         """GET ``path``: the object as the API server sent it (camelCase JSON)."""

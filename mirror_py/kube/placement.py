@@ -134,7 +134,8 @@ async def _own_environment(link: Any) -> dict:
 
 def exec_mode(kube: KubeContext, target: ResolvedTarget, python: str, timeout: float) -> Placement:
     channel = ExecChannel(kube.configuration, target.namespace, target.pod, target.container,
-                          bootstrap.command(python), target.describe(), python, open_timeout=timeout)
+                          bootstrap.command(python), target.describe(), python, open_timeout=timeout,
+                          warm=kube.warm)
     return Placement(channel, "exec", _own_environment)
 
 
@@ -270,7 +271,8 @@ async def ephemeral_mode(kube: KubeContext, target: ResolvedTarget, python: str,
     pod = await _wait(kube, target.namespace, target.pod, lambda p: _ephemeral_state(p, name), timeout,
                       f"ephemeral container {name}")
     channel = ExecChannel(kube.configuration, target.namespace, target.pod, name, _agent_command(python, token),
-                          f"{target.describe()} via ephemeral container {name}", python, open_timeout=timeout)
+                          f"{target.describe()} via ephemeral container {name}", python, open_timeout=timeout,
+                          warm=kube.warm)
     after = _placed_environment(_container_id(pod, target.container), [], needs.target_process)
     return Placement(channel, "ephemeral", _explain_denied(after, security))
 
@@ -399,7 +401,8 @@ async def job_mode(kube: KubeContext, target: ResolvedTarget, python: str, image
         delete()
         raise
     channel = ExecChannel(kube.configuration, ns, pod_name, "agent", _agent_command(python, token),
-                          f"{target.describe()} via job pod {pod_name}", python, open_timeout=timeout)
+                          f"{target.describe()} via job pod {pod_name}", python, open_timeout=timeout,
+                          warm=kube.warm)
     # Network and UTS only: in the target's mount namespace this privileged agent would run the target's code
     # (see mirror_py_agent.placement). Files come through /proc/<pid>/root, names from the stub resolver.
     after = _placed_environment(_container_id(target_pod, target.container), ["net", "uts"],
@@ -450,7 +453,8 @@ async def targetless_mode(kube: KubeContext, namespace: str, python: str, image:
         delete()
         raise
     channel = ExecChannel(kube.configuration, namespace, token, "agent", _agent_command(python, token),
-                          f"namespace {namespace} (targetless agent pod {token})", python, open_timeout=timeout)
+                          f"namespace {namespace} (targetless agent pod {token})", python, open_timeout=timeout,
+                          warm=kube.warm)
     return Placement(channel, "targetless", _no_environment, [delete])
 
 

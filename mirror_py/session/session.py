@@ -26,6 +26,7 @@ from ..errors import MirrorError
 from ..transport import local as local_transport
 from ..transport.channel import Channel
 from ..transport.process import ProcessChannel
+from ..transport.warm import WarmConnection
 from . import files as session_files
 from . import incoming as session_incoming
 from .agent_link import AgentLink, RemoteError
@@ -220,13 +221,28 @@ class Session:
     async def _start_kube(self, path: str | None) -> tuple[AgentLink, Any, dict | None]:
         """(link, placement, the target's environment or None) for a Kubernetes target, or targetless."""
         from ..kube import api as kube_api
-        from ..kube import placement, targets
+        from ..kube import targets
 
         t, agent = self.cfg.target, self.cfg.agent
         ref = targets.parse(path) if path else None
         # No request waits longer than the start may take (a server that accepts and never answers).
         kube = await asyncio.to_thread(kube_api.load, t.kubeconfig, t.context, t.namespace,
                                        min(t.request_timeout, agent.startup_timeout))
+        timeout = agent.startup_timeout
+        # The exec stream's connection (TCP, TLS) is made while the target is looked up, not after: its
+        # connect is on the wire before the first lookup (transport/warm.py). Dropped if nothing takes it.
+        kube.warm = WarmConnection(kube.configuration, timeout)
+        kube.warm.start()
+        await asyncio.sleep(0)
+        try:
+            return await self._start_kube_target(kube, ref)
+        finally:
+            kube.warm.close()
+
+    async def _start_kube_target(self, kube: Any, ref: Any) -> tuple[AgentLink, Any, dict | None]:
+        from ..kube import placement, targets
+
+        agent = self.cfg.agent
         timeout = agent.startup_timeout
         if ref is None:
             placed = await placement.targetless_mode(kube, agent.namespace or kube.namespace, agent.python,

@@ -104,13 +104,38 @@ def describe_rejection(status_code: int, body: bytes, namespace: str, pod: str) 
     return f"exec into pod {namespace}/{pod} failed ({status_code}): {message}"
 
 
+def _connect_on(transport: asyncio.BaseTransport | None) -> Any:
+    """websockets' ``connect``, or one whose connection is ``transport`` (already connected, TLS done):
+    the upgrade is then its first round trip. Everything else (the handshake, its checks, redirects' refusal)
+    is websockets' own."""
+    from websockets.asyncio.client import connect
+
+    if transport is None:
+        return connect
+
+    class _On(connect):  # type: ignore[misc,valid-type]
+        async def open_tcp_connection(self) -> Any:
+            nonlocal transport
+            if transport is None:
+                raise ConnectionError("the connection opened ahead was used already")
+            connection = self.factory(self.ws_uri)
+            transport.set_protocol(connection)
+            connection.connection_made(transport)
+            transport = None
+            return connection
+
+    return _On
+
+
 class ExecChannel(Channel):
     no_python_hint = ("use --agent-mode ephemeral (its image brings python3), or point --agent-python at the "
                       "container's interpreter")
 
     def __init__(self, configuration: Any, namespace: str, pod: str, container: str | None, command: list[str],
-                 description: str, python: str = "python3", open_timeout: float = 30.0) -> None:
+                 description: str, python: str = "python3", open_timeout: float = 30.0,
+                 warm: Any = None) -> None:
         self.cfg = configuration
+        self.warm = warm  # a WarmConnection (transport/warm.py) the upgrade may use instead of connecting
         self.namespace = namespace
         self.pod = pod
         self.container = container
@@ -130,19 +155,44 @@ class ExecChannel(Channel):
         self._exit: tuple[int | None, str | None] = (None, None)
 
     async def open(self, listener: ChannelListener) -> None:
-        from websockets.asyncio.client import connect
         from websockets.exceptions import InvalidStatus, WebSocketException
 
         self.listener = listener
+        warm = None
+        if self.warm is not None:
+            warm, self.warm = await self.warm.take(), None
+        if warm is not None:
+            try:
+                await self._open(warm)
+                return
+            except MirrorError:
+                raise  # the server answered the upgrade: its answer stands
+            except Exception as exc:  # the connection died while it waited: connect anew, as without it
+                log.debug("the upgrade on the connection opened ahead failed (%r); connecting anew", exc)
+        try:
+            await self._open(None)
+        except InvalidStatus as exc:
+            resp = exc.response
+            text = describe_rejection(resp.status_code, resp.body or b"", self.namespace, self.pod)
+            raise MirrorError(text) from None
+        except (OSError, asyncio.TimeoutError, WebSocketException, ssl.SSLError) as exc:
+            raise MirrorError(f"cannot open an exec stream to pod {self.namespace}/{self.pod} at "
+                              f"{self.cfg.host}: {exc}") from None
+
+    async def _open(self, warm: asyncio.BaseTransport | None) -> None:
+        """The upgrade, on ``warm`` when given (an InvalidStatus from it becomes the MirrorError at once)."""
+        from websockets.exceptions import InvalidStatus
+
         url = exec_url(self.cfg.host, self.namespace, self.pod, self.container, self.command)
         kwargs: dict[str, Any] = {}
-        ctx = ssl_context(self.cfg)
+        ctx = ssl_context(self.cfg) if warm is None else None
         if ctx is not None:
             kwargs["ssl"] = ctx
             if getattr(self.cfg, "tls_server_name", None):
                 kwargs["server_hostname"] = self.cfg.tls_server_name
+        connector = _connect_on(warm)
         try:
-            self.ws = await connect(
+            self.ws = await connector(
                 url,
                 subprotocols=[V5, V4],  # type: ignore[list-item]
                 additional_headers=auth_headers(self.cfg),
@@ -157,12 +207,11 @@ class ExecChannel(Channel):
                 **kwargs,
             )
         except InvalidStatus as exc:
+            if warm is None:
+                raise
             resp = exc.response
-            text = describe_rejection(resp.status_code, resp.body or b"", self.namespace, self.pod)
-            raise MirrorError(text) from None
-        except (OSError, asyncio.TimeoutError, WebSocketException, ssl.SSLError) as exc:
-            raise MirrorError(f"cannot open an exec stream to pod {self.namespace}/{self.pod} at "
-                              f"{self.cfg.host}: {exc}") from None
+            raise MirrorError(describe_rejection(resp.status_code, resp.body or b"", self.namespace,
+                                                 self.pod)) from None
         self.protocol = self.ws.subprotocol
         log.info("exec stream open (%s)", self.protocol)
         self._tasks = [asyncio.ensure_future(self._reader()), asyncio.ensure_future(self._writer())]
