@@ -114,6 +114,7 @@ class Request:
     headers: list[tuple[str, str]]
     body: bytes
     cert_user: str | None
+    connection: int = 0  # the connection it came on (see ApiCall.connection)
 
     def header(self, name: str) -> str | None:
         """The FIRST header of that name, as Go's ``Header.Get`` reads it."""
@@ -471,6 +472,7 @@ class ApiServer:
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER)
+        number = self.cluster.count_connection()
         peer = writer.get_extra_info("peercert") or {}
         cert_user = next((v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"), None)
         while True:
@@ -505,6 +507,7 @@ class ApiServer:
                 headers=[(k.decode().lower(), v.decode("latin-1")) for k, v in event.headers],
                 body=bytes(body),
                 cert_user=cert_user,
+                connection=number,
             )
             upgraded = await self._handle(req, conn, reader, writer)
             if upgraded:
@@ -578,7 +581,7 @@ class ApiServer:
     ) -> bool:
         prefix = self.cluster.server_prefix
         path = req.path
-        call = ApiCall(req.method, path, req.query, None)
+        call = ApiCall(req.method, path, req.query, None, connection=req.connection)
         self.cluster.record(call)
         if prefix:
             if path != prefix and not path.startswith(prefix + "/"):

@@ -218,6 +218,10 @@ class ApiCall:
     namespace: str = ""
     name: str = ""
     code: int = 0
+    # The connection it came on: connections are numbered from 1 in the order the server accepted them (TLS
+    # done); ``connections`` is how many had been accepted when this call arrived.
+    connection: int = 0
+    connections: int = 0
 
     @property
     def is_resource_request(self) -> bool:
@@ -645,6 +649,7 @@ class Cluster:
         self.apiserver: Any = None
         self.runtimes: dict[tuple[str, str], PodRuntime] = {}
         self._calls: list[ApiCall] = []
+        self._connections = 0
         self._calls_lock = threading.Lock()
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
@@ -881,7 +886,14 @@ class Cluster:
 
     def record(self, call: ApiCall) -> None:
         with self._calls_lock:
+            call.connections = self._connections
             self._calls.append(call)
+
+    def count_connection(self) -> int:
+        """The number of a newly accepted connection (see ApiCall.connection)."""
+        with self._calls_lock:
+            self._connections += 1
+            return self._connections
 
     def add_user(self, name: str, rules: list[dict[str, Any]], namespaces: Sequence[str] | None = None) -> str:
         """A new bearer token with these RBAC PolicyRules (``namespaces`` limits them like a RoleBinding)."""
