@@ -245,18 +245,21 @@ async def ephemeral_mode(kube: KubeContext, target: ResolvedTarget, python: str,
     token = "mirror-py-" + secrets.token_hex(6)
     name = token
     needs = needs or AgentNeeds()
-    try:
-        target_pod = await asyncio.to_thread(kube.get_json, object_path("pod", target.namespace, target.pod))
-    except Exception as exc:
-        raise explain(exc, f"reading pod {target.namespace}/{target.pod}") from None
+    target_pod = target.pod_object  # its spec (what the security context is made from) cannot change
+    if target_pod is None:
+        try:
+            target_pod = await asyncio.to_thread(kube.get_json, object_path("pod", target.namespace, target.pod))
+        except Exception as exc:
+            raise explain(exc, f"reading pod {target.namespace}/{target.pod}") from None
     security = ephemeral_security(target_pod.get("spec") or {}, target.container, needs)
     body = {"spec": {"ephemeralContainers": [ephemeral_container(name, token, image, python, target.container,
                                                                  security)]}}
     progress.info("creating ephemeral container %s (image %s) in pod %s/%s", name, image, target.namespace,
                   target.pod)
     try:
-        await asyncio.to_thread(kube.request_json, "PATCH", object_path("pod", target.namespace, target.pod) +
-                                "/ephemeralcontainers", body, "application/strategic-merge-patch+json")
+        patched = await asyncio.to_thread(kube.request_json, "PATCH", object_path("pod", target.namespace,
+                                                                                target.pod) +
+                                          "/ephemeralcontainers", body, "application/strategic-merge-patch+json")
     except ApiException as exc:
         if exc.status == 404:
             raise MirrorError(f"the cluster refused an ephemeral container for pod {target.namespace}/{target.pod} "
@@ -269,7 +272,7 @@ async def ephemeral_mode(kube: KubeContext, target: ResolvedTarget, python: str,
     except Exception as exc:
         raise explain(exc, "adding the ephemeral agent container") from None
     pod = await _wait(kube, target.namespace, target.pod, lambda p: _ephemeral_state(p, name), timeout,
-                      f"ephemeral container {name}")
+                      f"ephemeral container {name}", first=patched if isinstance(patched, dict) else None)
     channel = ExecChannel(kube.configuration, target.namespace, target.pod, name, _agent_command(python, token),
                           f"{target.describe()} via ephemeral container {name}", python, open_timeout=timeout,
                           warm=kube.warm)
@@ -317,16 +320,28 @@ def _state(status: dict) -> tuple[str, str]:
     return ("failed" if reason in WAITING_FAILURES else "waiting"), f"{reason}{': ' + message if message else ''}"
 
 
+POLL_EVERY = 0.3  # seconds between the starts of two reads of a pod whose agent container is starting
+
+
 async def _wait(kube: KubeContext, namespace: str, pod_name: str, state_of: Callable[[dict], tuple[str, str]],
-                timeout: float, what: str) -> dict:
-    """Polls the pod until ``what`` runs, showing each new waiting reason; fails with the Kubernetes reason."""
+                timeout: float, what: str, first: dict | None = None) -> dict:
+    """Polls the pod until ``what`` runs, showing each new waiting reason; fails with the Kubernetes reason.
+
+    ``first``: the pod as a write just returned it, looked at before any read. Reads start POLL_EVERY apart
+    (not POLL_EVERY after each answer): at a distance a read's round trip is part of the interval, so the wait
+    does not grow by a round trip per poll, and the API server gets no more reads than before."""
     deadline = time.monotonic() + timeout
     shown = ""
+    given = first
+    asked = time.monotonic()
     while True:
-        try:
-            pod = await asyncio.to_thread(kube.get_json, object_path("pod", namespace, pod_name))
-        except Exception as exc:
-            raise explain(exc, f"waiting for {what}") from None
+        pod, given = given, None
+        if pod is None:
+            asked = time.monotonic()
+            try:
+                pod = await asyncio.to_thread(kube.get_json, object_path("pod", namespace, pod_name))
+            except Exception as exc:
+                raise explain(exc, f"waiting for {what}") from None
         state, reason = state_of(pod)
         if state == "running":
             progress.info("%s is running", what)
@@ -339,7 +354,7 @@ async def _wait(kube: KubeContext, namespace: str, pod_name: str, state_of: Call
         if time.monotonic() > deadline:
             raise MirrorError(f"{what} did not start within {timeout:g} s (last state: {reason}); raise "
                               "agent.startup_timeout if images pull slowly")
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(max(0.0, asked + POLL_EVERY - time.monotonic()))
 
 
 def _pod_container_state(pod: dict, container: str) -> tuple[str, str]:

@@ -24,12 +24,13 @@ def cluster():
     yield from sandbox_cluster(MANIFEST_TEXT)
 
 
-def _start(cluster, target: str) -> list:
+def _start(cluster, target: str, *options: str) -> list:
     """The API calls one ``mirror-py exec`` made, from start to end."""
     cluster.clear_calls()
     env = dict(os.environ, PYTHONPATH=str(ROOT), KUBECONFIG=cluster.kubeconfig)
-    out = subprocess.run([*MIRROR_PY, "exec", "--target", target, "-n", "staging", "--", sys.executable, "-c",
-                          "print('started')"], capture_output=True, text=True, timeout=120, env=env, cwd=str(ROOT))
+    out = subprocess.run([*MIRROR_PY, "exec", "--target", target, "-n", "staging", *options, "--", sys.executable,
+                          "-c", "print('started')"], capture_output=True, text=True, timeout=120, env=env,
+                         cwd=str(ROOT))
     assert out.returncode == 0 and out.stdout.strip() == "started", out.stderr
     return cluster.calls
 
@@ -51,3 +52,12 @@ def test_a_start_makes_its_lookups_and_one_upgrade_on_two_connections(cluster, k
         assert upgrade.connection <= lookup_calls[-1].connections, (
             f"the exec stream's connection #{upgrade.connection} was opened after the lookups ended "
             f"({lookup_calls[-1].connections} connection(s) accepted by then)")
+
+
+def test_the_ephemeral_agent_is_added_right_after_the_lookups(cluster):
+    """The pod list already holds the target pod's spec, which is all the ephemeral container's security
+    context is made from: no second read of the pod comes between the lookups and the PATCH that adds it."""
+    calls = _start(cluster, "deploy/api", "--agent-mode", "ephemeral")
+    assert [(c.method, c.resource) for c in calls[:3]] == [
+        ("GET", "deployments"), ("GET", "pods"), ("PATCH", "pods/ephemeralcontainers")], [
+        (c.method, c.path) for c in calls]
