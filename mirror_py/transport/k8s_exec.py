@@ -167,6 +167,9 @@ class ExecChannel(Channel):
                 return
             except MirrorError:
                 raise  # the server answered the upgrade: its answer stands
+            except (asyncio.TimeoutError, TimeoutError) as exc:  # no answer within open_timeout: that bound holds
+                raise MirrorError(f"cannot open an exec stream to pod {self.namespace}/{self.pod} at "
+                                  f"{self.cfg.host}: {exc}") from None
             except Exception as exc:  # the connection died while it waited: connect anew, as without it
                 log.debug("the upgrade on the connection opened ahead failed (%r); connecting anew", exc)
         try:
