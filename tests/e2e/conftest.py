@@ -124,3 +124,21 @@ def terminate(proc: subprocess.Popen, timeout: float = 30) -> str:
         os.killpg(proc.pid, signal.SIGKILL)
         _, err = proc.communicate()
     return err
+
+
+def agent_of(session_pid: int) -> int:
+    """The agent a local-target session started: its child running the bootstrap (``python3 -I -c``)."""
+    with open(f"/proc/{session_pid}/task/{session_pid}/children") as f:
+        for child in f.read().split():
+            with open(f"/proc/{child}/cmdline", "rb") as c:
+                if b"-I" in c.read().split(b"\0"):
+                    return int(child)
+    raise AssertionError(f"no agent under session {session_pid}")
+
+
+def config_args(tmp_path: Path, section: str, **keys: object) -> list[str]:
+    """``--config FILE`` for a file that sets ``keys`` in ``[section]`` (values written as JSON, which TOML reads)."""
+    lines = [f"[{section}]"] + [f"{key} = {json.dumps(value)}" for key, value in keys.items()]
+    path = tmp_path / "mirror-py.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return ["--config", str(path)]

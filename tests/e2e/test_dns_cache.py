@@ -19,7 +19,7 @@ import pytest
 
 from tests.sandbox.netpod import Network, Pod, PodSpec
 
-from .conftest import MIRROR_PY, ROOT, run_mirror
+from .conftest import MIRROR_PY, ROOT, agent_of, config_args, run_mirror
 
 APP = str(Path(__file__).with_name("dns_cache_app.py"))
 HOSTS = {"cached.pod.internal": "10.77.0.1", "moving.pod.internal": "10.77.0.2", "other.pod.internal": "10.77.0.3"}
@@ -34,11 +34,6 @@ def dns_pod(network: Network) -> Pod:
                                    files={"/etc/nsswitch.conf": "hosts: files\n"}))
 
 
-def _config(tmp_path: Path, **dns: object) -> list[str]:
-    lines = ["[network.dns]"] + [f"{key} = {json.dumps(value)}" for key, value in dns.items()]
-    path = tmp_path / "mirror-py.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return ["--config", str(path)]
 
 
 def _run(pod: Pod, *args: str, extra: list[str] | None = None) -> dict:
@@ -61,24 +56,25 @@ def test_a_name_asked_again_costs_no_request_in_any_process_of_the_session(dns_p
 
 
 def test_answers_expire(dns_pod, tmp_path):
-    out = _run(dns_pod, "expire", "cached.pod.internal", "1.0", extra=_config(tmp_path, cache_ttl=0.3))
+    out = _run(dns_pod, "expire", "cached.pod.internal", "1.0",
+               extra=config_args(tmp_path, "network.dns", cache_ttl=0.3))
     assert out["answers"] == [["10.77.0.1"]] * 2
     assert _deltas(out) == [1, 1]
 
 
 def test_the_cache_can_be_turned_off(dns_pod, tmp_path):
-    out = _run(dns_pod, "again", "cached.pod.internal", extra=_config(tmp_path, cache=False))
+    out = _run(dns_pod, "again", "cached.pod.internal", extra=config_args(tmp_path, "network.dns", cache=False))
     assert out["answers"] == [["10.77.0.1"]] * 3
     assert _deltas(out) == [1, 1, 1]
 
 
 def test_unknown_names_are_kept_for_the_negative_ttl(dns_pod, tmp_path):
-    out = _run(dns_pod, "again", "nowhere.pod.internal", extra=_config(tmp_path, cache_ttl=300))
+    out = _run(dns_pod, "again", "nowhere.pod.internal", extra=config_args(tmp_path, "network.dns", cache_ttl=300))
     assert out["answers"][:2] == [[NO_NAME]] * 2, out
     assert _deltas(out)[:2] == [1, 0]
     # The negative TTL is its own, shorter bound: an unknown name is asked again once it has passed.
     out = _run(dns_pod, "expire", "nowhere.pod.internal", "1.0",
-               extra=_config(tmp_path, cache_ttl=300, cache_negative_ttl=0.3))
+               extra=config_args(tmp_path, "network.dns", cache_ttl=300, cache_negative_ttl=0.3))
     assert out["answers"] == [[NO_NAME]] * 2
     assert _deltas(out) == [1, 1]
 
@@ -100,13 +96,6 @@ def _edit_hosts(pod: Pod, name: str, address: str) -> None:
     pod.exec_output([sys.executable, "-c", code, name, address])
 
 
-def _agent_of(session_pid: int) -> int:
-    with open(f"/proc/{session_pid}/task/{session_pid}/children") as f:
-        for child in f.read().split():
-            with open(f"/proc/{child}/cmdline", "rb") as c:
-                if b"-I" in c.read().split(b"\0"):
-                    return int(child)
-    raise AssertionError("no agent process under the session")
 
 
 @pytest.mark.parametrize("agent", ["running", "killed"])
@@ -115,13 +104,13 @@ def test_an_edit_of_the_pods_hosts_file_is_seen_before_the_ttl(dns_pod, tmp_path
     agent's session must not answer from what the old agent said."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([*MIRROR_PY, "exec", "--target", f"pid/{dns_pod.pid}",
-                             *_config(tmp_path, cache_ttl=3600), "--", sys.executable, APP, "hosts",
+                             *config_args(tmp_path, "network.dns", cache_ttl=3600), "--", sys.executable, APP, "hosts",
                              "moving.pod.internal"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
     try:
         assert proc.stdout.readline() == "edit\n", proc.stderr.read() if proc.poll() is not None else ""
         if agent == "killed":
-            os.kill(_agent_of(proc.pid), signal.SIGKILL)
+            os.kill(agent_of(proc.pid), signal.SIGKILL)
         _edit_hosts(dns_pod, "moving.pod.internal", "10.77.9.9")
         proc.stdin.write("go\n")
         proc.stdin.flush()

@@ -18,7 +18,7 @@ import pytest
 
 from tests.sandbox.netpod import Network, Pod, PodSpec
 
-from .conftest import run_mirror
+from .conftest import config_args, run_mirror
 
 APP = str(Path(__file__).with_name("file_round_trips_app.py"))
 BIG = bytes(range(256)) * (5 << 12)  # 5 MiB: more than the open's first block
@@ -43,11 +43,6 @@ def rt_pod(network: Network) -> Pod:
     return pod
 
 
-def _config(tmp_path: Path, **fs: object) -> list[str]:
-    lines = ["[fs]"] + [f"{key} = {json.dumps(value)}" for key, value in fs.items()]
-    path = tmp_path / "mirror-py.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return ["--config", str(path)]
 
 
 def _run(pod: Pod, *steps: str, extra: list[str] | None = None) -> dict:
@@ -105,7 +100,7 @@ def test_a_stat_asked_again_within_the_bound_costs_no_request(rt_pod):
 
 def test_the_metadata_cache_can_be_turned_off(rt_pod, tmp_path):
     out = _run(rt_pod, "stat:/srv/rt/small.txt", "stat:/srv/rt/small.txt", "walk:/srv/rt/tree",
-               extra=_config(tmp_path, metadata_cache=0))
+               extra=config_args(tmp_path, "fs", metadata_cache=0))
     assert _deltas(out) == [1, 1, 7]  # os.walk lstats each subdirectory it has listed: 4 listings + 3
 
 
@@ -114,7 +109,7 @@ def test_cached_metadata_never_outlives_its_bound(rt_pod, tmp_path):
     path = "/srv/rt/rw/behind.txt"
     rt_pod.exec_output(["sh", "-c", f"printf 12345 > {path}"])
     out = _run(rt_pod, f"stat:{path}", f"behind:{rt_pod.pid}:{path}:678", f"stat:{path}", "sleep:2.2",
-               f"stat:{path}", extra=_config(tmp_path, metadata_cache=2))
+               f"stat:{path}", extra=config_args(tmp_path, "fs", metadata_cache=2))
     sizes = [r[1] if isinstance(r, list) else r for r in out["results"]]
     assert sizes == [5, None, 5, None, 8]
     assert _deltas(out) == [1, 0, 0, 0, 1]
@@ -128,7 +123,7 @@ def test_a_change_through_mirror_py_empties_the_cache(rt_pod, tmp_path):
              f"chmod:{d}/new.txt:600", f"stat:{d}/new.txt",
              f"rename:{d}/keep.txt:{d}/kept.txt", f"stat:{d}/keep.txt", f"stat:{d}/kept.txt",
              f"stat:{d}/kept.txt")
-    out = _run(rt_pod, *steps, extra=_config(tmp_path, mode="write"))
+    out = _run(rt_pod, *steps, extra=config_args(tmp_path, "fs", mode="write"))
     res = out["results"]
     assert res[1][1] == 5 and res[4][1] == 10  # the append is seen at once
     assert res[2] == "FileNotFoundError 2" and res[6][1] == 3  # so is the new file

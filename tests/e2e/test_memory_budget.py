@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .conftest import MIRROR_PY, ROOT, terminate
+from .conftest import MIRROR_PY, ROOT, agent_of, terminate
 from .test_incoming import PORT, Served, _wait_ready, serving
 
 MIB = 1 << 20
@@ -50,20 +50,6 @@ def _status(pid: int) -> dict:
     return out
 
 
-def agent_of(session_pid: int) -> int:
-    """The agent a local-target session started: its child running the bootstrap (``python3 -I -c``)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat.rpartition(")")[2].split()[1])
-        if ppid == session_pid and b"\0-I\0-c\0" in cmdline:
-            return int(entry)
-    raise AssertionError(f"no agent under session {session_pid}")
 
 
 @contextmanager

@@ -6,16 +6,8 @@ import os
 import signal
 import time
 
+from .conftest import agent_of
 from .test_incoming import chains, get, serving, wait_for
-
-
-def _agent_of(session_pid: int) -> int:
-    with open(f"/proc/{session_pid}/task/{session_pid}/children") as f:
-        for child in f.read().split():
-            with open(f"/proc/{child}/cmdline", "rb") as c:
-                if b"-I" in c.read().split(b"\0"):
-                    return int(child)
-    raise AssertionError("no agent process under the session")
 
 
 def _stolen(pod) -> bool:
@@ -29,7 +21,7 @@ def _stolen(pod) -> bool:
 def test_steal_is_restored_after_the_agent_is_killed(pod, tmp_path):
     with serving(pod, tmp_path, mode="steal") as app:
         assert get(pod.ip, "/before")["server"] == "local"
-        old = _agent_of(app.proc.pid)
+        old = agent_of(app.proc.pid)
         os.kill(old, signal.SIGKILL)
         # While there is no agent the pod serves its own traffic (the dead-man helper removed the rules) ...
         assert wait_for(lambda: chains(pod) == [], timeout=5)
@@ -37,7 +29,7 @@ def test_steal_is_restored_after_the_agent_is_killed(pod, tmp_path):
         started = time.monotonic()
         assert wait_for(lambda: _stolen(pod), timeout=10, step=0.2)
         assert time.monotonic() - started < 10
-        assert _agent_of(app.proc.pid) != old
+        assert agent_of(app.proc.pid) != old
     assert "reconnected to pid/" in app.stderr
     assert chains(pod) == []
     assert get(pod.ip, "/end")["server"] == "podip"
@@ -50,7 +42,7 @@ def test_an_agent_whose_session_goes_silent_gives_the_ports_back(pod, tmp_path):
     and steals again."""
     with serving(pod, tmp_path, mode="steal", config="[agent]\nkeepalive_interval = 1\n") as app:
         assert get(pod.ip, "/before")["server"] == "local"
-        agent = _agent_of(app.proc.pid)
+        agent = agent_of(app.proc.pid)
         os.kill(app.proc.pid, signal.SIGSTOP)
         try:
             frozen = time.monotonic()
