@@ -140,8 +140,13 @@ def one_container_life(ns: str, rnd: random.Random, idle_python: str = sys.execu
             for victim in victims:
                 kill(victim)
             kill(pid, signal.SIGCONT)
-        kill(agent.pid, signal.SIGCONT)  # nsenter stops itself when its child stops
-        agent.wait(30)
+        # nsenter stops itself when it sees its child stop, which may come after a first SIGCONT: resume it
+        # until it has seen its child end.
+        deadline = time.monotonic() + 30
+        while agent.poll() is None and time.monotonic() < deadline:
+            kill(agent.pid, signal.SIGCONT)
+            time.sleep(0.02)
+        agent.wait(1)
         idle.wait(30)
     finally:
         idle.kill()
