@@ -29,11 +29,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any, Callable
 
 from .agent_link import RemoteError
+from .expiring import MISSING, ExpiringMap
 
 #: The name service functions whose answers are kept; ``gethostname`` reads a file and is not a lookup.
 CACHED_FUNCTIONS = frozenset(("getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr", "getnameinfo"))
@@ -55,16 +55,13 @@ class DnsCache:
         self.enabled = enabled
         self.ttl = ttl
         self.negative_ttl = negative_ttl
-        self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, bool, Any]] = OrderedDict()  # key -> (expiry, ok, value)
+        self._entries = ExpiringMap(MAX_ENTRIES, clock)  # question -> (ok, value)
         self._flights: dict[str, asyncio.Future] = {}
-        self._epoch = 0  # bumped by every flush: an answer fetched across a flush is not kept
         self.stats = {"hits": 0, "misses": 0, "shared": 0, "flushes": 0}
 
     def flush(self) -> None:
         """Forgets every answer, and every answer still on its way (the resolver files changed)."""
-        self._entries.clear()
-        self._epoch += 1
+        self._entries.flush()
         self.stats["flushes"] += 1
 
     async def lookup(self, args: dict, fetch: Fetch) -> Any:
@@ -74,14 +71,12 @@ class DnsCache:
             return await fetch(args)
         key = json.dumps(args, sort_keys=True, separators=(",", ":"))
         entry = self._entries.get(key)
-        if entry is not None:
-            expiry, ok, value = entry
-            if self._clock() < expiry:
-                self.stats["hits"] += 1
-                if ok:
-                    return value
-                raise RemoteError(*value)
-            del self._entries[key]
+        if entry is not MISSING:
+            self.stats["hits"] += 1
+            ok, value = entry
+            if ok:
+                return value
+            raise RemoteError(*value)
         flight = self._flights.get(key)
         if flight is None:
             self.stats["misses"] += 1
@@ -95,25 +90,17 @@ class DnsCache:
         return await asyncio.shield(flight)
 
     async def _fetch(self, key: str, args: dict, fetch: Fetch) -> Any:
-        epoch = self._epoch
+        epoch = self._entries.epoch
         try:
             value = await fetch(args)
         except RemoteError as exc:
             if exc.name in NEGATIVE_ERRORS:
-                self._keep(key, epoch, self.negative_ttl, False, (exc.name, exc.message))
+                self._entries.put(key, (False, (exc.name, exc.message)), self.negative_ttl, epoch)
             raise
         finally:
             self._flights.pop(key, None)
-        self._keep(key, epoch, self.ttl, True, value)
+        self._entries.put(key, (True, value), self.ttl, epoch)
         return value
-
-    def _keep(self, key: str, epoch: int, ttl: float, ok: bool, value: Any) -> None:
-        if ttl <= 0 or epoch != self._epoch:
-            return
-        self._entries[key] = (self._clock() + ttl, ok, value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > MAX_ENTRIES:
-            self._entries.popitem(last=False)
 
 
 def _retrieve(future: asyncio.Future) -> None:

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections import OrderedDict
 from typing import Any, Callable
+
+from .expiring import MISSING, ExpiringMap
 
 #: File requests that change nothing in the target: every other one empties the cache.
 READ_ONLY = frozenset(("stat", "access", "listdir", "scandir", "readlink", "realpath", "listxattr", "getxattr",
@@ -55,10 +56,8 @@ class MetadataCache:
 
     def __init__(self, ttl: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
-        self._clock = clock
-        self._entries: OrderedDict[tuple[str, bool], tuple[float, list]] = OrderedDict()
+        self._entries = ExpiringMap(MAX_ENTRIES, clock)  # (path, follow) -> stat; flushed by every change
         self._owner: Any = None  # the agent link the entries came from
-        self._generation = 0  # bumped by every change: an answer asked before it is not kept
         self.stats = {"hits": 0, "misses": 0, "flushes": 0}
 
     @property
@@ -72,42 +71,32 @@ class MetadataCache:
             self.flush()
 
     def flush(self) -> None:
-        self._generation += 1
-        if self._entries:
+        if self._entries.flush():
             self.stats["flushes"] += 1
-        self._entries.clear()
 
     def generation(self) -> int:
         """A mark to take before asking the agent: :meth:`put` with an older mark keeps nothing, because a
         change sent meanwhile may have made the answer stale before it arrived."""
-        return self._generation
+        return self._entries.epoch
 
     def get(self, path: str, follow: bool) -> list | None:
         if not self.enabled:
             return None
-        key = (path, follow)
-        hit = self._entries.get(key)
-        if hit is not None and hit[0] > self._clock():
+        hit = self._entries.get((path, follow))
+        if hit is not MISSING:
             self.stats["hits"] += 1
-            return hit[1]
-        if hit is not None:
-            del self._entries[key]
+            return hit
         self.stats["misses"] += 1
         return None
 
     def put(self, path: str, follow: bool, st: list, generation: int) -> None:
-        if not self.enabled or generation != self._generation or not isinstance(st, list):
-            return
-        key = (path, follow)
-        self._entries[key] = (self._clock() + self.ttl, st)
-        self._entries.move_to_end(key)
-        while len(self._entries) > MAX_ENTRIES:
-            self._entries.popitem(last=False)
+        if self.enabled and isinstance(st, list):
+            self._entries.put((path, follow), st, self.ttl, generation)
 
     def put_listing(self, directory: str, listing: Any, generation: int) -> None:
         """Keeps the stat of each entry of a ``scandir`` answer (``[name, kind, lstat, target, ino]``, with
         ``target`` the followed stat of a symlink, or its errno)."""
-        if not self.enabled or generation != self._generation or not isinstance(listing, list):
+        if not self.enabled or generation != self._entries.epoch or not isinstance(listing, list):
             return
         base = directory.rstrip("/") + "/"
         for item in listing:
