@@ -47,6 +47,7 @@ NAMESPACE = "staging"
 REDIS = ("redis", 6379)
 API_URL = "http://api:8000/app.yaml"
 SOURCE = ("bench", 7002)  # benchmarks/kube.py's source server: "N\n" in, N bytes out
+POSTGRES = ("postgres", 5432)  # examples/service/postgres.yaml: user app, trust authentication
 KEEPALIVE = ("web", 8080)  # an HTTP/1.1 server defined below (the api's http.server closes every connection)
 DOWNLOAD = 1 << 20
 CONCURRENT = 20
@@ -66,6 +67,7 @@ QUICK = {"rtts": [0, 50], "repeat": 1}
 #: (key, label) of the table's rows, in order.
 ROWS = (
     ("concurrent", f"{CONCURRENT} concurrent asyncio `open_connection` + one Redis PING each"),
+    ("connect_one", "one asyncio `open_connection` to an address, then close (median)"),
     ("stall", "longest event-loop stall while one asyncio connect is in flight"),
     ("dns_again", "`getaddrinfo` of the same name again"),
     ("urlopen_again", "`urllib.request.urlopen` of the api service, second time"),
@@ -76,7 +78,8 @@ ROWS = (
     ("stat_again", "`os.stat` of the same remote file again"),
     ("scandir_stat", f"`os.scandir` + `entry.stat()` of `{TREE}/certs` (one directory)"),
     ("walk", f"`os.walk` of `{TREE}` (a tree of a few directories)"),
-    ("postgres", "a Postgres query through asyncpg"),
+    ("postgres_connect", "asyncpg connect + first query (new connection)"),
+    ("postgres_query", "a Postgres query through asyncpg on an open connection (median)"),
     ("start_exec", "session start to the app's first line, exec agent"),
     ("start_ephemeral", "session start to the app's first line, ephemeral agent"),
 )
@@ -99,7 +102,8 @@ WEB_SERVER = (
 
 
 def manifest() -> str:
-    """benchmarks/kube.py's manifest (the sandbox plus the bench pod) plus the keep-alive ``web`` server."""
+    """benchmarks/kube.py's manifest (the sandbox plus the bench pod), the keep-alive ``web`` server and the
+    service example's PostgreSQL."""
     from kube import bench_manifest
 
     labels = {"app": "web"}
@@ -114,11 +118,9 @@ def manifest() -> str:
     }
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NAMESPACE},
                "spec": {"selector": labels, "ports": [{"port": KEEPALIVE[1], "targetPort": KEEPALIVE[1]}]}}
-    return bench_manifest() + "".join(f"\n---\n{json.dumps(doc)}\n" for doc in (deployment, service))
-
-
-POSTGRES_SKIPPED = ("examples/k8s/sandbox.yaml has no PostgreSQL; starting one (examples/service/postgres.yaml: "
-                    "initdb plus a server) would double the run time for one more request row")
+    postgres = (ROOT / "examples" / "service" / "postgres.yaml").read_text()
+    return (bench_manifest() + "".join(f"\n---\n{json.dumps(doc)}\n" for doc in (deployment, service))
+            + "\n---\n" + postgres)
 
 
 def log(message: str) -> None:
@@ -150,6 +152,21 @@ async def _concurrent_pings() -> float:
     start = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(CONCURRENT)))
     return _ms(time.perf_counter() - start)
+
+
+async def _connect_one() -> float:
+    """One connect at a time, by address (no lookup): what a connection pool's new connection costs."""
+    host = socket.getaddrinfo(REDIS[0], REDIS[1], type=socket.SOCK_STREAM)[0][4][0]
+    samples = []
+    for i in range(SAMPLES + 1):
+        start = time.perf_counter()
+        _, writer = await asyncio.open_connection(host, REDIS[1])
+        elapsed = time.perf_counter() - start
+        writer.close()
+        await writer.wait_closed()
+        if i:
+            samples.append(elapsed)
+    return _ms(statistics.median(samples))
 
 
 async def _stall_during_connect() -> float:
@@ -245,6 +262,29 @@ def _scandir_stat() -> int:
         return sum(1 for entry in entries if entry.stat(follow_symlinks=False))
 
 
+async def _postgres() -> dict[str, float]:
+    """A new connection's start-up (TCP, startup message, trust authentication, parameters) and its first
+    query, then the median of ``SAMPLES`` queries on that connection."""
+    import asyncpg
+
+    start = time.perf_counter()
+    conn = await asyncpg.connect(host=POSTGRES[0], port=POSTGRES[1], user="app", database="postgres", timeout=60)
+    try:
+        if await conn.fetchval("SELECT 1") != 1:
+            raise RuntimeError("postgres answered SELECT 1 with something else")
+        connect = time.perf_counter() - start
+        samples = []
+        for i in range(SAMPLES + 1):
+            start = time.perf_counter()
+            if await conn.fetchval("SELECT $1::int + 1", i) != i + 1:
+                raise RuntimeError("postgres answered a query with something else")
+            if i:
+                samples.append(time.perf_counter() - start)
+    finally:
+        await conn.close()
+    return {"postgres_connect": _ms(connect), "postgres_query": _ms(statistics.median(samples))}
+
+
 def _urlopen() -> None:
     with urllib.request.urlopen(API_URL, timeout=60) as answer:
         if b"greeting" not in answer.read():
@@ -257,12 +297,14 @@ def client() -> dict[str, Any]:
     socket.getaddrinfo(REDIS[0], REDIS[1], type=socket.SOCK_STREAM)  # the first lookup of the name
     out["dns_again"] = _timed(lambda: socket.getaddrinfo(REDIS[0], REDIS[1], type=socket.SOCK_STREAM))
     out["concurrent"] = asyncio.run(_concurrent_pings())
+    out["connect_one"] = asyncio.run(_connect_one())
     out["stall"] = asyncio.run(_stall_during_connect())
     _urlopen()
     out["urlopen_again"] = _timed(_urlopen)
     out["redis_open"] = _redis_on_open_connection()
     out["http_keepalive"] = _http_keepalive()
     out["download"] = _download()
+    out.update(asyncio.run(_postgres()))
     out["files"] = _read_files()
     os.stat(FILES[0])
     out["stat_again"] = _timed(lambda: os.stat(FILES[0]))
@@ -489,7 +531,6 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("\n".join(table(samples, cfg["rtts"])))
     print()
-    print(f"- Postgres row skipped: {POSTGRES_SKIPPED}.")
     if args.no_ephemeral:
         print("- Ephemeral session start skipped (--no-ephemeral).")
     print("- Session start in the pod is plain `python -c 'print(1)'` there; the ratio is against that.")
