@@ -12,7 +12,7 @@ import pytest
 
 from tests.sandbox.cluster import Cluster
 
-from .backends import Backend, SandboxBackend, k3s_cluster, real_cluster
+from .backends import Backend, SandboxBackend
 from .conftest import MIRROR_PY, PROBE, ROOT, sandbox_cluster
 
 UDP_ECHO = """
@@ -148,25 +148,6 @@ def test_probe_parity_through_the_exec_channel(cluster):
     native = json.loads(cluster.pod(pod, "staging").exec_output([sys.executable, PROBE, "names", "127.0.0.1"])
                         .strip().splitlines()[-1])
     assert through == native
-
-
-@pytest.fixture(scope="module", params=["sandbox", "real", "k3s"])
-def backend(request, cluster):
-    """The scenarios below run on every backend there is; a missing one is skipped with the reason."""
-    if request.param == "sandbox":
-        yield SandboxBackend(cluster)
-        return
-    opener = real_cluster if request.param == "real" else k3s_cluster
-    with opener(MANIFEST_TEXT) as found:
-        if isinstance(found, str):
-            pytest.skip(found)
-        yield found
-
-
-@pytest.mark.parametrize("mode", ["exec", "ephemeral", "job"])
-def test_core_scenarios_on_every_backend(backend, mode):
-    out = _run(backend, "exec", "--target", "deploy/api", "--agent-mode", mode)
-    _check_app(out, backend)
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -66,6 +66,10 @@ from tests.sandbox.manifest import (
     validate_pod_spec,
 )
 
+#: Resources a POST creates the way the sandbox applies its manifest (their pods started, as controllers would).
+APPLIED_ON_CREATE = tuple(r.plural for r in RESOURCES.values()
+                          if "create" in r.verbs and r.plural not in ("pods", "jobs", "selfsubjectaccessreviews"))
+
 V5 = "v5.channel.k8s.io"
 V4 = "v4.channel.k8s.io"
 V4_BASE64 = "v4.base64.channel.k8s.io"
@@ -682,9 +686,9 @@ class ApiServer:
                 "items": items,
             }
         if req.method == "POST" and not info.name:
-            return self._create(req, info, user)
+            return await self._create(req, info, user)
         if req.method == "DELETE" and info.name:
-            return self._delete(req, info)
+            return await self._delete(req, info)
         if req.method == "PATCH" and info.name and info.resource == "deployments":
             patch = self._body(req)
             if not isinstance(patch, dict):
@@ -703,12 +707,42 @@ class ApiServer:
         except (ValueError, yaml.YAMLError) as exc:
             raise ApiError.bad_request(f"the body of the request was in an unknown format: {exc}")
 
-    def _create(self, req: Request, info: RequestInfo, user: User | None) -> tuple[int, Any]:
+    async def _create_applied(self, body: dict[str, Any], info: RequestInfo) -> dict[str, Any]:
+        """A create of what a manifest holds (namespaces, config, services, workloads): the same path as the
+        manifest the sandbox starts with, so an API client can set up an application like on a real cluster."""
+        resource = RESOURCES[info.resource]
+        meta = body.setdefault("metadata", {})
+        if resource.namespaced:
+            if meta.get("namespace") and meta["namespace"] != info.namespace:
+                raise ApiError.bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
+            meta["namespace"] = info.namespace
+            if self.cluster.store.get("namespaces", "", info.namespace) is None:
+                raise ApiError(404, "NotFound", f'namespaces "{info.namespace}" not found',
+                               {"name": info.namespace, "kind": "namespaces"})
+        name = meta.get("name") or ""
+        if not name:
+            raise ApiError.invalid(resource.kind, "", "metadata.name: Required value: name is required")
+        if self.cluster.store.get(info.resource, info.namespace if resource.namespaced else "", name) is not None:
+            raise ApiError(409, "AlreadyExists", f'{info.resource}{"." + resource.group if resource.group else ""} '
+                           f'"{name}" already exists', {"name": name, "group": resource.group, "kind": info.resource})
+        body["apiVersion"], body["kind"] = resource.api_version, resource.kind
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, self.cluster.create_objects, [body])
+        except ManifestError as exc:
+            raise ApiError.invalid(resource.kind, name, str(exc))
+        return self.cluster.store.get(info.resource, info.namespace if resource.namespaced else "", name) or body
+
+    async def _create(self, req: Request, info: RequestInfo, user: User | None) -> tuple[int, Any]:
         body = self._body(req)
         if not isinstance(body, dict):
             raise ApiError.bad_request("the body of the request must be an object")
         if info.resource == "selfsubjectaccessreviews":
             return 201, self._access_review(body, user)
+        if info.resource in APPLIED_ON_CREATE:
+            return 201, await self._create_applied(body, info)
         if info.resource not in ("pods", "jobs"):
             raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         meta = body.setdefault("metadata", {})
@@ -748,7 +782,7 @@ class ApiServer:
         jobs = self.cluster.store.list("jobs", ns)
         return max(jobs, key=lambda j: int(j["metadata"]["resourceVersion"])) if jobs else {}
 
-    def _delete(self, req: Request, info: RequestInfo) -> tuple[int, Any]:
+    async def _delete(self, req: Request, info: RequestInfo) -> tuple[int, Any]:
         body = self._body(req) if req.body else {}
         grace = req.query.get("gracePeriodSeconds", [None])[0]
         if grace is None and isinstance(body, dict):
@@ -758,6 +792,9 @@ class ApiServer:
             propagation = body.get("propagationPolicy")
             if propagation is None and body.get("orphanDependents") is False:
                 propagation = "Background"
+        if info.resource == "namespaces":
+            return 200, await asyncio.get_running_loop().run_in_executor(None, self.cluster.delete_namespace,
+                                                                         info.name)
         if info.resource == "pods":
             return 200, self.cluster.delete_pod(info.namespace, info.name, float(grace) if grace is not None else None)
         if info.resource == "jobs":

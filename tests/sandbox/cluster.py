@@ -985,6 +985,11 @@ class Cluster:
     def apply(self, manifest: str | os.PathLike[str] | list[dict[str, Any]], ready_timeout: float = 30.0) -> None:
         """Create the objects of a manifest (text, path or parsed list) and wait for their pods."""
         objects = manifest if isinstance(manifest, list) else load_manifest(manifest)
+        self.wait_ready(self.create_objects(objects), timeout=ready_timeout)
+
+    def create_objects(self, objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """Create objects and start their pods without waiting for them to be ready, as an API server's
+        create does; the pods' (namespace, name)."""
         started: list[tuple[str, str]] = []
         for obj in objects:
             obj = copy.deepcopy(obj)
@@ -1019,7 +1024,29 @@ class Cluster:
         launched = [self._pool.submit(self._launch_pod, *key) for key, ok in zip(started, prepared) if ok]
         for future in launched:
             future.result()
-        self.wait_ready(started, timeout=ready_timeout)
+        return started
+
+    def delete_namespace(self, name: str) -> dict[str, Any]:
+        """What the namespace controller does, at once: every pod stopped, every object of the namespace
+        removed, then the namespace. Returns the namespace as the API answers a delete (Terminating)."""
+        ns = self.store.get("namespaces", "", name)
+        if ns is None:
+            raise ApiError.not_found("namespaces", name)
+        ns["status"] = {"phase": "Terminating"}
+        ns["metadata"]["deletionTimestamp"] = now_rfc3339()
+        with self._lock:
+            runtimes = [self.runtimes.pop(key) for key in list(self.runtimes) if key[0] == name]
+        for rt in runtimes:
+            with contextlib.suppress(Exception):
+                self._stop_runtime(rt, grace=0.5)
+        with self.store.lock:
+            keys = [key for key in self.store.objects if key[1] == name]
+        for resource, namespace, obj_name in keys:
+            self.store.delete(resource, namespace, obj_name)
+        self.store.delete("namespaces", "", name)
+        self.users.pop(f"system:serviceaccount:{name}:default", None)
+        self._refresh_dns()
+        return ns
 
     def wait_ready(self, pods: Sequence[tuple[str, str]], timeout: float = 30.0) -> None:
         """Wait until pods are Ready (pods that can never be — bad image, not-ready marker — are skipped)."""

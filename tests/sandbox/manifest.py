@@ -46,18 +46,20 @@ class Resource:
 RESOURCES: dict[str, Resource] = {
     r.plural: r
     for r in (
-        Resource("namespaces", "", "v1", "Namespace", False, short_names=("ns",)),
+        Resource("namespaces", "", "v1", "Namespace", False, ("create", "delete", "get", "list", "watch"), ("ns",)),
         Resource("nodes", "", "v1", "Node", False, short_names=("no",)),
         Resource("pods", "", "v1", "Pod", True, ("create", "delete", "get", "list", "watch", "patch"), ("po",)),
-        Resource("services", "", "v1", "Service", True, short_names=("svc",)),
+        Resource("services", "", "v1", "Service", True, ("create", "get", "list", "watch"), ("svc",)),
         Resource("endpoints", "", "v1", "Endpoints", True, short_names=("ep",)),
-        Resource("configmaps", "", "v1", "ConfigMap", True, short_names=("cm",)),
-        Resource("secrets", "", "v1", "Secret", True),
-        Resource("serviceaccounts", "", "v1", "ServiceAccount", True, short_names=("sa",)),
-        Resource("deployments", "apps", "v1", "Deployment", True, short_names=("deploy",)),
+        Resource("configmaps", "", "v1", "ConfigMap", True, ("create", "get", "list", "watch"), ("cm",)),
+        Resource("secrets", "", "v1", "Secret", True, ("create", "get", "list", "watch")),
+        Resource("serviceaccounts", "", "v1", "ServiceAccount", True, ("create", "get", "list", "watch"), ("sa",)),
+        Resource(
+            "deployments", "apps", "v1", "Deployment", True, ("create", "get", "list", "watch", "patch"), ("deploy",)
+        ),
         Resource("replicasets", "apps", "v1", "ReplicaSet", True, short_names=("rs",)),
-        Resource("statefulsets", "apps", "v1", "StatefulSet", True, short_names=("sts",)),
-        Resource("daemonsets", "apps", "v1", "DaemonSet", True, short_names=("ds",)),
+        Resource("statefulsets", "apps", "v1", "StatefulSet", True, ("create", "get", "list", "watch"), ("sts",)),
+        Resource("daemonsets", "apps", "v1", "DaemonSet", True, ("create", "get", "list", "watch"), ("ds",)),
         Resource("jobs", "batch", "v1", "Job", True, ("create", "delete", "get", "list", "watch")),
         Resource(
             "selfsubjectaccessreviews", "authorization.k8s.io", "v1", "SelfSubjectAccessReview", False, ("create",)

@@ -201,6 +201,47 @@ def test_objects_pods_and_selectors_through_the_official_client(cluster: Cluster
     assert info.value.status == 404
 
 
+def test_an_application_set_up_and_torn_down_through_the_api(cluster: Cluster, core: Any) -> None:
+    """What a test suite does on a real cluster: a namespace with a ConfigMap, a Deployment and a Service
+    created through the API (its pods start like the manifest's), a name taken twice refused, and the
+    namespace deleted with everything in it, processes included."""
+    apps = k8s.AppsV1Api(core.api_client)
+    core.create_namespace({"metadata": {"name": "made-by-api"}})
+    core.create_namespaced_config_map("made-by-api", {"metadata": {"name": "cfg"}, "data": {"k": "v"}})
+    labels = {"app": "web"}
+    apps.create_namespaced_deployment("made-by-api", {
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels},
+            "spec": {"containers": [{"name": "web", "image": "python:3.12-slim", "command": ["sleep", "infinity"],
+                                     "env": [{"name": "K", "valueFrom": {"configMapKeyRef": {"name": "cfg",
+                                                                                             "key": "k"}}}]}]}}}})
+    core.create_namespaced_service("made-by-api", {"metadata": {"name": "web"},
+                                                   "spec": {"selector": labels, "ports": [{"port": 80}]}})
+    deadline = time.monotonic() + 30
+    while True:
+        pods = core.list_namespaced_pod("made-by-api", label_selector="app=web").items
+        if pods and pods[0].status.phase == "Running":
+            break
+        assert time.monotonic() < deadline, "the Deployment's pod did not start"
+        time.sleep(0.1)
+    name = pods[0].metadata.name
+    assert cluster.pod(name, "made-by-api").exec_output(["sh", "-c", "echo $K"]).strip() == "v"
+    assert core.read_namespaced_service("web", "made-by-api").spec.cluster_ip
+    pid = cluster.container_pid(name, "web", "made-by-api")
+    with pytest.raises(k8s.ApiException) as info:
+        core.create_namespaced_config_map("made-by-api", {"metadata": {"name": "cfg"}})
+    assert info.value.status == 409 and json.loads(info.value.body)["reason"] == "AlreadyExists"
+
+    gone = json.loads(core.delete_namespace("made-by-api", _preload_content=False).data)
+    assert gone["kind"] == "Namespace" and gone["status"]["phase"] == "Terminating"  # as the real one answers
+    with pytest.raises(k8s.ApiException) as info:
+        core.read_namespace("made-by-api")
+    assert info.value.status == 404
+    assert not core.list_namespaced_pod("made-by-api").items
+    assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+
+
 def test_client_certificate_context_and_bad_token(cluster: Cluster) -> None:
     cert_api = k8s.CoreV1Api(k8s_config.new_client_from_config(config_file=cluster.kubeconfig, context="sandbox-cert"))
     assert cert_api.list_namespaced_pod("staging", label_selector="app=redis").items
