@@ -91,22 +91,27 @@ def load(kubeconfig: str | None = None, context: str | None = None, namespace: s
         raise MirrorError(
             f"no kubeconfig found at {path}; pass --kubeconfig or set KUBECONFIG (or use a local target: pid/PID)"
         )
-    source = existing[0]
+    from .kubeconfig import KubeconfigError, merge
+
     try:
-        contexts, active = config.list_kube_config_contexts(config_file=source)
-        names = [c["name"] for c in contexts]
-    except Exception as exc:
-        raise MirrorError(f"cannot read kubeconfig {source}: {_problem(exc)}") from None
-    chosen = context or (active or {}).get("name")
+        merged = merge(existing)
+    except KubeconfigError as exc:
+        raise MirrorError(f"cannot read kubeconfig {exc.path}: {_problem(exc.cause)}") from None
+    contexts = merged.contexts()
+    names = [c["name"] for c in contexts]
+    chosen = context or merged.current_context
     if chosen not in names:
         known = ", ".join(map(str, names)) or "none"
         what = f"context {chosen!r} is not in" if chosen else "no current context in"
-        raise MirrorError(f"{what} kubeconfig {source} (contexts: {known}); pass --context NAME")
+        raise MirrorError(f"{what} kubeconfig {merged.where()} (contexts: {known}); pass --context NAME")
     ctx = next(c for c in contexts if c["name"] == chosen)
+    source = merged.origin[("contexts", chosen)]
     cfg = _configuration()
     with _logged_errors() as logged:
         try:
-            config.load_kube_config(config_file=source, context=chosen, client_configuration=cfg)
+            # persist_config=False: a refreshed token is kept in memory, never written back into a merged file
+            config.load_kube_config_from_dict(merged.config, context=chosen, client_configuration=cfg,
+                                              persist_config=False)
         except Exception as exc:
             raise MirrorError(f"cannot use context {chosen!r} of {source}: {_problem(exc)}") from None
     if logged:  # the library logs a failing exec credential plugin and goes on without credentials
