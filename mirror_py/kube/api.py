@@ -73,7 +73,7 @@ def load(kubeconfig: str | None = None, context: str | None = None, namespace: s
 
     Whatever is wrong with the configuration ends here as one MirrorError: the client library raises YAML
     errors, TypeErrors for a wrongly shaped file, and only logs a failing exec credential plugin."""
-    from kubernetes import client, config
+    from kubernetes import config
 
     path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     files = [p for p in path.split(os.pathsep) if p]
@@ -87,7 +87,7 @@ def load(kubeconfig: str | None = None, context: str | None = None, namespace: s
                 raise MirrorError(f"no kubeconfig found at {path}, and the in-cluster configuration cannot be used "
                                   f"({_problem(exc)}); pass --kubeconfig or set KUBECONFIG") from None
             ns = namespace or _incluster_namespace()
-            return KubeContext(client.ApiClient(cfg), cfg, ns, "in-cluster", request_timeout)
+            return KubeContext(_api_client(cfg, None), cfg, ns, "in-cluster", request_timeout)
         raise MirrorError(
             f"no kubeconfig found at {path}; pass --kubeconfig or set KUBECONFIG (or use a local target: pid/PID)"
         )
@@ -120,7 +120,32 @@ def load(kubeconfig: str | None = None, context: str | None = None, namespace: s
     if not cfg.verify_ssl:
         _quiet_insecure_warnings()
     ns = namespace or (ctx.get("context") or {}).get("namespace") or "default"
-    return KubeContext(client.ApiClient(cfg), cfg, ns, chosen, request_timeout)
+    return KubeContext(_api_client(cfg, _proxy_url(merged.config, ctx)), cfg, ns, chosen, request_timeout)
+
+
+def _proxy_url(config: dict, ctx: dict) -> str | None:
+    """The ``proxy-url`` of the context's cluster, if the kubeconfig sets one."""
+    name = (ctx.get("context") or {}).get("cluster")
+    cluster = next((c.get("cluster") for c in config["clusters"] if c.get("name") == name), None) or {}
+    value = cluster.get("proxy-url")
+    return str(value) if value else None
+
+
+def _api_client(cfg: Any, proxy_url: str | None) -> Any:
+    """The REST client, on the road mirror_py/kube/proxy.py chooses (the exec stream takes the same one).
+
+    The client library is kept from choosing a proxy itself: depending on its version it reads the environment
+    without NO_PROXY, or not at all, and a SOCKS proxy needs a package of its own."""
+    from kubernetes import client
+
+    from . import proxy
+
+    chosen = proxy.choose(str(cfg.host), proxy_url, getattr(cfg, "proxy_headers", None))
+    cfg.proxy = None
+    cfg.no_proxy = None
+    api_client = client.ApiClient(cfg)
+    proxy.install(api_client, chosen)
+    return api_client
 
 
 def _configuration() -> Any:

@@ -18,7 +18,9 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from ..errors import MirrorError
+from ..kube import proxy as proxies
 from .channel import Channel, ChannelListener
+from .dial import ProxyRefused, open_connection
 
 log = logging.getLogger("mirror_py.session")
 
@@ -107,22 +109,30 @@ def describe_rejection(status_code: int, body: bytes, namespace: str, pod: str) 
 def _connect_on(transport: asyncio.BaseTransport | None) -> Any:
     """websockets' ``connect``, or one whose connection is ``transport`` (already connected, TLS done):
     the upgrade is then its first round trip. Everything else (the handshake, its checks, redirects' refusal)
-    is websockets' own."""
+    is websockets' own. websockets 17 opens its connection in ``open_tcp_connection``, 15 and 16 in
+    ``create_connection``: both are taken over."""
     from websockets.asyncio.client import connect
 
     if transport is None:
         return connect
 
+    def adopt(connection: Any) -> Any:
+        nonlocal transport
+        if transport is None:
+            raise ConnectionError("the connection opened ahead was used already")
+        transport.set_protocol(connection)
+        connection.connection_made(transport)
+        transport = None
+        return connection
+
     class _On(connect):  # type: ignore[misc,valid-type]
         async def open_tcp_connection(self) -> Any:
-            nonlocal transport
-            if transport is None:
-                raise ConnectionError("the connection opened ahead was used already")
-            connection = self.factory(self.ws_uri)
-            transport.set_protocol(connection)
-            connection.connection_made(transport)
-            transport = None
-            return connection
+            return adopt(self.factory(self.ws_uri))
+
+        async def create_connection(self) -> Any:
+            from websockets.uri import parse_uri
+
+            return adopt(self.protocol_factory(parse_uri(self.uri)))
 
     return _On
 
@@ -173,7 +183,13 @@ class ExecChannel(Channel):
             except Exception as exc:  # the connection died while it waited: connect anew, as without it
                 log.debug("the upgrade on the connection opened ahead failed (%r); connecting anew", exc)
         try:
-            await self._open(None)
+            if proxies.of(self.cfg) is not None:  # the proxy's tunnel is opened here, the upgrade runs on it
+                transport, _waiting = await open_connection(self.cfg, self.open_timeout)
+                await self._open(transport)
+            else:
+                await self._open(None)
+        except ProxyRefused as exc:
+            raise MirrorError(f"cannot open an exec stream to pod {self.namespace}/{self.pod}: {exc}") from None
         except InvalidStatus as exc:
             resp = exc.response
             text = describe_rejection(resp.status_code, resp.body or b"", self.namespace, self.pod)
@@ -200,7 +216,7 @@ class ExecChannel(Channel):
                 subprotocols=[V5, V4],  # type: ignore[list-item]
                 additional_headers=auth_headers(self.cfg),
                 compression=None,
-                proxy=getattr(self.cfg, "proxy", None) or None,  # only the kubeconfig's proxy, never the env's
+                proxy=None,  # a proxy's tunnel is opened by transport/dial.py, never by the websocket library
                 open_timeout=self.open_timeout,
                 ping_interval=20,
                 ping_timeout=None,  # a busy server legitimately stops answering pings; liveness is ours

@@ -17,22 +17,14 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
+from .dial import open_connection
+
 log = logging.getLogger("mirror_py.session")
 
 
-class _Waiting(asyncio.Protocol):
-    """Holds the connection until an exec stream takes it; the server says nothing before a request."""
-
-    def __init__(self) -> None:
-        self.lost = False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-
-
 class WarmConnection:
-    """One TCP (+TLS) connection to ``configuration.host``, opened at :meth:`start`, taken once by
-    :meth:`take`. Not used through a proxy: the websocket client speaks to proxies itself."""
+    """One TCP (+TLS) connection to ``configuration.host``, opened at :meth:`start` (through the chosen proxy,
+    if any: transport/dial.py), taken once by :meth:`take`."""
 
     def __init__(self, configuration: Any, timeout: float) -> None:
         self.cfg = configuration
@@ -42,30 +34,13 @@ class WarmConnection:
 
     @staticmethod
     def usable(configuration: Any) -> bool:
-        """A direct connection (no proxy), with a websockets that lets an upgrade run on a given connection."""
-        from websockets.asyncio.client import connect
-
+        """An http(s) server with a host name."""
         parts = urlsplit(str(configuration.host))
-        return (parts.scheme in ("https", "http") and bool(parts.hostname)
-                and not getattr(configuration, "proxy", None) and hasattr(connect, "open_tcp_connection"))
+        return parts.scheme in ("https", "http") and bool(parts.hostname)
 
     def start(self) -> None:
         if self._task is None and self.usable(self.cfg):
-            self._task = asyncio.ensure_future(self._open())
-
-    async def _open(self) -> tuple[asyncio.BaseTransport, _Waiting]:
-        from .k8s_exec import ssl_context
-
-        parts = urlsplit(str(self.cfg.host))
-        ctx = ssl_context(self.cfg)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        kwargs: dict[str, Any] = {}
-        if ctx is not None:
-            kwargs["ssl"] = ctx
-            kwargs["server_hostname"] = getattr(self.cfg, "tls_server_name", None) or parts.hostname
-        loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(loop.create_connection(_Waiting, parts.hostname, port, **kwargs),
-                                      self.timeout)
+            self._task = asyncio.ensure_future(open_connection(self.cfg, self.timeout))
 
     async def take(self) -> asyncio.BaseTransport | None:
         """The open connection, once; None when there is none (not started, failed, closed, or taken)."""
