@@ -262,8 +262,7 @@ async def ephemeral_mode(kube: KubeContext, target: ResolvedTarget, python: str,
                                           "/ephemeralcontainers", body, "application/strategic-merge-patch+json")
     except ApiException as exc:
         if exc.status == 404:
-            raise MirrorError(f"the cluster refused an ephemeral container for pod {target.namespace}/{target.pod} "
-                              "(404: ephemeral containers are disabled here); use --agent-mode job") from None
+            raise await _ephemeral_not_found(kube, target) from None
         if exc.status == 403:
             raise MirrorError(f"{explain(exc, 'adding the ephemeral agent container')}; agent mode ephemeral needs "
                               f"patch on pods/ephemeralcontainers in namespace {target.namespace} "
@@ -278,6 +277,25 @@ async def ephemeral_mode(kube: KubeContext, target: ResolvedTarget, python: str,
                           warm=kube.warm)
     after = _placed_environment(_container_id(pod, target.container), [], needs.target_process)
     return Placement(channel, "ephemeral", _explain_denied(after, security))
+
+
+async def _ephemeral_not_found(kube: KubeContext, target: ResolvedTarget) -> MirrorError:
+    """A 404 on the ephemeral-container patch means either that the subresource does not exist (ephemeral
+    containers disabled, an API server older than 1.25) or that the pod itself went away meanwhile (deleted, or
+    replaced by a rollout). Only a second look at the pod tells them apart."""
+    from kubernetes.client.exceptions import ApiException
+
+    where = f"pod {target.namespace}/{target.pod}"
+    try:
+        await asyncio.to_thread(kube.get_json, object_path("pod", target.namespace, target.pod))
+    except ApiException as exc:
+        if exc.status == 404:
+            return MirrorError(f"{where} no longer exists (deleted or replaced while the ephemeral agent was being "
+                               "added); run again to target its replacement")
+    except Exception:  # the second look failed: say what the patch's answer means when the pod is there
+        pass
+    return MirrorError(f"the cluster refused an ephemeral container for {where} "
+                       "(404: ephemeral containers are disabled here); use --agent-mode job")
 
 
 def _explain_denied(after: Callable[[Any], Awaitable[dict]], security: dict) -> Callable[[Any], Awaitable[dict]]:

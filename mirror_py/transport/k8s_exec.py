@@ -214,7 +214,9 @@ class ExecChannel(Channel):
             self.ws = await connector(
                 url,
                 subprotocols=[V5, V4],  # type: ignore[list-item]
-                additional_headers=auth_headers(self.cfg),
+                # a token refresh may run an exec credential plugin (a cloud CLI taking seconds): off the loop,
+                # where the session's other streams keep flowing meanwhile
+                additional_headers=await asyncio.to_thread(auth_headers, self.cfg),
                 compression=None,
                 proxy=None,  # a proxy's tunnel is opened by transport/dial.py, never by the websocket library
                 open_timeout=self.open_timeout,
