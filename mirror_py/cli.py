@@ -212,21 +212,25 @@ def _kube(kubeconfig: str | None, context: str | None, namespace: str | None,
 @_kube_options
 def ls(namespace: str | None, kubeconfig: str | None, context: str | None, request_timeout: float) -> None:
     """List what can be targeted in a namespace, as --target takes it."""
-    from .kube.listing import list_targets
+    from .kube.listing import RESOURCES, list_targets
 
     kube = _kube(kubeconfig, context, namespace, request_timeout)
     try:
-        rows = list_targets(kube, kube.namespace)
+        rows, refused = list_targets(kube, kube.namespace)
     except MirrorError as exc:
         _fail(str(exc))
-    if not rows:
+    if not rows and not refused:
         click.echo(f"nothing to target in namespace {kube.namespace}")
-        return
-    width = max(len(r[0]) for r in rows)
-    cwidth = max(len(r[1]) for r in rows)
-    click.echo(f"{'TARGET'.ljust(width)}  {'CONTAINERS'.ljust(cwidth)}  STATE   (namespace {kube.namespace})")
-    for target, containers, state in rows:
-        click.echo(f"{target.ljust(width)}  {containers.ljust(cwidth)}  {state}")
+    elif rows:
+        width = max(len(r[0]) for r in rows)
+        cwidth = max(len(r[1]) for r in rows)
+        click.echo(f"{'TARGET'.ljust(width)}  {'CONTAINERS'.ljust(cwidth)}  STATE   (namespace {kube.namespace})")
+        for target, containers, state in rows:
+            click.echo(f"{target.ljust(width)}  {containers.ljust(cwidth)}  {state}")
+    for line in refused:
+        click.echo(f"mirror-py: {line}", err=True)
+    if len(refused) == len(RESOURCES):  # nothing could be listed at all
+        sys.exit(1)
 
 
 @main.command("doctor")

@@ -143,3 +143,29 @@ def test_an_unsupported_proxy_scheme_is_one_line(cluster, tmp_path):
     assert out.returncode == 1
     assert out.stderr.strip() == ("mirror-py: error: the kubeconfig's proxy-url 'ftp://127.0.0.1:21': proxy scheme "
                                   "'ftp' is not supported (use http://, https://, socks5://, socks5h://)")
+
+
+# ------------------------------------------------------------------------------------------------ ls and RBAC
+
+
+def test_ls_shows_what_it_may_list_and_names_what_it_may_not(cluster, tmp_path):
+    """A Role granting pods and deployments but no other workload kind: before, ls failed as a whole."""
+    token = cluster.add_user("lister", [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list"]},
+    ], ["staging"])
+    config = yaml.safe_load(open(cluster.kubeconfig))
+    config["users"].append({"name": "lister", "user": {"token": token}})
+    config["contexts"].append({"name": "lister", "context": {"cluster": "sandbox", "user": "lister",
+                                                              "namespace": "staging"}})
+    config["current-context"] = "lister"
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    out = _mirror({"KUBECONFIG": str(path)}, "ls", "--request-timeout", "10")
+    assert out.returncode == 0, out.stderr
+    assert "deployment/api" in out.stdout and f"pod/{_api_pod(cluster)}" in out.stdout
+    assert out.stderr.splitlines() == [
+        f'mirror-py: cannot list {resource} in namespace staging: forbidden; needs the RBAC verb list on '
+        f'{resource}.{group} (apiGroups: ["{group}"]) there'
+        for resource, group in (("statefulsets", "apps"), ("daemonsets", "apps"), ("jobs", "batch"))
+    ]
