@@ -83,6 +83,8 @@ def _check_target(kube: KubeContext, namespace: str, target: str, python: str) -
     return python_check(f"target {target}: {resolved.describe()}", python, code, out, reason)
 
 
+#: Seconds the version probe may take: a python that waits for input, or an exec that never ends, is an answer.
+PROBE_TIMEOUT = 30.0
 _OTHER_PYTHON = "use --agent-mode ephemeral (it brings its own python) or point --agent-python at another interpreter"
 
 
@@ -126,6 +128,11 @@ async def _run(channel: object) -> tuple[int | None, str, str | None]:
                 done.set_result((exit_code, reason))
 
     await channel.open(Listener())  # type: ignore[attr-defined]
-    channel.close_input()  # type: ignore[attr-defined]
-    code, reason = await asyncio.wait_for(done, 30)
+    # stdin stays open: the probe never reads it, and on a v4 stream (no half-close) closing it would end the
+    # whole stream before python has printed. The container's process ending closes the stream.
+    try:
+        code, reason = await asyncio.wait_for(done, PROBE_TIMEOUT)
+    except asyncio.TimeoutError:
+        channel.kill()  # type: ignore[attr-defined]
+        return None, out.decode("utf-8", "replace"), f"no answer within {PROBE_TIMEOUT:g} s"
     return code, out.decode("utf-8", "replace"), reason

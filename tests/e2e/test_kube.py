@@ -137,6 +137,10 @@ def test_v4_only_api_server():
         out = _run(old, "exec", "-v", "--target", "deploy/api")
         _check_app(out, old)
         assert "exec stream open (v4.channel.k8s.io)" in out.stderr
+        # v4 cannot half-close stdin: the version probe must not end its own stream before python answers.
+        doctor = subprocess.run([*MIRROR_PY, "doctor", "--target", "deploy/api"], capture_output=True, text=True,
+                                env=dict(os.environ, PYTHONPATH=str(ROOT), KUBECONFIG=old.kubeconfig), timeout=60)
+        assert "has python3 3." in doctor.stdout, doctor.stdout + doctor.stderr
 
 
 def test_probe_parity_through_the_exec_channel(cluster):
