@@ -40,6 +40,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import h11
 import yaml
 
+from tests.sandbox import listing, tables, watch
 from tests.sandbox.cluster import (
     SERVER_VERSION,
     V4_ONLY_VERSION,
@@ -47,7 +48,6 @@ from tests.sandbox.cluster import (
     Cluster,
     ExecProblem,
     User,
-    WatchEvent,
     user_allows,
     user_allows_path,
 )
@@ -663,10 +663,13 @@ class ApiServer:
             return await self._subresource(req, info)
         store = self.cluster.store
         ns = info.namespace if resource.namespaced else ""
+        view = tables.requested_view(req.header("accept"), req.query) if req.method == "GET" else tables.View()
         if req.method == "GET" and info.name:
             obj = store.get(info.resource, ns, info.name)
             if obj is None:
                 raise ApiError.not_found(info.resource, info.name, info.group)
+            if view.table:
+                return 200, tables.table(info.resource, [obj], view, obj["metadata"].get("resourceVersion", ""))
             return 200, obj
         if req.method == "GET" and info.verb == "watch":
             await self._watch(req, info, conn, writer)
@@ -676,13 +679,17 @@ class ApiServer:
             with store.lock:
                 items = filter_objects(info.resource, store.list(info.resource, ns or None), label, field_sel)
                 rv = store.rv
+            items, list_meta = listing.page(items, req.query, rv)
+            if view.table:
+                token = list_meta.get("continue", "")
+                return 200, tables.table(info.resource, items, view, list_meta["resourceVersion"], continue_token=token)
             for item in items:
                 item.pop("kind", None)  # type: ignore[attr-defined]
                 item.pop("apiVersion", None)  # type: ignore[attr-defined]
             return 200, {
                 "kind": f"{resource.kind}List",
                 "apiVersion": resource.api_version,
-                "metadata": {"resourceVersion": str(rv)},
+                "metadata": list_meta,
                 "items": items,
             }
         if req.method == "POST" and not info.name:
@@ -982,7 +989,7 @@ class ApiServer:
     # -- watch ---------------------------------------------------------------------------------------
 
     async def _watch(self, req: Request, info: RequestInfo, conn: h11.Connection, writer: asyncio.StreamWriter) -> None:
-        store = self.cluster.store
+        """A watch stream (tests/sandbox/watch.py has the semantics); objects rendered as the Accept header asks."""
         ns = info.namespace
         by_label = parse_label_selector(req.query.get("labelSelector", [""])[0])
         by_field = parse_field_selector(info.resource, req.query.get("fieldSelector", [""])[0])
@@ -994,67 +1001,38 @@ class ApiServer:
                 return False
             return by_label(obj["metadata"].get("labels") or {}) and by_field(obj)
 
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[WatchEvent] = asyncio.Queue()
-        initial: list[tuple[str, dict[str, Any]]] = []
-        rv_text = req.query.get("resourceVersion", [""])[0]
-        with store.lock:
-            unsubscribe = store.subscribe(
-                lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev) if ev.resource == info.resource else None
-            )
-            if rv_text in ("", "0"):
-                initial = [("ADDED", o) for o in store.list(info.resource, ns or None) if matches(o)]
-            else:
-                try:
-                    since = int(rv_text)
-                except ValueError:
-                    unsubscribe()
-                    raise ApiError.bad_request(f"invalid resource version: {rv_text}")
-                if store.history and since < store.history[0].rv - 1 and len(store.history) >= store.HISTORY:
-                    initial = [
-                        ("ERROR", ApiError(410, "Expired", f"too old resource version: {since} ({store.rv})").status())
-                    ]
-                else:
-                    for ev in store.history:
-                        if ev.rv > since and ev.resource == info.resource:
-                            queue.put_nowait(ev)
-        try:
+        options = watch.WatchOptions.from_query(req.query)
+        resource = RESOURCES[info.resource]
+        view = tables.requested_view(req.header("accept"), req.query)
+        started = False
+        first_row = True
+
+        async def send(kind: str, obj: dict[str, Any]) -> None:
+            nonlocal started, first_row
+            if not started:
+                writer.write(conn.send(h11.Response(status_code=200, headers=self._headers("application/json", None))))
+                started = True
+            if view.table and kind not in ("ERROR", "BOOKMARK"):
+                obj = tables.table(info.resource, [obj], view, self.cluster.store.rv, columns=first_row)
+                first_row = False
+            writer.write(conn.send(h11.Data(data=json.dumps({"type": kind, "object": obj}).encode() + b"\n")))
+            await writer.drain()
+
+        await watch.serve(
+            self.cluster.store,
+            info.resource,
+            resource.kind,
+            resource.api_version,
+            ns,
+            matches,
+            options,
+            send,
+            self.cluster.watch_bookmark_interval,
+        )
+        if not started:
             writer.write(conn.send(h11.Response(status_code=200, headers=self._headers("application/json", None))))
-            for kind, obj in initial:
-                writer.write(conn.send(h11.Data(data=json.dumps({"type": kind, "object": obj}).encode() + b"\n")))
-            await writer.drain()
-            if initial and initial[0][0] == "ERROR":
-                writer.write(conn.send(h11.EndOfMessage()))
-                return
-            timeout = req.query.get("timeoutSeconds", [None])[0]
-            deadline = loop.time() + float(timeout) if timeout else None
-            while True:
-                remaining = None if deadline is None else deadline - loop.time()
-                if remaining is not None and remaining <= 0:
-                    break
-                try:
-                    ev = await asyncio.wait_for(queue.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
-                now, before = matches(ev.obj), matches(ev.old)
-                if ev.type == "DELETED":
-                    kind = "DELETED" if before else ""
-                elif now and before:
-                    kind = "MODIFIED"
-                elif now:
-                    kind = "ADDED"
-                elif before:
-                    kind = "DELETED"
-                else:
-                    kind = ""
-                if kind:
-                    line = json.dumps({"type": kind, "object": ev.obj}).encode() + b"\n"
-                    writer.write(conn.send(h11.Data(data=line)))
-                    await writer.drain()
-            writer.write(conn.send(h11.EndOfMessage()))
-            await writer.drain()
-        finally:
-            unsubscribe()
+        writer.write(conn.send(h11.EndOfMessage()))
+        await writer.drain()
 
     # -- exec ----------------------------------------------------------------------------------------
 

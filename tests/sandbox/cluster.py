@@ -636,6 +636,7 @@ class Cluster:
         self.missing_executable = "runtime-error"
         self.ephemeral_start_delay = 0.2
         self.exec_idle_timeout: float | None = None  # the kubelet's streaming idle timeout (4 h by default)
+        self.watch_bookmark_interval = 60.0  # how often a watch that allows bookmarks gets one, as the watch cache
         self.exec_idle_closes = 0
         self.server_prefix = server_prefix.rstrip("/")
         self.namespace = namespace or ""
@@ -1638,6 +1639,13 @@ class Cluster:
                     }
                     if resource in ("deployments", "statefulsets"):
                         status["updatedReplicas"] = len(live)
+                    if resource == "deployments":
+                        # What ``kubectl rollout status`` reads: the generation the controller has seen, and how
+                        # many pods run the current template (the rest are the old ReplicaSets' until deleted).
+                        status["observedGeneration"] = int(obj["metadata"].get("generation", 1))
+                        current = template_hash(obj["spec"]["template"])
+                        labels = [p["metadata"].get("labels") or {} for p in live]
+                        status["updatedReplicas"] = sum(1 for lab in labels if lab.get("pod-template-hash") == current)
                     if resource == "deployments":
                         want = int(obj["spec"].get("replicas", 1))
                         status["conditions"] = [
