@@ -40,7 +40,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import h11
 import yaml
 
-from tests.sandbox import listing, tables, watch
+from tests.sandbox import listing, protobuf, tables, watch
 from tests.sandbox.cluster import (
     SERVER_VERSION,
     V4_ONLY_VERSION,
@@ -708,6 +708,8 @@ class ApiServer:
             return {}
         try:
             ctype = (req.header("content-type") or "").lower()
+            if ctype.split(";")[0].strip() == protobuf.MEDIA_TYPE:
+                return protobuf.decode_object(req.body)
             if "yaml" in ctype:
                 return yaml.safe_load(req.body)
             return json.loads(req.body)
