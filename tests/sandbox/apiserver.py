@@ -40,7 +40,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import h11
 import yaml
 
-from tests.sandbox import listing, protobuf, tables, watch
+from tests.sandbox import listing, logs, protobuf, tables, watch
 from tests.sandbox.cluster import (
     SERVER_VERSION,
     V4_ONLY_VERSION,
@@ -603,7 +603,7 @@ class ApiServer:
             call.user = user_name
             if info.resource_request:
                 checks = [info.verb]
-                if info.subresource == "exec" and req.method == "GET":
+                if info.subresource in ("exec", "attach") and req.method == "GET":
                     checks = ["create", "get"]  # websocket exec: get, plus create since 1.35; both are needed
                 for verb in checks:
                     if not user_allows(user, verb, info.group, info.full_resource, info.namespace, info.name):
@@ -612,7 +612,7 @@ class ApiServer:
                         raise _forbidden(user_name, check)
             elif not user_allows_path(user, info.verb, path):
                 raise ApiError(403, "Forbidden", f'forbidden: User "{user_name}" cannot {info.verb} path "{path}"', {})
-            if info.resource_request and info.subresource == "exec":
+            if info.resource_request and info.subresource in ("exec", "attach"):
                 return await self._exec(req, conn, reader, writer, info, call)
             code, body = await self._route(req, path, info, user, conn, writer)
         except ApiError as exc:
@@ -660,6 +660,8 @@ class ApiServer:
         if info.subresource:
             if info.subresource not in SUBRESOURCES.get(info.resource, ()):
                 raise ApiError(404, "NotFound", "the server could not find the requested resource", {})
+            if info.resource == "pods" and info.subresource == "log":
+                return await self._log(req, info, conn, writer)
             return await self._subresource(req, info)
         store = self.cluster.store
         ns = info.namespace if resource.namespaced else ""
@@ -846,6 +848,52 @@ class ApiServer:
             "status": status,
         }
 
+    async def _log(
+        self, req: Request, info: RequestInfo, conn: h11.Connection, writer: asyncio.StreamWriter
+    ) -> tuple[int, Any]:
+        """``pods/log`` (tests/sandbox/logs.py): the log so far, or with ``follow`` a stream until the container
+        stops. A container that never started has no log, as the kubelet answers."""
+        if req.method != "GET":
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        cluster = self.cluster
+        _, container = cluster.resolve_container(info.namespace, info.name, req.query.get("container", [""])[0])
+        options = logs.LogOptions.from_query(req.query)
+        try:
+            c = cluster.runtime(info.name, info.namespace).container(container)
+        except KeyError:
+            c = None
+        if options.previous and (c is None or not c.last_state.get("terminated")):
+            raise ApiError.bad_request(
+                f'previous terminated container "{container}" in pod "{info.name}" not found'
+            )
+        if c is None or (c.state == "waiting" and not c.started_at):
+            reason = c.reason if c is not None else "ContainerCreating"
+            raise ApiError.bad_request(
+                f'container "{container}" in pod "{info.name}" is waiting to start: {reason}'
+            )
+        path = cluster.log_path(info.namespace, info.name, container)
+        data, offset = logs.read(path, options)
+        if not options.follow:
+            return 200, data
+        proc = c.proc
+        console = c.console
+
+        def running() -> bool:
+            alive = proc is not None and proc.poll() is None
+            return alive or (console is not None and not console.output_done.is_set())
+
+        async def send(chunk: bytes) -> None:
+            writer.write(conn.send(h11.Data(data=chunk)))
+            await writer.drain()
+
+        writer.write(conn.send(h11.Response(status_code=200, headers=self._headers("text/plain", None))))
+        if data:
+            await send(data)
+        await logs.follow(path, offset, len(data), options, send, running)
+        writer.write(conn.send(h11.EndOfMessage()))
+        await writer.drain()
+        return 200, None
+
     async def _subresource(self, req: Request, info: RequestInfo) -> tuple[int, Any]:
         cluster = self.cluster
         if info.resource != "pods":
@@ -858,21 +906,6 @@ class ApiServer:
         pod = cluster.store.get("pods", info.namespace, info.name)
         if pod is None:
             raise ApiError.not_found("pods", info.name)
-        if info.subresource == "log":
-            if req.method != "GET":
-                raise ApiError(
-                    405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
-                )
-            _, container = cluster.resolve_container(info.namespace, info.name, req.query.get("container", [""])[0])
-            try:
-                data = cluster.log_path(info.namespace, info.name, container).read_bytes()
-            except OSError:
-                data = b""
-            tail = req.query.get("tailLines", [None])[0]
-            if tail is not None:
-                lines = data.splitlines(keepends=True)
-                data = b"".join(lines[-int(tail) :]) if int(tail) > 0 else b""
-            return 200, data
         if info.subresource in ("status",) or req.method == "GET":
             if req.method != "GET":
                 raise ApiError(
@@ -968,6 +1001,7 @@ class ApiServer:
                     continue
                 kind, verbs = {
                     "exec": ("PodExecOptions", ["create", "get"]),
+                    "attach": ("PodAttachOptions", ["create", "get"]),
                     "log": ("Pod", ["get"]),
                     "ephemeralcontainers": ("Pod", ["get", "patch", "update"]),
                     "status": (res.kind, ["get", "patch", "update"]),
@@ -1084,8 +1118,12 @@ class ApiServer:
                 return False
         problem: ExecProblem | None = None
         plan = None
+        attached = None
         try:
-            plan = cluster.plan_exec(info.namespace, info.name, container, command)
+            if info.subresource == "attach":
+                attached = self._attach_target(info.namespace, info.name, container)
+            else:
+                plan = cluster.plan_exec(info.namespace, info.name, container, command)
         except ExecProblem as exc:
             if chosen != V5:  # the kubelet refuses before upgrading; only v5 upgrades first
                 err = ApiError(
@@ -1112,7 +1150,9 @@ class ApiServer:
         stream = ExecStream(ws, chosen or V1)
         try:
             await stream.send(STDOUT if stdout else STDERR if stderr else ERROR)
-            if problem is not None or plan is None:
+            if attached is not None:
+                await self._run_attach(stream, attached, info.namespace, info.name, stdin, tty)
+            elif problem is not None or plan is None:
                 message = problem.message if problem else "internal error"
                 await stream.status(
                     _status_body(
@@ -1302,6 +1342,66 @@ class ApiServer:
                     os.close(master)
             if proc.returncode is None and not self._stop_requested():
                 self._reap_later(proc)
+
+    def _attach_target(self, ns: str, pod: str, container: str) -> Any:
+        """The running container an attach joins (the kubelet refuses one that is not running)."""
+        try:
+            c = self.cluster.runtime(pod, ns).container(container)
+        except KeyError:
+            c = None
+        if c is None or c.state != "running" or c.proc is None:
+            raise ExecProblem(f"container {container} is not running, cannot attach")
+        return c
+
+    async def _run_attach(self, stream: ExecStream, c: Any, ns: str, pod: str, stdin: bool, tty: bool) -> None:
+        """Join a container's console: stdin into it, its output from now on out, until it stops."""
+        loop = asyncio.get_running_loop()
+        console = c.console
+        log_path = self.cluster.log_path(ns, pod, c.name)
+        try:
+            start = log_path.stat().st_size
+        except OSError:
+            start = 0
+        proc = c.proc
+
+        def running() -> bool:
+            return proc.poll() is None or (console is not None and not console.output_done.is_set())
+
+        async def inbound() -> None:
+            while True:
+                message = await stream.receive()
+                if message is None:
+                    continue
+                channel, data = message
+                if channel == CLOSE and stream.protocol == V5:
+                    if data[:1] == bytes([STDIN]) and stdin and console is not None and console.stdin_once:
+                        console.close_stdin()
+                elif channel == STDIN and stdin and console is not None and data:
+                    await loop.run_in_executor(None, console.write, data)
+                elif channel == RESIZE and tty and console is not None:
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        size = json.loads(data)
+                        console.resize(int(size["Width"]), int(size["Height"]))
+
+        async def send(data: bytes) -> None:
+            await stream.send_output(STDOUT, data)
+
+        reader_task = asyncio.ensure_future(inbound())
+        output = asyncio.ensure_future(logs.follow(log_path, start, 0, logs.LogOptions(), send, running))
+        try:
+            done, _ = await asyncio.wait({reader_task, output}, return_when=asyncio.FIRST_COMPLETED)
+            if reader_task in done:
+                if console is not None and stdin and console.stdin_once:
+                    console.close_stdin()  # stdinOnce: the first attach's end is the end of input
+                exc = reader_task.exception()
+                if exc is not None and not isinstance(exc, WsClosed):
+                    raise exc
+                raise WsClosed("client gone")
+            output.result()
+            await stream.status(_status_body("Success"), None)
+        finally:
+            reader_task.cancel()
+            output.cancel()
 
     def _stop_requested(self) -> bool:
         return self._stop is not None and self._stop.is_set()

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from tests.sandbox import netpod
+from tests.sandbox import attach, netpod
 from tests.sandbox.dns import CLUSTER_DOMAIN, ClusterDns
 from tests.sandbox.manifest import (
     RESOURCES,
@@ -512,6 +512,7 @@ class Container:
     no_python: bool = False
     start_after: float = 0.0  # ephemeral containers "pull" for a moment before they run
     pod_security: dict[str, Any] = field(default_factory=dict)  # the pod's securityContext (runAsUser...)
+    console: attach.Console | None = None  # stdin kept for pods/attach (``stdin: true``)
 
     @property
     def image(self) -> str:
@@ -1438,19 +1439,29 @@ class Cluster:
         c.cwd = c.spec.get("workingDir") or None
         if c.cgroup is None:
             c.cgroup = self.cgroups.container(rt.uid, c.id)
-        log = open(self.workdir / "logs" / f"{rt.namespace}_{rt.name}_{c.name}.log", "ab")
+        log_path = self.log_path(rt.namespace, rt.name, c.name)
+        log = open(log_path, "ab")
+        if c.console is not None:
+            c.console.close()
+        # A container with ``stdin: true`` keeps its stdin (and terminal) for pods/attach.
+        c.console = attach.Console(c.spec, log_path) if c.spec.get("stdin") else None
+        streams = (
+            c.console.popen_streams(log)
+            if c.console is not None
+            else {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": subprocess.STDOUT}
+        )
         try:
             c.proc = rt.sandbox.run(
                 [*_security_wrapper(c), *c.argv],
                 env=self._exec_env(c),
                 cwd=c.cwd,
                 prefix=Cgroups.wrapper(c.cgroup),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                **streams,
             )
         finally:
             log.close()
+        if c.console is not None:
+            c.console.started(c.proc)
         _wait_entered(c.proc, rt, c)
         c.state, c.reason, c.message = "running", "", ""
         c.started_at = now_rfc3339()
@@ -1487,6 +1498,8 @@ class Cluster:
                 with contextlib.suppress(Exception):
                     c.proc.kill()
                     c.proc.wait(timeout=5)
+            if c.console is not None:
+                c.console.close()
 
     def delete_pod(self, ns: str, name: str, grace: float | None = None) -> dict[str, Any]:
         """Mark the pod terminating now; stop it and remove the object in the background."""

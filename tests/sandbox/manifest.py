@@ -68,7 +68,7 @@ RESOURCES: dict[str, Resource] = {
 }
 KIND_TO_RESOURCE = {r.kind: r for r in RESOURCES.values()}
 SUBRESOURCES: dict[str, tuple[str, ...]] = {
-    "pods": ("exec", "ephemeralcontainers", "log", "status"),
+    "pods": ("exec", "attach", "ephemeralcontainers", "log", "status"),
     "deployments": ("status",),
     "jobs": ("status",),
 }
