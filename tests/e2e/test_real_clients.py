@@ -187,6 +187,18 @@ def test_auth_can_i(cluster: Cluster) -> None:
     assert ok(kubectl(cluster, "auth", "can-i", "get", "pods", "-n", NS, context="sandbox-no-exec")).strip() == "yes"
 
 
+def test_create_sends_protobuf_bodies(cluster: Cluster) -> None:
+    """kubectl's typed clients send protobuf and never retry in JSON: the server must read it."""
+    ok(kubectl(cluster, "create", "namespace", "made-by-kubectl"))
+    ok(kubectl(cluster, "create", "configmap", "settings", "-n", "made-by-kubectl", "--from-literal=mode=fast"))
+    ok(kubectl(cluster, "create", "secret", "generic", "creds", "-n", "made-by-kubectl", "--from-literal=pw=s3cr3t"))
+    assert cluster.store.get("configmaps", "made-by-kubectl", "settings")["data"] == {"mode": "fast"}
+    secret = cluster.store.get("secrets", "made-by-kubectl", "creds")
+    assert (secret["type"], secret["data"]) == ("Opaque", {"pw": "czNjcjN0"})
+    printed = table(ok(kubectl(cluster, "get", "secrets", "-n", "made-by-kubectl")))
+    assert [(r["NAME"], r["TYPE"], r["DATA"]) for r in printed] == [("creds", "Opaque", "1")]
+
+
 def test_logs_tail_and_follow(cluster: Cluster) -> None:
     assert "web says hello" in ok(kubectl(cluster, "logs", "-n", NS, "deploy/web"))
     cluster.apply(f"""

@@ -1015,7 +1015,8 @@ class Cluster:
                         {k: base64.b64encode(str(v).encode()).decode() for k, v in obj.pop("stringData").items()}
                     )
                     obj["data"] = data
-                    obj.setdefault("type", "Opaque")
+                if kind == "Secret":
+                    obj["type"] = obj.get("type") or "Opaque"  # the API server's default, for every Secret
                 if kind == "Service":
                     obj.setdefault("spec", {}).setdefault("type", "ClusterIP")
                 self.store.put(obj)

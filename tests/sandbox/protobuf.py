@@ -1,17 +1,20 @@
 """Request bodies in Kubernetes' protobuf encoding, for the kinds real clients send that way.
 
 kubectl's typed clients send ``Content-Type: application/vnd.kubernetes.protobuf``: ``kubectl auth can-i``
-POSTs its SelfSubjectAccessReview like that. client-go falls back to JSON after a 415 only for CBOR bodies,
-never for protobuf, so a refusal is not an answer a real client recovers from: the server must read protobuf.
+POSTs its SelfSubjectAccessReview like that, ``kubectl create namespace|configmap|secret|serviceaccount`` their
+objects. client-go falls back to JSON after a 415 only for CBOR bodies, never for protobuf, so a refusal is not
+an answer a real client recovers from: the server must read protobuf.
 
 The encoding is the ``k8s\\x00`` magic, then a ``runtime.Unknown`` envelope (type meta, raw bytes), the raw
 bytes being the object's generated message. This module reads the wire format and turns the messages named
-in SCHEMAS into the same dicts their JSON would give; fields it does not know are skipped, as protobuf
-readers do. A kind without a schema is refused with the real server's 415 wording.
+in SCHEMAS into the same dicts their JSON would give. A field it does not know is skipped when empty (Go writes
+those too) and refused with a 415 otherwise, as is a kind without a schema (workloads: their pod templates are
+large; kubectl sends them as JSON through ``apply`` and ``create -f``).
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from tests.sandbox.manifest import ApiError
@@ -20,23 +23,41 @@ MEDIA_TYPE = "application/vnd.kubernetes.protobuf"
 MAGIC = b"k8s\x00"
 
 # message -> field number -> (JSON name, type). A type is "string", "bool", "int", "map" (string to string),
-# a message name, or "[]" + one of those for a repeated field.
+# "bytesmap" (string to bytes, base64 in JSON), "ignored" (read past: what a create ignores, like status), a
+# message name, or "[]" + one of those for a repeated field. Go's encoder writes every non-pointer field, empty
+# ones included; a field missing here is accepted only when it is empty, otherwise the body is refused rather
+# than read without it.
 SCHEMAS: dict[str, dict[int, tuple[str, str]]] = {
     "Unknown": {1: ("typeMeta", "TypeMeta"), 2: ("raw", "bytes"), 3: ("contentEncoding", "string"),
                 4: ("contentType", "string")},
     "TypeMeta": {1: ("apiVersion", "string"), 2: ("kind", "string")},
     "ObjectMeta": {1: ("name", "string"), 2: ("generateName", "string"), 3: ("namespace", "string"),
-                   5: ("uid", "string"), 6: ("resourceVersion", "string"), 7: ("generation", "int"),
-                   11: ("labels", "map"), 12: ("annotations", "map"), 14: ("finalizers", "[]string")},
-    "SelfSubjectAccessReview": {1: ("metadata", "ObjectMeta"), 2: ("spec", "SelfSubjectAccessReviewSpec")},
+                   4: ("selfLink", "ignored"), 5: ("uid", "string"), 6: ("resourceVersion", "string"),
+                   7: ("generation", "int"), 8: ("creationTimestamp", "ignored"), 11: ("labels", "map"),
+                   12: ("annotations", "map"), 14: ("finalizers", "[]string"), 17: ("managedFields", "ignored")},
+    "SelfSubjectAccessReview": {1: ("metadata", "ObjectMeta"), 2: ("spec", "SelfSubjectAccessReviewSpec"),
+                                3: ("status", "ignored")},
     "SelfSubjectAccessReviewSpec": {1: ("resourceAttributes", "ResourceAttributes"),
                                     2: ("nonResourceAttributes", "NonResourceAttributes")},
     "ResourceAttributes": {1: ("namespace", "string"), 2: ("verb", "string"), 3: ("group", "string"),
                            4: ("version", "string"), 5: ("resource", "string"), 6: ("subresource", "string"),
                            7: ("name", "string")},
     "NonResourceAttributes": {1: ("path", "string"), 2: ("verb", "string")},
+    "Namespace": {1: ("metadata", "ObjectMeta"), 2: ("spec", "NamespaceSpec"), 3: ("status", "ignored")},
+    "NamespaceSpec": {1: ("finalizers", "[]string")},
+    "ConfigMap": {1: ("metadata", "ObjectMeta"), 2: ("data", "map"), 3: ("binaryData", "bytesmap"),
+                  4: ("immutable", "bool")},
+    "Secret": {1: ("metadata", "ObjectMeta"), 2: ("data", "bytesmap"), 3: ("type", "string"),
+               4: ("stringData", "map"), 5: ("immutable", "bool")},
+    "ServiceAccount": {1: ("metadata", "ObjectMeta"), 4: ("automountServiceAccountToken", "bool")},
 }
-KINDS = {("authorization.k8s.io/v1", "SelfSubjectAccessReview"): "SelfSubjectAccessReview"}
+KINDS = {
+    ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): "SelfSubjectAccessReview",
+    ("v1", "Namespace"): "Namespace",
+    ("v1", "ConfigMap"): "ConfigMap",
+    ("v1", "Secret"): "Secret",
+    ("v1", "ServiceAccount"): "ServiceAccount",
+}
 
 
 class WireError(ValueError):
@@ -84,24 +105,45 @@ def fields(data: bytes) -> list[tuple[int, int, int | bytes]]:
     return out
 
 
+def is_empty(wire: int, value: int | bytes) -> bool:
+    """Whether a field holds its zero value: 0, no bytes, or a message whose fields are all empty."""
+    if isinstance(value, int):
+        return value == 0
+    if not value:
+        return True
+    try:
+        return all(is_empty(w, v) for _n, w, v in fields(value))
+    except WireError:
+        return False
+
+
+class UnreadField(ValueError):
+    """A non-empty field the schema does not know: reading on without it would change the object."""
+
+
 def decode(message: str, data: bytes) -> dict[str, Any]:
-    """A message as the dict its JSON encoding gives (unset fields absent)."""
+    """A message as the dict its JSON encoding gives: empty scalars left out, as Go's ``omitempty`` does."""
     schema = SCHEMAS[message]
     out: dict[str, Any] = {}
     for number, wire, value in fields(data):
         if number not in schema:
+            if not is_empty(wire, value):
+                raise UnreadField(f"field {number} of {message} is not read by the sandbox")
             continue
         name, kind = schema[number]
         repeated = kind.startswith("[]")
         kind = kind[2:] if repeated else kind
-        if kind == "map":
+        if kind == "ignored":
+            continue
+        if kind in ("map", "bytesmap"):
             if not isinstance(value, bytes):
                 raise WireError(f"{message}.{name}: a map entry must be length-delimited")
             entry = {n: v for n, _w, v in fields(value)}
             key, item = entry.get(1, b""), entry.get(2, b"")
             if not isinstance(key, bytes) or not isinstance(item, bytes):
                 raise WireError(f"{message}.{name}: a map entry must hold strings")
-            out.setdefault(name, {})[key.decode()] = item.decode()
+            text = base64.b64encode(item).decode() if kind == "bytesmap" else item.decode()
+            out.setdefault(name, {})[key.decode()] = text
             continue
         if kind in ("bool", "int"):
             if wire != 0 or not isinstance(value, int):
@@ -118,7 +160,7 @@ def decode(message: str, data: bytes) -> dict[str, Any]:
                 item_value = decode(kind, value)
         if repeated:
             out.setdefault(name, []).append(item_value)
-        else:
+        elif item_value or kind not in ("string", "bool", "int"):
             out[name] = item_value
     return out
 
@@ -143,6 +185,9 @@ def decode_object(body: bytes) -> dict[str, Any]:
                 f'{", ".join(k for _, k in KINDS)}; got {kind or "an object without kind"})',
             )
         obj = decode(message, envelope.get("raw") or b"")
+    except UnreadField as exc:
+        raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - {exc}; "
+                       "send it as application/json") from None
     except (WireError, UnicodeDecodeError) as exc:
         raise ApiError.bad_request(f"the body of the request was in an unknown format - {exc}") from None
     return {"apiVersion": api_version, "kind": kind, **obj}

@@ -329,6 +329,10 @@ def _secret_row(obj: dict[str, Any]) -> list[Any]:
     return [obj["metadata"]["name"], obj.get("type", "Opaque"), count, _since(obj["metadata"].get("creationTimestamp"))]
 
 
+def _serviceaccount_row(obj: dict[str, Any]) -> list[Any]:
+    return [obj["metadata"]["name"], len(obj.get("secrets") or []), _since(obj["metadata"].get("creationTimestamp"))]
+
+
 def _default_row(obj: dict[str, Any]) -> list[Any]:
     return [obj["metadata"].get("name", ""), obj["metadata"].get("creationTimestamp")]
 
@@ -434,6 +438,7 @@ PRINTERS: dict[str, tuple[Sequence[Column], Callable[[dict[str, Any]], list[Any]
         [NAME, ("Type", "string", 0, "The type of the secret."), ("Data", "string", 0, "Number of keys."), AGE],
         _secret_row,
     ),
+    "serviceaccounts": ([NAME, ("Secrets", "string", 0, "Number of secrets."), AGE], _serviceaccount_row),
 }
 DEFAULT_PRINTER: tuple[Sequence[Column], Callable[[dict[str, Any]], list[Any]]] = (
     [NAME, ("Created At", "date", 0, "The time the object was created.")],

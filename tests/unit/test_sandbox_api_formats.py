@@ -30,10 +30,11 @@ def _envelope(api_version: str, kind: str, raw: bytes) -> bytes:
 
 
 def test_protobuf_access_review_reads_as_its_json() -> None:
-    attributes = (_field(1, b"staging") + _field(2, b"create") + _field(5, b"pods") + _field(6, b"exec")
-                  + _field(99, b"a field from a newer release"))
-    meta = _field(11, _field(1, b"team") + _field(2, b"a"))
-    raw = _field(1, meta) + _field(2, _field(1, attributes))
+    # Go writes empty fields too: an unknown but empty field (99) and empty strings read as absent.
+    attributes = (_field(1, b"staging") + _field(2, b"create") + _field(3, b"") + _field(5, b"pods")
+                  + _field(6, b"exec") + _field(99, _field(1, b"") + _field(2, 0)))
+    meta = _field(1, b"") + _field(8, b"") + _field(11, _field(1, b"team") + _field(2, b"a"))
+    raw = _field(1, meta) + _field(2, _field(1, attributes)) + _field(3, _field(1, 0))
     obj = protobuf.decode_object(_envelope("authorization.k8s.io/v1", "SelfSubjectAccessReview", raw))
     assert obj == {
         "apiVersion": "authorization.k8s.io/v1",
@@ -44,10 +45,19 @@ def test_protobuf_access_review_reads_as_its_json() -> None:
     }
 
 
-def test_protobuf_other_kinds_and_bad_bytes_are_refused() -> None:
+def test_protobuf_secret_data_reads_as_base64() -> None:
+    raw = _field(1, _field(1, b"s1")) + _field(2, _field(1, b"key") + _field(2, b"\x00\xff")) + _field(3, b"")
+    assert protobuf.decode_object(_envelope("v1", "Secret", raw)) == {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s1"}, "data": {"key": "AP8="}}
+
+
+def test_protobuf_other_kinds_unread_fields_and_bad_bytes_are_refused() -> None:
     with pytest.raises(ApiError) as unknown:
         protobuf.decode_object(_envelope("v1", "Pod", b""))
     assert unknown.value.code == 415 and "Pod" in unknown.value.message
+    with pytest.raises(ApiError) as unread:
+        protobuf.decode_object(_envelope("v1", "ServiceAccount", _field(2, _field(1, b"a-secret"))))
+    assert unread.value.code == 415 and "field 2 of ServiceAccount" in unread.value.message
     for body in (b'{"kind": "Pod"}', protobuf.MAGIC + b"\x0a\x05ab", protobuf.MAGIC + b"\x0f"):
         with pytest.raises(ApiError) as bad:
             protobuf.decode_object(body)
