@@ -1049,7 +1049,8 @@ class ApiServer:
                 writer.write(conn.send(h11.Response(status_code=200, headers=self._headers("application/json", None))))
                 started = True
             if view.table and kind not in ("ERROR", "BOOKMARK"):
-                obj = tables.table(info.resource, [obj], view, self.cluster.store.rv, columns=first_row)
+                rv = obj["metadata"].get("resourceVersion", "")
+                obj = tables.table(info.resource, [obj], view, rv, columns=first_row)
                 first_row = False
             writer.write(conn.send(h11.Data(data=json.dumps({"type": kind, "object": obj}).encode() + b"\n")))
             await writer.drain()

@@ -1660,7 +1660,6 @@ class Cluster:
                         current = template_hash(obj["spec"]["template"])
                         labels = [p["metadata"].get("labels") or {} for p in live]
                         status["updatedReplicas"] = sum(1 for lab in labels if lab.get("pod-template-hash") == current)
-                    if resource == "deployments":
                         want = int(obj["spec"].get("replicas", 1))
                         status["conditions"] = [
                             {
