@@ -12,12 +12,12 @@ import socket
 import sys
 from typing import Any
 
-from . import dns, env, files, incoming, net, placement
+from . import dns, env, files, incoming, listeners, net, placement
 from . import protocol as p
 from .budget import Budget, describe, valid_limit
 from .relay import Mux, errno_name, error_text
 
-CAPABILITIES = ["tcp", "udp", "dns", "dns_watch", "env", "fs", "incoming"]
+CAPABILITIES = ["tcp", "udp", "dns", "dns_watch", "env", "fs", "incoming", "listens"]
 _F_SETPIPE_SZ = 1031
 # A session pings at least every ``keepalive`` seconds (it says how often in its hello). Silence for this many
 # intervals means it is gone without closing the channel (a laptop asleep, a network dropped without a reset):
@@ -154,6 +154,10 @@ async def _place(args: dict, mux: Mux) -> dict:
     return placement.place(args)
 
 
+async def _listens(args: dict, mux: Mux) -> dict:
+    return listeners.listens(args)
+
+
 async def _ping(args: dict, mux: Mux) -> dict:
     return {}
 
@@ -165,6 +169,7 @@ _HANDLERS = {
     "fs": _files,
     "udp_open": net.open_udp,
     "noop": _ping,
+    "listens": _listens,
     "place": _place,
     "incoming_subscribe": incoming.subscribe,
     "incoming_unsubscribe": incoming.unsubscribe,

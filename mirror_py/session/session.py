@@ -351,6 +351,7 @@ class Session:
             "dns": self._dns,
             "fs": self._fs,
             "info": self._info,
+            "listens": self._listens,
             **self.incoming.handlers(),
         }
 
@@ -482,6 +483,17 @@ class Session:
             if link is not self.link or link.failure is not None or self._closing:
                 return
             answer = link.send("dns_watch", {"since": res.get("stamp")})
+
+    async def _listens(self, req: dict) -> Any:
+        """Whether something in the target listens on a loopback port (mirror_py/shim/local_listeners.py)."""
+        link = self._link()
+        if link.hello is None or "listens" not in link.hello.capabilities:
+            raise RpcError("ENOTSUP", "this agent cannot list the target's listeners")
+        try:
+            return await link.request("listens", {"proto": str(req["proto"]), "ip": str(req["ip"]),
+                                                  "port": int(req["port"])})
+        except RemoteError as exc:
+            raise RpcError(exc.name, exc.message) from None
 
     async def _fs(self, req: dict) -> Any:
         """File operations of the app, done by the agent inside the target's root (see session/files.py)."""

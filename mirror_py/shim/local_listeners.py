@@ -10,8 +10,11 @@ multiprocessing manager. Those connects must reach the laptop. The rule
   that address and port (a TCP listener, or a bound unconnected UDP socket; wildcard binds included) and the
   socket belongs to this process, to a descendant of it, or to a process whose environment carries this
   session's ``MIRROR_PY_SESSION`` (a process started under the session, even one that daemonized itself, as
-  debugpy's adapter does). A server the developer runs on the laptop by hand does not count: the pod's
-  sidecar on the same port wins.
+  debugpy's adapter does). A listener of any other laptop process (the IDE's port that pydevd connects back
+  to, a debug adapter the IDE started, a server run by hand) takes the connect only when nothing in the target
+  listens on that address and port: the agent reads the target's socket tables (no connect a sidecar would
+  see), so a pod's sidecar on the same port still wins, and a connect the pod would refuse reaches the laptop
+  process the app means.
 - ``"laptop"``: any listener of the laptop on that address and port wins, whoever owns it.
 - ``"none"``: every loopback connect goes to the target.
 
@@ -20,8 +23,10 @@ through the kernel's sock_diag netlink interface, which walks only the listening
 microseconds), or where that is unavailable from ``/proc/net/{tcp,udp}[6]`` (the same sockets, but the kernel
 walks every connection hash bucket to print them: milliseconds). Finding the owner walks ``/proc`` only when a
 laptop listener exists, and its answer is cached per listening socket (port and inode) until another socket
-listens there. Nothing here raises: what cannot be read means "no listener found", so the connect goes to the
-target as it would without this rule.
+listens there; the target is asked only about a laptop listener that is not the session's, and its answer is
+kept for ``TARGET_ANSWER_TTL`` seconds. Nothing here raises: what cannot be read means "no listener found",
+and a target that cannot say means "the target listens", so the connect goes to the target as it would
+without this rule.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ _MAPPED = bytes(10) + b"\xff\xff"
 
 # (proto, port) -> (the listening inodes found, whether one of them is the session's)
 _decided: dict[tuple[str, int], tuple[frozenset[int], bool]] = {}
+# (proto, loopback address, port) -> (when asked, whether the target listens there)
+_target_says: dict[tuple[str, str, int], tuple[float, bool]] = {}
+TARGET_ANSWER_TTL = 5.0
 
 
 def loopback_key(ip: str) -> tuple[int, bytes] | None:
@@ -295,16 +303,43 @@ def stays_local(proto: str, ip: str, port: int, mode: str) -> bool:
             return True
         known = _decided.get((proto, port))
         if known is not None and known[0] == inodes:
-            return known[1]
-        answer = session_owns(inodes)
-        if len(_decided) >= 1024:
-            _decided.clear()
-        _decided[(proto, port)] = (inodes, answer)
-        return answer
+            owned = known[1]
+        else:
+            owned = session_owns(inodes)
+            if len(_decided) >= 1024:
+                _decided.clear()
+            _decided[(proto, port)] = (inodes, owned)
+        return owned or target_listens(proto, ip, port) is False
     except Exception:  # a check that fails leaves the connect to its default route
         return False
+
+
+def target_listens(proto: str, ip: str, port: int) -> bool | None:
+    """Does a socket in the target take a ``proto`` connect to loopback ``ip``:``port``? None when the session
+    cannot tell (an older agent, a lost link): the caller then keeps the connect's default route."""
+    import time
+
+    key = (proto, ip, port)
+    now = time.monotonic()
+    known = _target_says.get(key)
+    if known is not None and now - known[0] < TARGET_ANSWER_TTL:
+        return known[1]
+    from . import rpc
+
+    try:
+        reply = rpc.call({"op": "listens", "proto": proto, "ip": ip, "port": port}, timeout=30.0)
+    except OSError:
+        return None
+    if "ok" not in reply:
+        return None
+    answer = bool(reply["ok"].get("listens"))
+    if len(_target_says) >= 1024:
+        _target_says.clear()
+    _target_says[key] = (now, answer)
+    return answer
 
 
 def forget_all() -> None:
     """Drops cached owner decisions (a forked child is another process: "this process" changed)."""
     _decided.clear()
+    _target_says.clear()
