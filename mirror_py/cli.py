@@ -313,8 +313,11 @@ _EXPORTED = ("MIRROR_PY_SESSION", "MIRROR_PY_SHIM_LIB", "MIRROR_PY_SHIM_SETTINGS
 
 @session_group.command("start")
 @_target_options
+@click.option("--write-env", "write_env", metavar="PATH",
+              help="also write the variables that join the session into this dotenv file (an IDE's .env)")
 @click.pass_context
-def session_start(ctx: click.Context, config_file: str | None, verbose: int, **flags: object) -> None:
+def session_start(ctx: click.Context, config_file: str | None, verbose: int, write_env: str | None,
+                  **flags: object) -> None:
     """Start a session in the background and print the shell exports that join it."""
     import os
     import shlex
@@ -343,11 +346,28 @@ def session_start(ctx: click.Context, config_file: str | None, verbose: int, **f
     for note in ready.get("notes", ()):
         click.echo(printable(f"mirror-py: {note}"), err=True)
     env = ready["env"]
+    if write_env:
+        _write_env_block(write_env, env, proc.pid)
     for name in _EXPORTED:
         if name in env:
             click.echo(f"export {name}={shlex.quote(env[name])}")
     click.echo("export MIRROR_PY_FETCH_ENV=1")
     click.echo(f"echo 'mirror-py: session for {ready['info']['target']} (pid {ready['info']['pid']})' >&2")
+
+
+def _write_env_block(path: str, env: dict, session_pid: int) -> None:
+    """Joins the session from a dotenv file; a file that cannot be written stops the session just started."""
+    import os
+    import signal
+
+    from . import dotenv_block
+
+    try:
+        dotenv_block.write(path, env)
+    except dotenv_block.DotenvError as exc:
+        os.kill(session_pid, signal.SIGTERM)
+        _fail(f"--write-env: {exc}")
+    click.echo(f"mirror-py: {path} joins the session (mirror-py session stop --write-env {path} ends it)", err=True)
 
 
 def _session_call(request: dict) -> dict:
@@ -375,11 +395,46 @@ def session_status() -> None:
 
 
 @session_group.command("stop")
-def session_stop() -> None:
+@click.option("--write-env", "write_env", metavar="PATH",
+              help="the dotenv file `session start --write-env` wrote: stop its session and take its lines out")
+def session_stop(write_env: str | None) -> None:
     """Stop the session and print the exports that leave it."""
+    if write_env:
+        _stop_from_env_file(write_env)
+        return
     _session_call({"op": "shutdown"})
     for name in (*_EXPORTED, "MIRROR_PY_FETCH_ENV"):
         click.echo(f"unset {name}")
+
+
+def _stop_from_env_file(path: str) -> None:
+    """Stops the session the file's block names, then takes the block out, even when that session has already
+    ended (a machine restarted, a session stopped by hand): the file must not keep naming a dead session."""
+    import os
+
+    from . import dotenv_block
+    from .shim import rpc
+
+    try:
+        held = dotenv_block.held(path)
+    except dotenv_block.DotenvError as exc:
+        _fail(f"--write-env: {exc}")
+    session = held.get("MIRROR_PY_SESSION")
+    if not session:
+        click.echo(f"mirror-py: {path} has no mirror-py session lines; nothing to stop", err=True)
+        return
+    os.environ["MIRROR_PY_SESSION"] = session
+    try:
+        reply = rpc.call({"op": "shutdown"}, timeout=30.0)
+        ended = "err" not in reply
+    except OSError:
+        ended = False
+    try:
+        dotenv_block.remove(path)
+    except dotenv_block.DotenvError as exc:
+        _fail(f"--write-env: {exc}")
+    if not ended:
+        click.echo(f"mirror-py: the session {path} named had already ended; its lines are removed", err=True)
 
 
 def _hook_dir() -> str:
