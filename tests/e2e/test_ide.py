@@ -58,16 +58,50 @@ def _none_left(needle: str, seconds: float = 30) -> bool:
     return not _processes_naming(needle)
 
 
-def debug_handler(dap: Dap, start: str, **arguments: object) -> dict:
+class IdeDap(Dap):
+    """A DAP client that also answers the adapter's ``runInTerminal`` request as VS Code does for
+    ``"console": "integratedTerminal"``: it starts the given command in a terminal of its own (here a process
+    that is no child of the adapter), with the IDE's environment plus the request's variables."""
+
+    def __init__(self, port: int, base_env: dict | None = None) -> None:
+        super().__init__(port)
+        self.base_env = base_env if base_env is not None else laptop_env()
+        self.terminals: list[subprocess.Popen] = []
+
+    def _read(self) -> dict:
+        message = super()._read()
+        if message.get("type") == "request" and message.get("command") == "runInTerminal":
+            args = message["arguments"]
+            env = dict(self.base_env)
+            for name, value in (args.get("env") or {}).items():
+                if value is None:
+                    env.pop(name, None)
+                else:
+                    env[name] = value
+            term = subprocess.Popen(args["args"], cwd=args.get("cwd") or None, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            self.terminals.append(term)
+            self.seq += 1
+            body = json.dumps({"seq": self.seq, "type": "response", "request_seq": message["seq"],
+                               "command": "runInTerminal", "success": True, "body": {"processId": term.pid}})
+            self.sock.sendall(b"Content-Length: %d\r\n\r\n" % len(body.encode()) + body.encode())
+        return message
+
+    def terminal_output(self) -> str:
+        """What the terminals printed, once they have ended."""
+        return "".join(term.communicate(timeout=60)[0] for term in self.terminals)
+
+
+def debug_handler(dap: Dap, start: str, app: str = APP, terminal: bool = False, **arguments: object) -> dict:
     """What an IDE does with the app: initialize, ``start`` ("attach" or "launch"), a breakpoint in the
     handler, configurationDone; at the breakpoint it evaluates the pod's variable and the service's answer,
     then continues until the debuggee ends and disconnects. Returns what the evaluations showed."""
     dap.send("initialize", adapterID="python", clientID="mirror-py-tests", pathFormat="path",
-             linesStartAt1=True, columnsStartAt1=True, supportsRunInTerminalRequest=False)
+             linesStartAt1=True, columnsStartAt1=True, supportsRunInTerminalRequest=terminal)
     assert dap.wait("response", "initialize")["success"]
     dap.send(start, **arguments)
     dap.wait("event", "initialized")
-    dap.send("setBreakpoints", source={"path": APP}, breakpoints=[{"line": BREAK_LINE}])
+    dap.send("setBreakpoints", source={"path": app}, breakpoints=[{"line": BREAK_LINE}])
     assert dap.wait("response", "setBreakpoints")["body"]["breakpoints"][0]["verified"]
     dap.send("configurationDone")
     assert dap.wait("response", "configurationDone")["success"]
@@ -224,35 +258,47 @@ def adapter(env: dict) -> Iterator[tuple[subprocess.Popen, int]]:
                 raise AssertionError("the debug adapter did not end after the debug session") from None
 
 
-def launch_with_env_file(env_file: Path, program: str, cwd: str, **more: object) -> tuple[dict, list[dict]]:
-    """A VS Code "launch" of ``program`` with ``envFile``: the extension reads the file and hands its
-    variables to the adapter as the launch's env. Returns the evaluations and the debuggee's output events."""
-    env = {k: v for k, v in dotenv.dotenv_values(env_file).items() if v is not None}
-    with adapter(laptop_env(PYTHONPATH="")) as (proc, port):
-        dap = Dap(port)
+def env_file_values(env_file: Path) -> dict:
+    return {k: v for k, v in dotenv.dotenv_values(env_file).items() if v is not None}
+
+
+def launch_with_env_file(env_file: Path, program: str, cwd: str, console: str = "internalConsole",
+                         **more: object) -> tuple[dict, str]:
+    """A VS Code "launch" of ``program`` with ``envFile``: the debugger extension reads the file (after the
+    preLaunchTask has run) and hands its variables to the adapter as the launch's env. Returns the
+    evaluations and what the debuggee printed."""
+    env = env_file_values(env_file)
+    terminal = console == "integratedTerminal"
+    with adapter(laptop_env(PYTHONPATH="")) as (_adapter, port):
+        dap = IdeDap(port)
         try:
-            seen = debug_handler(dap, "launch", program=program, cwd=cwd, env=env, console="internalConsole",
-                                 justMyCode=True, **more)
+            seen = debug_handler(dap, "launch", app=program, terminal=terminal, program=program, cwd=cwd, env=env,
+                                 console=console, justMyCode=True, **more)
             with contextlib.suppress(EOFError, OSError):
                 while True:
                     dap._read()
+            printed = dap.terminal_output()
         finally:
             dap.close()
-    output = [m["body"] for m in dap.seen if m.get("type") == "event" and m.get("event") == "output"]
-    return seen, output
+            for term in dap.terminals:
+                if term.poll() is None:
+                    terminate(term)
+    printed += "".join(m["body"]["output"] for m in dap.seen if m.get("type") == "event"
+                       and m.get("event") == "output" and m["body"].get("category") == "stdout")
+    return seen, printed
 
 
-def _stdout_json(output: list[dict]) -> dict:
-    text = "".join(body["output"] for body in output if body.get("category") == "stdout")
-    return json.loads(next(line for line in text.splitlines() if line.startswith("{")))
+def last_json(text: str) -> dict:
+    return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
 
 
-def test_vscode_launch_through_the_adapter_with_the_env_file(pod, tmp_path):
+@pytest.mark.parametrize("console", ["internalConsole", "integratedTerminal"])
+def test_vscode_launch_through_the_adapter_with_the_env_file(pod, tmp_path, console):
     env_file = tmp_path / ".env"
     with session_in(env_file, pod):
-        seen, output = launch_with_env_file(env_file, APP, str(tmp_path))
+        seen, printed = launch_with_env_file(env_file, APP, str(tmp_path), console=console)
     assert seen == AT_THE_BREAKPOINT
-    assert _stdout_json(output) == EXPECTED
+    assert last_json(printed) == EXPECTED, printed
     assert env_file.read_text() == ""
 
 
