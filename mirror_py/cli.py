@@ -356,18 +356,43 @@ def session_start(ctx: click.Context, config_file: str | None, verbose: int, wri
 
 
 def _write_env_block(path: str, env: dict, session_pid: int) -> None:
-    """Joins the session from a dotenv file; a file that cannot be written stops the session just started."""
+    """Joins the session from a dotenv file; a file that cannot be written stops the session just started.
+    A session the file named before is stopped once the file names the new one: the file owns one session,
+    so starting again (an IDE's pre-launch task after a run whose stop never came) leaves none behind."""
     import os
     import signal
 
     from . import dotenv_block
 
     try:
+        before = dotenv_block.held(path).get("MIRROR_PY_SESSION")
         dotenv_block.write(path, env)
     except dotenv_block.DotenvError as exc:
         os.kill(session_pid, signal.SIGTERM)
         _fail(f"--write-env: {exc}")
+    if before and before != env.get("MIRROR_PY_SESSION") and _shutdown(before):
+        click.echo(f"mirror-py: stopped the session {path} named before", err=True)
     click.echo(f"mirror-py: {path} joins the session (mirror-py session stop --write-env {path} ends it)", err=True)
+
+
+def _shutdown(session: str) -> bool:
+    """Asks the session at ``session`` to stop; False when it was not running."""
+    import os
+
+    from .shim import rpc
+
+    saved = os.environ.get("MIRROR_PY_SESSION")
+    os.environ["MIRROR_PY_SESSION"] = session
+    try:
+        return "err" not in rpc.call({"op": "shutdown"}, timeout=30.0)
+    except OSError:
+        return False
+    finally:
+        rpc.disconnect_all()
+        if saved is None:
+            os.environ.pop("MIRROR_PY_SESSION", None)
+        else:
+            os.environ["MIRROR_PY_SESSION"] = saved
 
 
 def _session_call(request: dict) -> dict:
@@ -410,10 +435,7 @@ def session_stop(write_env: str | None) -> None:
 def _stop_from_env_file(path: str) -> None:
     """Stops the session the file's block names, then takes the block out, even when that session has already
     ended (a machine restarted, a session stopped by hand): the file must not keep naming a dead session."""
-    import os
-
     from . import dotenv_block
-    from .shim import rpc
 
     try:
         held = dotenv_block.held(path)
@@ -423,12 +445,7 @@ def _stop_from_env_file(path: str) -> None:
     if not session:
         click.echo(f"mirror-py: {path} has no mirror-py session lines; nothing to stop", err=True)
         return
-    os.environ["MIRROR_PY_SESSION"] = session
-    try:
-        reply = rpc.call({"op": "shutdown"}, timeout=30.0)
-        ended = "err" not in reply
-    except OSError:
-        ended = False
+    ended = _shutdown(session)
     try:
         dotenv_block.remove(path)
     except dotenv_block.DotenvError as exc:

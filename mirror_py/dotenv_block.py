@@ -8,9 +8,10 @@ a plain ``python app.py`` interposed and tell it where the session is; the targe
 them: the interposed process asks the session for it at start-up (``MIRROR_PY_FETCH_ENV``), so the pod's
 secrets never land on disk.
 
-The file is the user's: mirror-py owns only the lines between its two marker comments. Writing replaces that
-block in place (or appends it), so starting again is idempotent; removing takes out exactly the block and
-leaves every other byte as it was. Values are written so that every reader of the format reads them the same:
+The file is the user's: mirror-py owns only the lines between its two marker comments. Writing takes an
+earlier block out and appends the new one, so starting again leaves one block, and the block's variables
+come last (readers let a later line win); removing takes out exactly the block and leaves every other byte
+as it was. Values are written so that every reader of the format reads them the same:
 bare when they hold only plain characters, else in single quotes; a value no reader agrees on (a quote, a
 backslash, a newline, ``${``) is refused rather than written ambiguously.
 """
@@ -108,15 +109,10 @@ def block_values(text: str) -> dict[str, str]:
 
 
 def with_block(text: str, variables: dict[str, str]) -> str:
-    """``text`` with mirror-py's block holding ``variables``: in place of an earlier block, else appended."""
+    """``text`` with mirror-py's block holding ``variables`` at its end: an earlier block is taken out first,
+    so the file holds one block, and its variables come after (and so win over) any line of the user's."""
+    text = without_block(text)
     newline = "\r\n" if "\r\n" in text else "\n"
-    found = _find(text)
-    if found is not None:
-        start, stop, added = found
-        block = render(variables, newline)
-        if added:
-            block = newline + block.replace(BEGIN, BEGIN_AFTER_ADDED_NEWLINE, 1)
-        return text[:start] + block + text[stop:]
     if text and not text.endswith("\n"):
         return text + newline + render(variables, newline).replace(BEGIN, BEGIN_AFTER_ADDED_NEWLINE, 1)
     return text + render(variables, newline)

@@ -64,7 +64,14 @@ def fetch_environment() -> None:
     reply = rpc.call({"op": "env"})
     if "err" in reply:
         raise errors.to_exception(reply["err"])
-    os.environ.update(reply["ok"]["env"])
+    env = dict(reply["ok"]["env"])
+    # The session's PYTHONPATH is the shim's directory plus that of the shell that started it. A process that
+    # joined through a PYTHONPATH of its own holding the shim (an IDE's .env adds the project's paths) keeps
+    # it, so its children see the same paths it was started with.
+    shim = env.get("PYTHONPATH", "").split(os.pathsep)[0]
+    if shim and shim in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        env.pop("PYTHONPATH")
+    os.environ.update(env)
     os.environ.pop("MIRROR_PY_FETCH_ENV", None)
 
 

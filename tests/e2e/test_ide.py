@@ -182,7 +182,7 @@ def _gone(path: str, seconds: float = 15) -> bool:
 
 def test_a_plain_python_app_loading_the_env_file_joins_the_session(pod, tmp_path):
     env_file = tmp_path / ".env"
-    mine = "# the project's own\nDEBUG=1\nNAME='a b'\n"
+    mine = "# the project's own\nDEBUG=1\nNAME='a b'\nPYTHONPATH=src\n"
     env_file.write_text(mine)
     with session_in(env_file, pod) as held:
         text = env_file.read_text()
@@ -192,21 +192,28 @@ def test_a_plain_python_app_loading_the_env_file_joins_the_session(pod, tmp_path
         assert values["DEBUG"] == "1" and values["MIRROR_PY_SESSION"] == held["MIRROR_PY_SESSION"]
         # The variables must be there when the interpreter starts (the shim comes in through PYTHONPATH), as an
         # IDE's run or python-dotenv's `dotenv run` gives them; load_dotenv() inside the app would be too late.
-        run = subprocess.run([sys.executable, "-m", "dotenv", "-f", str(env_file), "run", "--",
-                              sys.executable, APP], capture_output=True, text=True, timeout=120,
+        dotenv_run = [sys.executable, "-m", "dotenv", "-f", str(env_file), "run", "--", sys.executable]
+        run = subprocess.run([*dotenv_run, APP], capture_output=True, text=True, timeout=120,
                              env=laptop_env(PYTHONPATH=""))
         assert run.returncode == 0, run.stderr
         assert json.loads(run.stdout.strip().splitlines()[-1]) == EXPECTED
-        # Starting again (a second debug run's pre-launch task) leaves one block, naming the new session.
+        # The project's own PYTHONPATH reaches the app behind the shim's directory, and stays in its
+        # environment after it fetched the pod's, so its children have it too.
+        show = "import os; print(os.environ['POD_ONLY'], os.environ['PYTHONPATH'])"
+        paths = subprocess.run([*dotenv_run, "-c", show], capture_output=True, text=True, timeout=120,
+                               env=laptop_env(PYTHONPATH=""))
+        assert paths.returncode == 0, paths.stderr
+        pod_only, pythonpath = paths.stdout.split()
+        assert pod_only == "from-the-pod" and pythonpath.split(os.pathsep)[1:] == ["src"], paths.stdout
+        # Starting again (a second debug run's pre-launch task) leaves one block, naming the new session, and
+        # stops the one the file named before.
         again = subprocess.run([*MIRROR_PY, "session", "start", "--target", f"pid/{pod.pid}", "--write-env",
                                 str(env_file)], capture_output=True, text=True, timeout=120, env=laptop_env())
         assert again.returncode == 0, again.stderr
         assert env_file.read_text().count(dotenv_block.END) == 1
         newer = dotenv_block.held(str(env_file))["MIRROR_PY_SESSION"]
         assert newer != held["MIRROR_PY_SESSION"]
-        stop_old = subprocess.run([*MIRROR_PY, "session", "stop"], capture_output=True, text=True,
-                                  env=laptop_env(MIRROR_PY_SESSION=held["MIRROR_PY_SESSION"]))
-        assert stop_old.returncode == 0, stop_old.stderr
+        assert _gone(held["MIRROR_PY_SESSION"]), "starting again left the file's earlier session running"
     assert env_file.read_text() == mine
     assert _gone(newer), "session stop --write-env left the session running"
 

@@ -79,21 +79,23 @@ def test_no_target_variable_and_no_secret_lands_in_the_file(tmp_path):
     assert set(_dotenv(text)) == set(dotenv_block.JOIN_VARIABLES)
 
 
-def test_starting_again_replaces_the_block_in_place(tmp_path):
+def test_starting_again_leaves_one_block_after_the_users_lines(tmp_path):
     path = tmp_path / ".env"
     path.write_text("A=1\n")
     dotenv_block.write(str(path), SESSION_ENV)
     with path.open("a") as f:
-        f.write("AFTER=2\n")  # the user adds a line after the block
+        f.write("AFTER=2\nPYTHONPATH=src\n")  # the user adds lines after the block
     again = dict(SESSION_ENV, MIRROR_PY_SESSION="/tmp/mirror-py-def/session.sock")
     dotenv_block.write(str(path), again)
     dotenv_block.write(str(path), again)
     text = path.read_text()
     assert text.count(dotenv_block.END) == 1
-    assert text.startswith("A=1\n" + dotenv_block.BEGIN) and text.endswith(dotenv_block.END + "\nAFTER=2\n")
-    assert _dotenv(text)["MIRROR_PY_SESSION"] == "/tmp/mirror-py-def/session.sock"
+    assert text.startswith("A=1\nAFTER=2\nPYTHONPATH=src\n" + dotenv_block.BEGIN)
+    values = _dotenv(text)
+    assert values["MIRROR_PY_SESSION"] == "/tmp/mirror-py-def/session.sock"
+    assert values["PYTHONPATH"] == "/opt/site packages/sitecustomize_shim" + os.pathsep + "src"
     dotenv_block.remove(str(path))
-    assert path.read_text() == "A=1\nAFTER=2\n"
+    assert path.read_text() == "A=1\nAFTER=2\nPYTHONPATH=src\n"
 
 
 def test_a_file_without_newline_at_its_end_restarted_and_stopped(tmp_path):
