@@ -413,6 +413,17 @@ class EnvConfig(_Section):
     )
 
 
+class InterposeConfig(_Section):
+    """Which code in the app's process is interposed besides the Python-level surface."""
+
+    c_extensions: bool = Field(
+        True,
+        description="Route the connects, name lookups, bind and listen of C extensions (libpq, libuv, grpc's "
+        "core, libcurl) through the target by patching their GOT slots. Linux x86_64 and aarch64 only; "
+        "MIRROR_PY_INTERPOSE_C_EXTENSIONS=0/1 overrides it for one process.",
+    )
+
+
 class Config(_Section):
     """The whole configuration. Build it with :func:`load_config` so that :attr:`sources` is filled in."""
 
@@ -421,6 +432,7 @@ class Config(_Section):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     fs: FsConfig = Field(default_factory=FsConfig)
     env: EnvConfig = Field(default_factory=EnvConfig)
+    interpose: InterposeConfig = Field(default_factory=InterposeConfig)
 
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
     _config_file: str | None = PrivateAttr(None)
@@ -1117,6 +1129,7 @@ def shim_settings(cfg: Config) -> dict:
             "not_found": list(cfg.fs.not_found),
             "mapping": [[pattern, replacement] for pattern, replacement in cfg.fs.mapping.items()],
         },
+        "interpose": {"c_extensions": cfg.interpose.c_extensions},
     }
 
 

@@ -91,6 +91,9 @@ def _after_fork_in_child() -> None:
     listeners = sys.modules.get(__name__ + ".local_listeners")
     if listeners is not None:
         listeners.forget_all()  # "this process" is another one now
+    clayer = sys.modules.get(__name__ + ".clayer")
+    if clayer is not None:
+        clayer.after_fork_in_child()  # a Python child stays interposed from C too
 
 
 def _watch_c_networking() -> None:
@@ -114,6 +117,12 @@ def _install_files() -> None:
     from . import patches
 
     patches.install(patches.FILE_SURFACE)
+
+
+def _arm_c_layer() -> None:
+    from . import clayer
+
+    clayer.arm()
 
 
 def _install_host() -> None:
@@ -140,6 +149,7 @@ def install() -> None:
     """Interposes now (socket already imported) or when socket is first imported; files at once."""
     _watch_c_networking()
     _install_host()
+    _arm_c_layer()
     _install_files()
     if not _fork_registered:
         os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -175,6 +185,9 @@ def uninstall() -> None:
 
     step(_remove_hook)
     step(_remove_watch)
+    clayer = _module("clayer")
+    if clayer is not None:
+        step(clayer.uninstall)
     bypass = _module("bypass")
     if bypass is not None:
         step(bypass.uninstall)

@@ -97,18 +97,32 @@ def make_getaddrinfo(orig: Callable) -> Callable:
             port = bytes(port).decode()
         if port is not None and not isinstance(port, (int, str)):
             raise TypeError("getaddrinfo() argument 2 must be integer or string")
-        result = _call(
-            "getaddrinfo", host=name, port=port, family=int(family), type=int(type),
-            proto=int(proto), flags=int(flags),
-        )
-        out = []
-        for fam, kind, pr, canon, sockaddr in result:
-            out.append((_enum(socket.AddressFamily, fam), _enum(socket.SocketKind, kind), pr, canon,
-                        tuple(sockaddr)))
-        _answered(name, [info[4][0] for info in out])
-        return out
+        return remote_getaddrinfo(name, port, family, type, proto, flags)
 
     return getaddrinfo
+
+
+def remote_getaddrinfo(name: str, port: int | str | None, family: int = 0, type: int = 0, proto: int = 0,
+                       flags: int = 0) -> list[tuple]:
+    """``getaddrinfo`` in the target, for a name :func:`remote_name` sent there: the patched function's and the
+    C-level layer's (mirror_py.shim.cdns) one way to the session and its cache."""
+    result = _call(
+        "getaddrinfo", host=name, port=port, family=int(family), type=int(type),
+        proto=int(proto), flags=int(flags),
+    )
+    out = []
+    for fam, kind, pr, canon, sockaddr in result:
+        out.append((_enum(socket.AddressFamily, fam), _enum(socket.SocketKind, kind), pr, canon,
+                    tuple(sockaddr)))
+    _answered(name, [info[4][0] for info in out])
+    return out
+
+
+def remote_gethostbyname_ex(name: str) -> tuple[str, list[str], list[str]]:
+    """``gethostbyname_ex`` in the target, for a name :func:`remote_name` sent there (both ways in)."""
+    canon, aliases, addrs = _call("gethostbyname_ex", host=name)
+    _answered(name, addrs, canon, *aliases)
+    return canon, list(aliases), list(addrs)
 
 
 def make_gethostbyname(orig: Callable) -> Callable:

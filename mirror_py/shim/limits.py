@@ -1,11 +1,15 @@
-"""Modules whose networking happens in C, out of the shim's reach: say so once, when they are imported.
+"""Modules whose networking happens in C: say so once, when they are imported, if mirror-py cannot reach it.
 
-Their connections and lookups go out from this machine, not from the target, and nothing else would tell
-the user why a database "works locally but not through mirror-py".
+With the C-level layer on (mirror_py.shim.clayer) the libraries of :data:`C_LAYER_COVERS` go through the
+target like Python's sockets, and nothing is said. Without it — turned off, or on a machine it does not
+support — their connections and lookups go out from this machine, and nothing else would tell the user why
+a database "works locally but not through mirror-py". c-ares (pycares, aiodns) asks the nameserver itself
+with its own packets, which no routed function sees: its lookups stay local either way.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 C_NETWORKING = {
@@ -20,18 +24,59 @@ C_NETWORKING = {
     "pylibmc": "libmemcached opens its own connections; pymemcache goes through mirror-py",
 }
 
+#: Modules whose connects and lookups call libc, which the C-level layer routes.
+C_LAYER_COVERS = frozenset(("psycopg2", "psycopg", "grpc", "uvloop", "MySQLdb", "confluent_kafka", "pylibmc"))
+
+#: grpcio resolves names with its bundled c-ares unless told otherwise; its native resolver calls getaddrinfo.
+GRPC_RESOLVER = "GRPC_DNS_RESOLVER"
+
 
 class CNetworkingWatch:
     """A meta-path finder that never finds anything: it only notices the first import of a listed module."""
 
     def __init__(self) -> None:
         self.warned: set[str] = set()
+        self._layer: list[bool] = []
+
+    def layer_on(self) -> bool:
+        if not self._layer:
+            from . import clayer
+
+            self._layer.append(clayer.supported() and clayer.enabled())
+        return self._layer[0]
 
     def find_spec(self, name: str, path: object = None, target: object = None) -> None:
         if name in C_NETWORKING and name not in self.warned:
             self.warned.add(name)
+            if name in C_LAYER_COVERS and self.layer_on():
+                if name == "grpc":
+                    self._grpc_resolver()
+                return None
             sys.stderr.write(
                 f"mirror-py: warning: {name} does its networking in C, so its connections bypass mirror-py and "
-                f"go out from this machine: {C_NETWORKING[name]}\n"
+                f"go out from this machine: {self._why(name)}\n"
             )
         return None
+
+    def _why(self, name: str) -> str:
+        if name in C_LAYER_COVERS:
+            from . import clayer
+
+            if not clayer.supported():
+                from .c_surface import UNSUPPORTED
+
+                return f"{C_NETWORKING[name]} ({UNSUPPORTED})"
+        return C_NETWORKING[name]
+
+    @staticmethod
+    def _grpc_resolver() -> None:
+        """grpc's names through the target: its native resolver, unless the app chose one itself."""
+        chosen = os.environ.get(GRPC_RESOLVER)
+        if chosen is None:
+            os.environ[GRPC_RESOLVER] = "native"
+        elif chosen.strip().lower() != "native":
+            sys.stderr.write(
+                f"mirror-py: warning: {GRPC_RESOLVER}={chosen} makes grpc resolve names with c-ares, which asks "
+                "this machine's nameserver itself: its names resolve locally (its connections still go "
+                f"through the target); unset it or set {GRPC_RESOLVER}=native\n"
+            )

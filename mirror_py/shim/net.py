@@ -176,12 +176,12 @@ def _checked(reply: dict) -> dict:
     return reply["ok"]
 
 
-def _connect_remote(sock: Any, target: tuple[str, int, str | None], orig: Callable) -> Any:
+def _connect_remote(sock: Any, target: tuple[str, int, str | None], orig: Callable, defer: bool = True) -> Any:
     """A remote TCP connect. A non-blocking socket's returns at once (nbconnect.py); a blocking one waits for
     the target, never longer than the socket's timeout: the agent, the session and this wait all keep it."""
     from . import nbconnect
 
-    if nbconnect.usable(sock) and nbconnect.start(sock, target):
+    if defer and nbconnect.usable(sock) and nbconnect.start(sock, target):
         raise BlockingIOError(_errno.EINPROGRESS, os.strerror(_errno.EINPROGRESS))
     ip, port, _ = target
     local = _ensure_bound(sock)
@@ -225,23 +225,30 @@ def _in_flight(sock: Any) -> Remote | None:
     return info if info is not None and info.state is not None else None
 
 
+def route_connect(sock: Any, address: Any, orig: Callable, local: Callable, defer: bool = True) -> Any:
+    """The connect decision for both ways in: the patched method (``local`` is the original method) and the
+    C-level layer (``local`` is libc's own connect on the caller's sockaddr, mirror_py.shim.cnet). ``orig``
+    connects the app's socket to a relay; ``defer`` allows a non-blocking socket the deferred way."""
+    info = _in_flight(sock)
+    if info is not None:
+        from . import nbconnect
+
+        err = nbconnect.again(sock, info)
+        if err:
+            raise OSError(err, os.strerror(err))
+        return None
+    target = plan(sock, address)
+    if target is None:
+        return local(sock, address)
+    if sock.type == socket.SOCK_DGRAM:
+        info = _open_udp(sock, (target[0], target[1]))
+        return orig(sock, info.relay)
+    return _connect_remote(sock, target, orig, defer)
+
+
 def make_connect(orig: Callable) -> Callable:
     def connect(self, address):
-        info = _in_flight(self)
-        if info is not None:
-            from . import nbconnect
-
-            err = nbconnect.again(self, info)
-            if err:
-                raise OSError(err, os.strerror(err))
-            return None
-        target = plan(self, address)
-        if target is None:
-            return orig(self, address)
-        if self.type == socket.SOCK_DGRAM:
-            info = _open_udp(self, (target[0], target[1]))
-            return orig(self, info.relay)
-        return _connect_remote(self, target, orig)
+        return route_connect(self, address, orig, orig)
 
     return connect
 

@@ -77,6 +77,12 @@ ASYNCIO_SURFACE: tuple[Patch, ...] = (
     Patch("asyncio.base_events", "BaseEventLoop", "getnameinfo", "dns.make_loop_getnameinfo"),
 )
 
+# C extensions: imports of extension modules pass through here, so the C-level layer (clayer.py, got.py) starts
+# when the first one from outside the standard library is loaded, and start-up pays nothing for it.
+C_LOADING_SURFACE: tuple[Patch, ...] = (
+    Patch("_imp", None, "create_dynamic", "clayer.make_create_dynamic"),
+)
+
 # Files: builtins/io/os are imported before any app code runs, so this surface is installed with the shim itself.
 # os.path.exists/isfile/isdir/getsize/getmtime/islink, os.walk, glob, pathlib and shutil call these names at
 # call time, so they follow. io.open_code (imports) is deliberately absent.

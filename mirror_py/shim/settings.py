@@ -12,7 +12,7 @@ ENV_VAR = "MIRROR_PY_SHIM_SETTINGS"
 
 
 class Settings:
-    __slots__ = ("dns_enabled", "dns_filter", "fs", "ignore_ports", "incoming_mode", "local_listeners",
+    __slots__ = ("c_extensions", "dns_enabled", "dns_filter", "fs", "ignore_ports", "incoming_mode", "local_listeners",
                  "outgoing_enabled", "outgoing_filter", "port_mapping", "tcp", "udp")
 
     def __init__(self, data: dict[str, Any]) -> None:
@@ -35,6 +35,8 @@ class Settings:
         self.ignore_ports = frozenset(int(p) for p in inc.get("ignore_ports") or ())
         # Files: the raw section; mirror_py.shim.file_rules builds its decisions from it at first use.
         self.fs = data.get("fs") or {"mode": "local"}
+        # C extensions through their GOT slots (mirror_py.shim.clayer); on unless the session says otherwise.
+        self.c_extensions = bool((data.get("interpose") or {}).get("c_extensions", True))
 
 
 _cached: list[Settings] = []

@@ -79,8 +79,9 @@ def test_nothing_is_left_behind(pod):
 
 def test_c_networking_module_gets_one_warning(pod):
     fake = str(Path(__file__).with_name("cnet"))
+    # With the C-level layer off (with it on, psycopg2 is interposed and nothing is said: test_c_extensions.py).
     res = run_mirror(f"pid/{pod.pid}", [sys.executable, "-c", "import psycopg2; import psycopg2; print('ok')"],
-                     env={"PYTHONPATH": fake})
+                     env={"PYTHONPATH": fake, "MIRROR_PY_INTERPOSE_C_EXTENSIONS": "0"})
     assert res.code == 0 and res.stdout.strip() == "ok", res.stderr
     warnings = [line for line in res.stderr.splitlines() if "psycopg2 does its networking in C" in line]
     assert len(warnings) == 1 and "asyncpg or pg8000" in warnings[0]

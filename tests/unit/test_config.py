@@ -540,6 +540,7 @@ def test_shim_settings_round_trip_through_json(tmp_path):
         "dns": {"enabled": True, "filter": {"remote": ["*.svc.cluster.local"]}},
         "incoming": {"mode": "mirror", "port_mapping": [], "ignore_ports": []},
         "fs": {"mode": "read", "read_write": [], "read_only": [], "local": [], "not_found": [], "mapping": []},
+        "interpose": {"c_extensions": True},
     }
     traffic = TrafficFilter.from_json(settings_["outgoing"]["filter"])
     assert not traffic.is_remote("tcp", "127.0.0.1", 80)
@@ -553,6 +554,7 @@ def test_shim_settings_defaults():
         "dns": {"enabled": True, "filter": {}},
         "incoming": {"mode": "mirror", "port_mapping": [], "ignore_ports": []},
         "fs": {"mode": "read", "read_write": [], "read_only": [], "local": [], "not_found": [], "mapping": []},
+        "interpose": {"c_extensions": True},
     }
 
 

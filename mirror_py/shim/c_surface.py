@@ -1,0 +1,56 @@
+"""The C-level surface, declared as data: which libc functions of loaded shared objects are routed, with what
+C signature, to which handler.
+
+This is the C twin of :mod:`mirror_py.shim.patches`: the handlers in :mod:`mirror_py.shim.cnet` turn each call
+into the same Python-level operation the patched ``socket`` module performs, so a connect from libpq and one
+from ``socket.socket.connect`` are decided by the same rules and go through the same session and relays.
+Types are names of ctypes types, resolved when the layer is activated: the interpreter's start-up never
+imports ctypes for this.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class CHook(NamedTuple):
+    symbol: str
+    restype: str | None  # a ctypes type name ("c_int", "c_void_p"), None for void
+    argtypes: tuple[str, ...]
+    handler: str  # "module.function" in mirror_py.shim, called with the original function first
+    interpreter_too: bool = False  # also hooked in the interpreter's own objects (dlopen only)
+
+
+C_SURFACE: tuple[CHook, ...] = (
+    CHook("connect", "c_int", ("c_int", "c_void_p", "c_uint32"), "cnet.connect"),
+    CHook("bind", "c_int", ("c_int", "c_void_p", "c_uint32"), "cnet.bind"),
+    CHook("listen", "c_int", ("c_int", "c_int"), "cnet.listen"),
+    CHook("getpeername", "c_int", ("c_int", "c_void_p", "c_void_p"), "cnet.getpeername"),
+    CHook("getsockname", "c_int", ("c_int", "c_void_p", "c_void_p"), "cnet.getsockname"),
+    CHook("close", "c_int", ("c_int",), "cnet.close"),
+    CHook("getaddrinfo", "c_int", ("c_void_p", "c_void_p", "c_void_p", "c_void_p"), "cdns.getaddrinfo"),
+    CHook("freeaddrinfo", None, ("c_void_p",), "cdns.freeaddrinfo"),
+    CHook("gethostbyname", "c_void_p", ("c_char_p",), "cdns.gethostbyname"),
+    CHook("gethostbyname_r", "c_int",
+          ("c_char_p", "c_void_p", "c_void_p", "c_size_t", "c_void_p", "c_void_p"), "cdns.gethostbyname_r"),
+    # Objects loaded later: imports, ctypes.CDLL, and plugins that C code loads itself (OpenSSL engines, SASL).
+    CHook("dlopen", "c_void_p", ("c_void_p", "c_int"), "got.after_dlopen", interpreter_too=True),
+)
+
+#: Relocation types whose slot holds a function's address, per machine: an ordinary PLT call, a GOT entry of a
+#: ``-fno-plt`` build or of a function whose address is taken, and a plain 64-bit pointer (tables of functions;
+#: taken only with addend 0).
+ARCH_RELOCATIONS: dict[str, dict[str, int]] = {
+    "x86_64": {"jump_slot": 7, "glob_dat": 6, "abs64": 1},
+    "aarch64": {"jump_slot": 1026, "glob_dat": 1025, "abs64": 257},
+}
+
+#: Objects never routed: the interpreter itself and the loader and libc (whose internal calls go through no GOT,
+#: as they should). Matched against the object's file name; the interpreter's executable, libpython and its
+#: lib-dynload directory are recognised by path (got.py).
+NEVER: tuple[str, ...] = ("linux-vdso", "linux-gate", "ld-linux", "ld-musl", "libc.so", "libc.musl",
+                          "libpthread.so", "libdl.so")
+
+#: Why the layer is absent where it is: said once, when a C extension that networks is imported.
+UNSUPPORTED = ("C extensions are interposed only on Linux x86_64 and aarch64 (their GOT is patched in "
+               "place, which needs the ELF layout and relocation numbers of those machines)")
