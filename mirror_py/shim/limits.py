@@ -76,7 +76,7 @@ class CNetworkingWatch:
             os.environ[GRPC_RESOLVER] = "native"
         elif chosen.strip().lower() != "native":
             sys.stderr.write(
-                f"mirror-py: warning: {GRPC_RESOLVER}={chosen} makes grpc resolve names with c-ares, which asks "
-                "this machine's nameserver itself: its names resolve locally (its connections still go "
-                f"through the target); unset it or set {GRPC_RESOLVER}=native\n"
+                f"mirror-py: warning: {GRPC_RESOLVER}={chosen} makes grpc resolve names with c-ares, which reads "
+                "this machine's resolv.conf and asks that nameserver itself: the target's names do not resolve "
+                f"for grpc (its connections still go through the target); unset it or set {GRPC_RESOLVER}=native\n"
             )

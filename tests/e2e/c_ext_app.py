@@ -216,6 +216,85 @@ def busy_exit_scenario() -> dict:
     return {}
 
 
+def uvicorn_scenario() -> dict:
+    """A Starlette app served by uvicorn on uvloop (libuv resolves, binds, listens and connects in C): it
+    receives the target's stolen requests and calls another pod's Service by name with httpx."""
+    import asyncio
+
+    import httpx
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def call(request):
+        async with httpx.AsyncClient() as client:
+            reply = await client.get("http://web:8080/")
+        return JSONResponse({"server": "local", "web": reply.text,
+                             "loop": type(asyncio.get_running_loop()).__module__})
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            print("READY {}", flush=True)
+
+    config = uvicorn.Config(Starlette(routes=[Route("/call", call)]), host="0.0.0.0", port=int(sys.argv[2]),
+                            loop="uvloop", log_level="warning", lifespan="off")
+    Server(config).run()
+    return {}
+
+
+def web_server_scenario() -> dict:
+    """A plain HTTP server in a pod, for the apps above to call by its Service name."""
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"web says hi"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    http.server.HTTPServer(("", int(sys.argv[2])), Handler).serve_forever()
+    return {}
+
+
+def _echo_handler(label: str):
+    import grpc
+
+    def say(request: bytes, context) -> bytes:
+        return label.encode() + b":" + request
+
+    return grpc.method_handlers_generic_handler("echo.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)})
+
+
+def grpc_server_scenario() -> dict:
+    """A grpcio server (C core: bind and listen in C) answering ``LABEL:request`` on PORT."""
+    from concurrent import futures
+
+    import grpc
+
+    port, label = int(sys.argv[2]), sys.argv[3]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((_echo_handler(label),))
+    server.add_insecure_port(f"[::]:{port}")
+    server.start()
+    print("READY {}", flush=True)
+    server.wait_for_termination()
+    return {}
+
+
+def grpc_client_scenario() -> dict:
+    """grpcio's C core calling a pod's gRPC server by its Service name."""
+    import grpc
+
+    with grpc.insecure_channel("grpc-echo:50051") as channel:
+        say = channel.unary_unary("/echo.Echo/Say")
+        reply = say(b"hello", timeout=20)
+    return {"reply": reply.decode(), "resolver": os.environ.get("GRPC_DNS_RESOLVER")}
+
+
 SCENARIOS = {name[: -len("_scenario")]: fn for name, fn in globals().items() if name.endswith("_scenario")}
 
 if __name__ == "__main__":

@@ -9,16 +9,66 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.sandbox import postgres
 
-from .conftest import MIRROR_PY, ROOT, Result, sandbox_cluster
+from .conftest import MIRROR_PY, ROOT, Result, sandbox_cluster, terminate
+from .test_incoming import _wait_ready
 
 APP = str(Path(__file__).with_name("c_ext_app.py"))
 MANIFESTS = (ROOT / "examples" / "k8s" / "sandbox.yaml", ROOT / "examples" / "service" / "postgres.yaml")
+# Two more services run by this interpreter (grpcio is in its venv): an HTTP server and a gRPC server.
+SERVICES = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: staging}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+        - name: web
+          image: python:3.12-slim
+          command: [PYTHON, APP, web_server, "8080"]
+          ports: [{name: http, containerPort: 8080}]
+          readinessProbe: {tcpSocket: {port: http}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: staging}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 8080, targetPort: http}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: grpc-echo, namespace: staging}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: grpc-echo}}
+  template:
+    metadata: {labels: {app: grpc-echo}}
+    spec:
+      containers:
+        - name: grpc
+          image: python:3.12-slim
+          command: [PYTHON, APP, grpc_server, "50051", pod]
+          ports: [{name: grpc, containerPort: 50051}]
+          readinessProbe: {tcpSocket: {port: grpc}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: grpc-echo, namespace: staging}
+spec:
+  selector: {app: grpc-echo}
+  ports: [{name: grpc, port: 50051, targetPort: grpc}]
+"""
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +77,32 @@ def cluster():
         postgres.server_bin()
     except postgres.NoPostgres as exc:
         pytest.fail(f"these tests need a PostgreSQL server in the pod: {exc}")
-    yield from sandbox_cluster("\n---\n".join(p.read_text() for p in MANIFESTS))
+    services = SERVICES.replace("PYTHON", json.dumps(sys.executable)).replace("APP", json.dumps(APP))
+    yield from sandbox_cluster("\n---\n".join([*(p.read_text() for p in MANIFESTS), services]))
 
 
-def run(cluster, scenario: str, layer: bool = True, timeout: float = 120) -> Result:
+def _env(cluster, layer: bool, **extra: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT), KUBECONFIG=cluster.kubeconfig,
-               MIRROR_PY_INTERPOSE_C_EXTENSIONS="1" if layer else "0")
+               MIRROR_PY_INTERPOSE_C_EXTENSIONS="1" if layer else "0", **extra)
+    env.pop("GRPC_DNS_RESOLVER", None) if "GRPC_DNS_RESOLVER" not in extra else None
+    return env
+
+
+def run(cluster, scenario: str, layer: bool = True, timeout: float = 120, **extra: str) -> Result:
     proc = subprocess.run([*MIRROR_PY, "exec", "--target", "deploy/api", "-n", "staging", "--",
-                           sys.executable, APP, scenario], capture_output=True, text=True, env=env,
-                          cwd=str(ROOT), timeout=timeout)
+                           sys.executable, APP, scenario], capture_output=True, text=True,
+                          env=_env(cluster, layer, **extra), cwd=str(ROOT), timeout=timeout)
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def serve(cluster, target: str, port: int, scenario: str, *args: str, layer: bool = True) -> subprocess.Popen:
+    """A server app under ``mirror-py exec`` stealing ``port`` of ``target``'s pod, once it says READY."""
+    proc = subprocess.Popen([*MIRROR_PY, "exec", "--target", target, "-n", "staging", "--agent-mode", "ephemeral",
+                             "--incoming", "steal", "--", sys.executable, APP, scenario, str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(cluster, layer),
+                            cwd=str(ROOT), start_new_session=True)
+    _wait_ready(proc, timeout=90)
+    return proc
 
 
 def ok(result: Result) -> dict:
@@ -121,3 +187,41 @@ def test_layer_off_keeps_the_warning_and_the_laptops_network(cluster):
     out = ok(res)
     assert 'could not translate host name "postgres"' in out["error"]
     assert "psycopg2 does its networking in C" in res.stderr
+
+
+def test_uvicorn_on_uvloop_receives_stolen_requests_and_calls_a_service_by_name(cluster):
+    ip = pod_ip(cluster, "api")
+    proc = serve(cluster, "deploy/api", 8000, "uvicorn")
+    try:
+        with urllib.request.urlopen(f"http://{ip}:8000/call", timeout=30) as reply:
+            answer = json.loads(reply.read())
+    finally:
+        err = terminate(proc)
+    assert answer == {"server": "local", "web": "web says hi", "loop": "uvloop"}, err
+
+
+def test_grpcio_client_calls_a_pods_server_by_service_name(cluster):
+    out = ok(run(cluster, "grpc_client"))
+    assert out == {"reply": "pod:hello", "resolver": "native"}  # set for the app, which had not chosen
+
+
+def test_grpcio_with_the_c_ares_resolver_chosen_by_the_app_is_named(cluster):
+    """c-ares reads this machine's resolv.conf and asks that nameserver itself: the Service name does not
+    resolve, and the app that chose it is told why."""
+    res = run(cluster, "grpc_client", GRPC_DNS_RESOLVER="ares")
+    assert res.code != 0 and "grpc-echo:50051" in res.stderr
+    assert ("mirror-py: warning: GRPC_DNS_RESOLVER=ares makes grpc resolve names with c-ares, which reads this "
+            "machine's resolv.conf and asks that nameserver itself") in res.stderr
+
+
+def test_local_grpcio_server_receives_the_pods_stolen_grpc_traffic(cluster):
+    import grpc
+
+    ip = pod_ip(cluster, "grpc-echo")
+    proc = serve(cluster, "deploy/grpc-echo", 50051, "grpc_server", "local")
+    try:
+        with grpc.insecure_channel(f"{ip}:50051") as channel:
+            reply = channel.unary_unary("/echo.Echo/Say")(b"hi", timeout=30)
+    finally:
+        err = terminate(proc)
+    assert reply == b"local:hi", err
