@@ -120,6 +120,13 @@ def _install_files() -> None:
 
 
 def _arm_c_layer() -> None:
+    """Arms the C-level layer (clayer.py) unless it is turned off, decided without parsing the settings: the
+    variable, then the session's '"c_extensions": false' (written by mirror_py.config.shim_settings)."""
+    raw = os.environ.get("MIRROR_PY_INTERPOSE_C_EXTENSIONS", "").strip().lower()
+    if raw in ("0", "false", "no", "off"):
+        return
+    if not raw and '"c_extensions": false' in os.environ.get("MIRROR_PY_SHIM_SETTINGS", ""):
+        return
     from . import clayer
 
     clayer.arm()

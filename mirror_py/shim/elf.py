@@ -79,8 +79,9 @@ def _iterate() -> ctypes._CFuncPtr:
 _fn: list = []
 
 
-def loaded() -> Loaded:
-    """Every object the loader has mapped, in its order (the executable first)."""
+def loaded(known: dict[tuple[int, str], int] | None = None) -> Loaded:
+    """Every object the loader has mapped, in its order (the executable first). ``known`` maps objects seen
+    before to their dynamic section, whose program headers are then not read again."""
     if not _fn:
         _fn.append(_iterate())
     found: list[LoadedObject] = []
@@ -90,13 +91,17 @@ def loaded() -> Loaded:
         info = info_p.contents
         if not found:
             counts[0], counts[1] = info.adds, info.subs
+        name = (info.name or b"").decode("utf-8", "surrogateescape")
+        if known is not None and (info.addr, name) in known:
+            found.append(LoadedObject(info.addr, name, known[(info.addr, name)]))
+            return 0
         dynamic = 0
         phdrs = ctypes.cast(info.phdr, ctypes.POINTER(_Phdr))
         for i in range(info.phnum):
             if phdrs[i].type == PT_DYNAMIC:
                 dynamic = info.addr + phdrs[i].vaddr
                 break
-        found.append(LoadedObject(info.addr, (info.name or b"").decode("utf-8", "surrogateescape"), dynamic))
+        found.append(LoadedObject(info.addr, name, dynamic))
         return 0
 
     _fn[0](_CALLBACK(visit), None)
@@ -153,11 +158,8 @@ def slots(obj: LoadedObject, symbols: frozenset[str], machine: str | None = None
             by_offset[off] = name
     if not by_offset:
         return []  # none of the names occurs: the common case, decided without reading any relocation
-    count = 0
-    for table in tables:
-        words = memoryview(table).cast("I")
-        if len(words) >= 6:
-            count = max(count, max(words[3::6]) + 1)  # the symbol index is r_info's high half
+    indices = [memoryview(table).cast("I")[3::6].tolist() for table in tables]  # r_info's high half
+    count = max((max(column) + 1 for column in indices if column), default=0)
     symtab = ctypes.string_at(_absolute(obj, dyn[DT_SYMTAB]), count * _SYM_SIZE)
     sym_words = memoryview(symtab).cast("I")
     names = sym_words[0::6]
@@ -170,17 +172,13 @@ def slots(obj: LoadedObject, symbols: frozenset[str], machine: str | None = None
                 wanted[index] = name
     out: list[Slot] = []
     base = obj.base
-    for table in tables:
-        for index, name in wanted.items():
-            for kind, number in kinds.items():
-                pattern = struct.pack("<II", number, index)
-                at = table.find(pattern)
-                while at >= 0:
-                    if at % _RELA_SIZE == 8:
-                        offset, _, addend = struct.unpack_from("<QQq", table, at - 8)
-                        if kind != "abs64" or addend == 0:
-                            out.append(Slot(base + offset, name, kind))
-                    at = table.find(pattern, at + 1)
+    by_number = {number: kind for kind, number in kinds.items()}
+    for table, column in zip(tables, indices):
+        for entry in [i for i, sym in enumerate(column) if sym in wanted]:  # one pass, in C mostly
+            offset, info, addend = struct.unpack_from("<QQq", table, entry * _RELA_SIZE)
+            kind = by_number.get(info & 0xFFFFFFFF)
+            if kind is not None and (kind != "abs64" or addend == 0):
+                out.append(Slot(base + offset, wanted[column[entry]], kind))
     return out
 
 

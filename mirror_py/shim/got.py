@@ -52,6 +52,7 @@ class _State:
         self.direct = False  # no gates: slots point at the callbacks
         self.active = False
         self.scanned: set[tuple[int, str]] = set()
+        self.dynamics: dict[tuple[int, str], int] = {}  # scanned object -> its dynamic section
         self.patched: list[tuple[int, int, int, str, tuple[int, str]]] = []  # (slot, old, new, name, object key)
         self.counts = (-1, -1)
         self.interpreter: tuple[str, ...] = ()
@@ -314,7 +315,7 @@ def scan() -> int:
     """Hooks the slots of every object loaded since the last scan; the number of slots written."""
     st = _state
     with _lock:
-        found = elf.loaded()
+        found = elf.loaded(st.dynamics)
         if (found.adds, found.subs) == st.counts:
             return 0
         st.counts = (found.adds, found.subs)
@@ -323,6 +324,8 @@ def scan() -> int:
         if gone:  # unloaded (dlclose): their slots are no longer ours to restore
             st.patched = [p for p in st.patched if p[4] not in gone]
             st.scanned &= live
+            for key in gone:
+                st.dynamics.pop(key, None)
         todo: list[tuple[elf.LoadedObject, frozenset[str]]] = []
         everything = frozenset(h.symbol for h in C_SURFACE)
         interpreter_only = frozenset(h.symbol for h in C_SURFACE if h.interpreter_too)
@@ -331,6 +334,7 @@ def scan() -> int:
             if key in st.scanned:
                 continue
             st.scanned.add(key)
+            st.dynamics[key] = obj.dynamic
             if _skipped(obj.name):
                 continue
             todo.append((obj, interpreter_only if _interpreter_object(obj, i == 0) else everything))
@@ -394,6 +398,7 @@ def uninstall() -> None:
             except OSError as exc:
                 first = first or exc
         st.scanned.clear()
+        st.dynamics.clear()
         st.counts = (-1, -1)
         if first is not None:
             raise first
