@@ -25,6 +25,8 @@ C_SURFACE: tuple[CHook, ...] = (
     CHook("connect", "c_int", ("c_int", "c_void_p", "c_uint32"), "cnet.connect"),
     CHook("bind", "c_int", ("c_int", "c_void_p", "c_uint32"), "cnet.bind"),
     CHook("listen", "c_int", ("c_int", "c_int"), "cnet.listen"),
+    CHook("accept", "c_int", ("c_int", "c_void_p", "c_void_p"), "cnet.accept"),
+    CHook("accept4", "c_int", ("c_int", "c_void_p", "c_void_p", "c_int"), "cnet.accept4"),
     CHook("getpeername", "c_int", ("c_int", "c_void_p", "c_void_p"), "cnet.getpeername"),
     CHook("getsockname", "c_int", ("c_int", "c_void_p", "c_void_p"), "cnet.getsockname"),
     CHook("close", "c_int", ("c_int",), "cnet.close"),

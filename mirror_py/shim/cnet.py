@@ -24,6 +24,7 @@ from typing import Any, Callable
 from . import csockaddr, incoming, net
 
 _RAW_CONNECT = socket.socket.__mro__[1].connect  # the C type's own: connects the app's socket to a relay
+_RAW_GETPEERNAME = socket.socket.__mro__[1].getpeername
 
 
 def _socket_of(fd: int) -> socket.socket:
@@ -90,6 +91,38 @@ def listen(original: Callable, fd: int, backlog: int) -> int:
     finally:
         sock.detach()
     return 0
+
+
+def accept(original: Callable, fd: int, addr: int | None, length_p: int | None) -> int:
+    return _accepted(original(fd, addr, length_p), fd, addr, length_p)
+
+
+def accept4(original: Callable, fd: int, addr: int | None, length_p: int | None, flags: int) -> int:
+    return _accepted(original(fd, addr, length_p, flags), fd, addr, length_p)
+
+
+def _accepted(conn_fd: int, fd: int, addr: int | None, length_p: int | None) -> int:
+    """A connection a C server accepted on a listener that gets the target's traffic: registered with the
+    target's client as its peer (incoming.accepted), which ``getpeername`` then reports."""
+    if conn_fd < 0 or (not incoming.listeners and not incoming._inherited):
+        return conn_fd
+    saved = ctypes.get_errno()
+    listener = _socket_of(fd)
+    try:
+        conn = socket.socket(fileno=conn_fd)
+        try:
+            real = _RAW_GETPEERNAME(conn)
+            peer = incoming.accepted(listener, conn, real)
+        finally:
+            conn.detach()
+    except OSError:
+        peer = None  # the connection stays as the kernel gave it
+    finally:
+        listener.detach()
+    if peer is not None and peer != real and addr and length_p:
+        csockaddr.write(csockaddr.pack(int(listener.family), peer), addr, length_p)
+    ctypes.set_errno(saved)
+    return conn_fd
 
 
 def _known(fd: int) -> bool:

@@ -209,25 +209,32 @@ def _view(addr: tuple, family: int) -> tuple:
     return (host, port)
 
 
+def accepted(listener: Any, conn: Any, addr: Any) -> Any:
+    """The address an accepted connection reports: the target's client when the session relayed it (the
+    connection is then registered with the target's view), else ``addr``. Both ways in call it: the patched
+    ``accept`` and the C-level layer's (mirror_py.shim.cnet)."""
+    if not listeners and not _inherited:
+        return addr
+    lst = _listener(listener)
+    if lst is None or lst.sub is None or not isinstance(addr, tuple) or not str(addr[0]).startswith(_LOOPBACK):
+        return addr
+    try:
+        reply = rpc.call({"op": "incoming_peer", "addr": [addr[0], addr[1]]})
+    except OSError:
+        return addr
+    found = reply.get("ok") or {}
+    if not found:
+        return addr  # a local client of the app, not one of the target's
+    peer, local = _view(found["peer"], listener.family), _view(found["local"], listener.family)
+    real = _RAW.getsockname(conn)
+    net.register(conn, net.Remote("in", peer[:2], local[:2], tuple(addr[:2]), tuple(real[:2])))
+    return peer
+
+
 def make_accept(orig: Callable) -> Callable:
     def accept(self):
         conn, addr = orig(self)
-        if not listeners and not _inherited:
-            return conn, addr
-        lst = _listener(self)
-        if lst is None or lst.sub is None or not isinstance(addr, tuple) or not str(addr[0]).startswith(_LOOPBACK):
-            return conn, addr
-        try:
-            reply = rpc.call({"op": "incoming_peer", "addr": [addr[0], addr[1]]})
-        except OSError:
-            return conn, addr
-        found = reply.get("ok") or {}
-        if not found:
-            return conn, addr  # a local client of the app, not one of the target's
-        peer, local = _view(found["peer"], self.family), _view(found["local"], self.family)
-        real = _RAW.getsockname(conn)
-        net.register(conn, net.Remote("in", peer[:2], local[:2], tuple(addr[:2]), tuple(real[:2])))
-        return conn, peer
+        return conn, accepted(self, conn, addr)
 
     return accept
 

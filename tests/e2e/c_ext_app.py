@@ -231,7 +231,7 @@ def uvicorn_scenario() -> dict:
         async with httpx.AsyncClient() as client:
             reply = await client.get("http://web:8080/")
         return JSONResponse({"server": "local", "web": reply.text,
-                             "loop": type(asyncio.get_running_loop()).__module__})
+                             "loop": type(asyncio.get_running_loop()).__module__, "client": request.client.host})
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None):

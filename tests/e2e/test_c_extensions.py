@@ -197,7 +197,9 @@ def test_uvicorn_on_uvloop_receives_stolen_requests_and_calls_a_service_by_name(
             answer = json.loads(reply.read())
     finally:
         err = terminate(proc)
+    client = answer.pop("client")
     assert answer == {"server": "local", "web": "web says hi", "loop": "uvloop"}, err
+    assert not client.startswith("127.") and client != pod_ip(cluster, "api")  # the pod's client, not a relay
 
 
 def test_grpcio_client_calls_a_pods_server_by_service_name(cluster):
