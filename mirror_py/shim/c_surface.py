@@ -51,7 +51,7 @@ ARCH_RELOCATIONS: dict[str, dict[str, int]] = {
 #: as they should). Matched against the object's file name; the interpreter's executable, libpython and its
 #: lib-dynload directory are recognised by path (got.py).
 NEVER: tuple[str, ...] = ("linux-vdso", "linux-gate", "ld-linux", "ld-musl", "libc.so", "libc.musl",
-                          "libpthread.so", "libdl.so")
+                          "libpthread.so", "libdl.so", "libffi.so")  # libffi: what the callbacks run on
 
 #: Why the layer is absent where it is: said once, when a C extension that networks is imported.
 UNSUPPORTED = ("C extensions are interposed only on Linux x86_64 and aarch64 (their GOT is patched in "

@@ -218,9 +218,10 @@ def busy_exit_scenario() -> dict:
 
 def uvicorn_scenario() -> dict:
     """A Starlette app served by uvicorn on uvloop (libuv resolves, binds, listens and connects in C): it
-    receives the target's stolen requests and calls another pod's Service by name with httpx."""
+    receives the target's stolen requests and calls another pod's Service by name with httpx and aiohttp."""
     import asyncio
 
+    import aiohttp
     import httpx
     import uvicorn
     from starlette.applications import Starlette
@@ -230,7 +231,10 @@ def uvicorn_scenario() -> dict:
     async def call(request):
         async with httpx.AsyncClient() as client:
             reply = await client.get("http://web:8080/")
-        return JSONResponse({"server": "local", "web": reply.text,
+        async with aiohttp.ClientSession() as session:  # its default resolver: loop.getaddrinfo, in C here
+            async with session.get("http://web:8080/") as response:
+                second = await response.text()
+        return JSONResponse({"server": "local", "web": reply.text, "aiohttp": second,
                              "loop": type(asyncio.get_running_loop()).__module__, "client": request.client.host})
 
     class Server(uvicorn.Server):
