@@ -1,10 +1,10 @@
 """Reaching the target from an agent that does not start inside it (the ephemeral and job placements, and
 ``pid/`` targets).
 
-``find_pid`` looks the target container's main process up by its container ID in ``/proc/*/cgroup`` (the
-runtime names each container's cgroup after its ID). ``enter`` moves the agent into that process's network and
-UTS namespaces, the way nsenter would, so its sockets and host name are the target's; it must run before the
-agent starts any thread.
+``find_pid`` looks the target container's init process up by its container ID in ``/proc/*/cgroup`` (the
+runtime names each container's cgroup after its ID; :mod:`containers` says which names count). ``enter``
+moves the agent into that process's network and UTS namespaces, the way nsenter would, so its sockets and host
+name are the target's; it must run before the agent starts any thread.
 
 The agent never enters the target's mount namespace. There it would run as a more privileged process than the
 target (the job pod is privileged, a ``pid/`` agent is host root) among the target's files: a lazy import, a
@@ -21,7 +21,7 @@ import ctypes
 import importlib
 import os
 
-from . import dns, env, files
+from . import containers, dns, env, files
 
 _NAMESPACES = {"net": 0x40000000, "uts": 0x04000000}
 
@@ -49,23 +49,9 @@ def preimport() -> None:
 
 
 def find_pid(container_id: str) -> int:
-    ident = container_id.split("://", 1)[-1].strip()
-    if len(ident) < 12 or not all(c in "0123456789abcdefABCDEF" for c in ident):
-        raise ValueError(f"not a container ID: {container_id!r}")
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{name}/cgroup") as f:
-                if ident in f.read():
-                    found.append(int(name))
-        except OSError:
-            continue
-    if not found:
-        raise FileNotFoundError(2, f"no process of container {ident[:12]} is visible (hostPID or a shared process "
-                                   "namespace is needed)")
-    return min(found)
+    """The host PID of the container's init (:func:`containers.init_pid`: by the exact cgroup name the
+    container's runtime gives it, never a monitor such as CRI-O's conmon named after the same ID)."""
+    return containers.init_pid(container_id)
 
 
 def _setns(fd: int, nstype: int) -> None:

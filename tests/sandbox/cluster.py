@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from tests.sandbox import attach, netpod
+from tests.sandbox import attach, netpod, runtimes
 from tests.sandbox.dns import CLUSTER_DOMAIN, ClusterDns
 from tests.sandbox.manifest import (
     RESOURCES,
@@ -354,8 +354,9 @@ def _cgroup2_mount() -> Path | None:
 
 
 class Cgroups:
-    """Per-container cgroups (best effort), named like a kubelet's so a job agent can find a container's
-    processes by container ID in ``/proc/*/cgroup`` — and so every process of a container, however it was
+    """The cluster's cgroup (best effort) under which every container's cgroups are made, named as its
+    runtime layout names them (:mod:`tests.sandbox.runtimes`) so a job agent finds a container's processes by
+    container ID in ``/proc/*/cgroup`` as on a node — and so every process of a container, however it was
     started, can be killed at cleanup even after a SIGKILL of the test run."""
 
     def __init__(self, cluster_id: str) -> None:
@@ -368,23 +369,6 @@ class Cgroups:
                 self.root = root
             except OSError:
                 self.root = None
-
-    def container(self, pod_uid: str, container_id: str) -> Path | None:
-        if self.root is None:
-            return None
-        path = self.root / f"kubepods-pod{pod_uid.replace('-', '_')}.slice" / f"cri-containerd-{container_id}.scope"
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            return None
-        return path
-
-    @staticmethod
-    def wrapper(path: Path | None) -> list[str]:
-        """Argv prefix that joins the cgroup and then execs the real command (keeping its pid)."""
-        if path is None:
-            return []
-        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(path / "cgroup.procs")]
 
     @staticmethod
     def kill_tree(path: Path, timeout: float = 5.0) -> None:
@@ -498,7 +482,8 @@ class Container:
     env: dict[str, str] = field(default_factory=dict)
     argv: list[str] = field(default_factory=list)
     cwd: str | None = None
-    cgroup: Path | None = None
+    cgroups: runtimes.ContainerCgroups | None = None  # where its processes (and a runtime's monitor) live
+    layout: runtimes.Layout = runtimes.DEFAULT  # the runtime whose cgroup names and ID scheme it has
     proc: subprocess.Popen | None = None
     state: str = "waiting"  # waiting, running, terminated
     reason: str = "ContainerCreating"
@@ -532,7 +517,7 @@ class Container:
                     "reason": "Completed" if self.exit_code == 0 else "Error",
                     "startedAt": self.started_at,
                     "finishedAt": self.finished_at,
-                    "containerID": f"containerd://{self.id}",
+                    "containerID": f"{self.layout.scheme}://{self.id}",
                 }
             }
         else:
@@ -550,7 +535,7 @@ class Container:
             "lastState": self.last_state,
         }
         if self.state != "waiting":
-            out["containerID"] = f"containerd://{self.id}"
+            out["containerID"] = f"{self.layout.scheme}://{self.id}"
         if not self.ephemeral:
             out["started"] = self.state == "running"
         return out
@@ -648,6 +633,7 @@ class Cluster:
         self.network: Network | None = None
         self.dns: ClusterDns | None = None
         self.cgroups: Cgroups | None = None
+        self.cgroups_v1 = runtimes.V1Root(f"{CGROUP_PREFIX}{self.id}.slice", self.workdir)
         self.apiserver: Any = None
         self.runtimes: dict[tuple[str, str], PodRuntime] = {}
         self._calls: list[ApiCall] = []
@@ -741,6 +727,7 @@ class Cluster:
         state = {
             "pid": os.getpid(),
             "cgroup": str(self.cgroups.root) if self.cgroups and self.cgroups.root else "",
+            "cgroup_v1_mount": str(self.workdir / "cgroup-v1"),
             "kubeconfig": str(self._kubeconfig_arg or ""),
         }
         (self.workdir / "state.json").write_text(json.dumps(state))
@@ -768,6 +755,7 @@ class Cluster:
             self._close_runtimes,
             lambda: self.dns and self.dns.close(),
             lambda: self.cgroups and self.cgroups.close(),
+            lambda: self.cgroups_v1.close(Cgroups.kill_tree),
             lambda: self.network and self.network.close(),
         ):
             try:
@@ -875,7 +863,7 @@ class Cluster:
         c = rt.container(container) if container else next(iter(rt.containers.values()))
         if c is None or c.proc is None:
             raise KeyError(f"container {container!r} of pod {pod} is not running")
-        return c.proc.pid
+        return runtimes.main_pid(c.proc.pid, c.cgroups)
 
     @property
     def calls(self) -> list[ApiCall]:
@@ -1374,8 +1362,10 @@ class Cluster:
             f"nameserver {self.network.gateway}\noptions ndots:5\n"
         )
         hosts = {h: a["ip"] for a in spec.get("hostAliases") or [] for h in a.get("hostnames") or []}
+        layout = runtimes.layout_of(annotations)
         for cspec in spec["containers"]:
-            c = Container(cspec["name"], copy.deepcopy(cspec), pod_security=dict(spec.get("securityContext") or {}))
+            c = Container(cspec["name"], copy.deepcopy(cspec), pod_security=dict(spec.get("securityContext") or {}),
+                          layout=layout)
             c.no_python = c.name in no_python_names if no_python_names is not None else bool(no_python)
             rt.containers[c.name] = c
         if rt.host:
@@ -1438,8 +1428,8 @@ class Cluster:
         c.argv = [*command, *args] if command else (args or list(DEFAULT_COMMAND))
         c.argv = [_expand(a, c.env) for a in c.argv]
         c.cwd = c.spec.get("workingDir") or None
-        if c.cgroup is None:
-            c.cgroup = self.cgroups.container(rt.uid, c.id)
+        if c.cgroups is None:
+            c.cgroups = runtimes.place(self.cgroups.root, self.cgroups_v1, c.layout, rt.uid, c.id)
         log_path = self.log_path(rt.namespace, rt.name, c.name)
         log = open(log_path, "ab")
         if c.console is not None:
@@ -1456,7 +1446,7 @@ class Cluster:
                 [*_security_wrapper(c), *c.argv],
                 env=self._exec_env(c),
                 cwd=c.cwd,
-                prefix=Cgroups.wrapper(c.cgroup),
+                prefix=c.cgroups.start_prefix() if c.cgroups else [],
                 **streams,
             )
         finally:
@@ -1491,10 +1481,7 @@ class Cluster:
         if rt.sandbox is not None:
             rt.sandbox.close()
         for c in containers:
-            if c.cgroup is not None:
-                Cgroups.kill_tree(c.cgroup)
-                with contextlib.suppress(OSError):
-                    c.cgroup.parent.rmdir()
+            runtimes.remove(c.cgroups, Cgroups.kill_tree)
             if c.proc is not None:
                 with contextlib.suppress(Exception):
                     c.proc.kill()
@@ -2028,7 +2015,7 @@ class Cluster:
                 )
             )
         argv = [*_security_wrapper(c), *argv]
-        host_argv = [*Cgroups.wrapper(c.cgroup), *rt.sandbox.nsenter_argv(argv, c.cwd)]
+        host_argv = [*(c.cgroups.join_prefix() if c.cgroups else []), *rt.sandbox.nsenter_argv(argv, c.cwd)]
         return ExecPlan(host_argv, env, container, rt)
 
     def _find_executable(self, rt: PodRuntime, env: Mapping[str, str], name: str, cwd: str | None) -> bool:
@@ -2106,7 +2093,8 @@ class Cluster:
         pod_obj = pod
         for c in added:
             container = Container(c["name"], copy.deepcopy(c), ephemeral=True,
-                                  pod_security=dict(pod["spec"].get("securityContext") or {}))
+                                  pod_security=dict(pod["spec"].get("securityContext") or {}),
+                                  layout=runtimes.layout_of(pod["metadata"].get("annotations") or {}))
             container.start_after = time.monotonic() + self.ephemeral_start_delay
             container.env = self._container_env(
                 rt, pod_obj, c, self._service_env(ns, pod["spec"].get("enableServiceLinks", True))
@@ -2264,11 +2252,14 @@ def _wait_entered(proc: subprocess.Popen, rt: PodRuntime, c: Container, timeout:
     want_net = os.readlink(f"/proc/{rt.sandbox.pid}/ns/net") if rt.sandbox is not None and rt.sandbox.pid else ""
     deadline = time.monotonic() + timeout
     while proc.poll() is None and time.monotonic() < deadline:
+        pid = runtimes.main_pid(proc.pid, c.cgroups)  # past a runtime's monitor, once it has forked
         try:
-            if want_net:
-                if os.readlink(f"/proc/{proc.pid}/ns/net") == want_net:
+            if pid == proc.pid and c.cgroups is not None and c.cgroups.monitor:
+                pass
+            elif want_net:
+                if os.readlink(f"/proc/{pid}/ns/net") == want_net:
                     return
-            elif c.cgroup is None or c.id in Path(f"/proc/{proc.pid}/cgroup").read_text():
+            elif c.cgroups is None or str(pid) in c.cgroups.procs[0].read_text().split():
                 return
         except OSError:
             return
@@ -2371,6 +2362,10 @@ def cleanup_leftovers() -> list[str]:
             _kill_dnsmasq_of(workdir)
             if state.get("cgroup"):
                 Cgroups.kill_tree(Path(state["cgroup"]))
+            for v1_dir in runtimes.leftover_v1_dirs(CGROUP_PREFIX + name[len(CLUSTER_PREFIX):]):
+                Cgroups.kill_tree(v1_dir)
+            if state.get("cgroup_v1_mount"):
+                subprocess.run(["umount", "-l", state["cgroup_v1_mount"]], capture_output=True)
             if state.get("kubeconfig"):
                 with contextlib.suppress(OSError):
                     Path(state["kubeconfig"]).unlink()
