@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import sys
 import types
 from collections.abc import Mapping
@@ -162,6 +163,29 @@ _ByteSize = Annotated[
 ]
 
 
+_QUANTITY = r"^(|[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?)$"
+
+
+def _check_quantity(value: str) -> str:
+    if not re.match(_QUANTITY, value):
+        raise ValueError("not a Kubernetes quantity: give e.g. '500m' or '1' (CPU), '64Mi' or '1Gi' (memory), or "
+                         "'' to leave it out")
+    return value
+
+
+_Quantity = Annotated[str, AfterValidator(_check_quantity), WithJsonSchema({"type": "string", "pattern": _QUANTITY})]
+_SUFFIX = {"": 1, "m": 0.001, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+           "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50, "Ei": 1 << 60}
+
+
+def quantity_bytes(text: str) -> float:
+    """A Kubernetes quantity (``256Mi``, ``1G``, ``500m``) as a number."""
+    m = re.match(r"^([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$", text)
+    if not m or m.group(2) not in _SUFFIX:
+        raise ValueError(f"not a Kubernetes quantity: {text!r}")
+    return float(m.group(1)) * _SUFFIX[m.group(2)]
+
+
 class AgentConfig(_Section):
     """How the agent is started in the target."""
 
@@ -200,6 +224,32 @@ class AgentConfig(_Section):
         "4 MiB). In exec mode its memory is the target container's: past the budget it drops UDP datagrams and "
         "cuts mirrored copies and captured flows (counted, and reported once), and TCP streams wait.",
     )
+    cpu_request: _Quantity = Field(
+        "50m", description="CPU the job and targetless agent pods request (a Kubernetes quantity such as '50m'; "
+        "empty: not declared)."
+    )
+    memory_request: _Quantity = Field(
+        "64Mi", description="Memory the job and targetless agent pods request (a Kubernetes quantity such as "
+        "'64Mi'; empty: not declared)."
+    )
+    cpu_limit: _Quantity = Field(
+        "1", description="CPU limit of the job and targetless agent pods (empty: none; a ResourceQuota on "
+        "limits.cpu then refuses them)."
+    )
+    memory_limit: _Quantity = Field(
+        "256Mi", description="Memory limit of the job and targetless agent pods (empty: none); leave room above "
+        "memory_budget for the agent's own 25 to 30 MiB."
+    )
+
+    @model_validator(mode="after")
+    def _limit_holds_budget(self) -> AgentConfig:
+        limit = quantity_bytes(self.memory_limit) if self.memory_limit else None
+        if limit is not None and limit < self.memory_budget + (32 << 20):
+            raise ValueError(f"agent.memory_limit {self.memory_limit!r} leaves no room for agent.memory_budget "
+                             f"({describe_size(self.memory_budget)}) plus the agent's own 32 MiB: raise the limit "
+                             "or lower the budget")
+        return self
+
 
 
 class FilterConfig(_Section):

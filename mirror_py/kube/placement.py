@@ -31,6 +31,7 @@ from mirror_py_agent import bootstrap, sweep
 
 from ..errors import MirrorError
 from ..transport.k8s_exec import ExecChannel
+from . import admission
 from .api import KubeContext, explain
 from .targets import ResolvedTarget, collection, object_path
 
@@ -263,6 +264,9 @@ async def ephemeral_mode(kube: KubeContext, target: ResolvedTarget, python: str,
     except ApiException as exc:
         if exc.status == 404:
             raise await _ephemeral_not_found(kube, target) from None
+        refusal = _refusal(exc, "ephemeral", target.namespace)
+        if refusal:
+            raise MirrorError(refusal) from None
         if exc.status == 403:
             raise MirrorError(f"{explain(exc, 'adding the ephemeral agent container')}; agent mode ephemeral needs "
                               f"patch on pods/ephemeralcontainers in namespace {target.namespace} "
@@ -385,38 +389,81 @@ def _pod_container_state(pod: dict, container: str) -> tuple[str, str]:
     return "waiting", status.get("phase") or "Pending"
 
 
-def _agent_pod_spec(token: str, image: str, python: str, **extra: Any) -> dict:
+#: On agent pods (job and targetless): no service mesh may inject its proxy. A sidecar would take the pod's
+#: traffic (the targetless agent's outgoing connections would leave through the mesh's proxy, not as the pod),
+#: hold a job pod Running after the agent exits, and ask for more rights than the agent has. Istio reads the
+#: label as well as the annotation (the label wins in its newer releases).
+MESH_ANNOTATIONS = {"sidecar.istio.io/inject": "false", "linkerd.io/inject": "disabled",
+                    "kuma.io/sidecar-injection": "disabled"}
+MESH_LABELS = {"sidecar.istio.io/inject": "false"}
+
+
+def agent_resources(cpu_request: str | None = None, memory_request: str | None = None,
+                    cpu_limit: str | None = None, memory_limit: str | None = None) -> dict:
+    """The agent container's ``resources`` from the ``agent.*_request``/``*_limit`` keys (empty ones left out).
+
+    Declared because a namespace's ResourceQuota on requests or limits refuses every pod that does not declare
+    them, and a LimitRange's defaults may be too small or too large for the agent."""
+    out: dict = {}
+    for kind, values in (("requests", {"cpu": cpu_request, "memory": memory_request}),
+                         ("limits", {"cpu": cpu_limit, "memory": memory_limit})):
+        given = {key: value for key, value in values.items() if value}
+        if given:
+            out[kind] = given
+    return out
+
+
+def _agent_pod_spec(token: str, image: str, python: str, resources: dict | None = None, **extra: Any) -> dict:
     container: dict = {"name": "agent", "image": image, "imagePullPolicy": "IfNotPresent",
                        "command": [python, "-I", "-c", IDLE, token]}
     security = extra.pop("security_context", None)
     if security:
         container["securityContext"] = security
+    if resources:
+        container["resources"] = resources
     return {"restartPolicy": "Never", "containers": [container], "terminationGracePeriodSeconds": 1, **extra}
 
 
-def job_body(token: str, namespace: str, node: str | None, python: str, image: str) -> dict:
+def _agent_metadata(**extra: Any) -> dict:
+    return {**extra, "labels": {"app.kubernetes.io/managed-by": "mirror-py", **MESH_LABELS},
+            "annotations": dict(MESH_ANNOTATIONS)}
+
+
+def job_body(token: str, namespace: str, node: str | None, python: str, image: str,
+             resources: dict | None = None) -> dict:
     """The agent Job as job mode POSTs it (a function of its own so the admission policy can be tested on it)."""
     # The agent never calls the API: a privileged pod has no use for a token that anyone entering it could take.
-    spec = _agent_pod_spec(token, image, python, nodeName=node, hostPID=True, automountServiceAccountToken=False,
-                           tolerations=[{"operator": "Exists"}], security_context={"privileged": True})
+    spec = _agent_pod_spec(token, image, python, resources, nodeName=node, hostPID=True,
+                           automountServiceAccountToken=False, tolerations=[{"operator": "Exists"}],
+                           security_context={"privileged": True})
     return {"apiVersion": "batch/v1", "kind": "Job",
             "metadata": {"name": token, "namespace": namespace,
                          "labels": {"app.kubernetes.io/managed-by": "mirror-py"}},
             "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 60,
-                     "template": {"metadata": {"labels": {"app.kubernetes.io/managed-by": "mirror-py"}},
-                                  "spec": spec}}}
+                     "template": {"metadata": _agent_metadata(), "spec": spec}}}
 
 
-async def job_mode(kube: KubeContext, target: ResolvedTarget, python: str, image: str, timeout: float) -> Placement:
+def _refusal(exc: Any, kind: str, namespace: str) -> str | None:
+    """A 403 that an admission policy (not RBAC) gave, explained; None for any other error."""
+    if getattr(exc, "status", None) != 403:
+        return None
+    return admission.refused(str(explain(exc, "")), kind, namespace)
+
+
+async def job_mode(kube: KubeContext, target: ResolvedTarget, python: str, image: str, timeout: float,
+                   resources: dict | None = None) -> Placement:
     from kubernetes.client.exceptions import ApiException
 
     token = "mirror-py-" + secrets.token_hex(6)
     ns = target.namespace
-    body = job_body(token, ns, target.node, python, image)
+    body = job_body(token, ns, target.node, python, image, resources)
     progress.info("creating agent job %s/%s on node %s (image %s)", ns, token, target.node, image)
     try:
         await asyncio.to_thread(kube.request_json, "POST", collection("job", ns), body)
     except ApiException as exc:
+        refusal = _refusal(exc, "job", ns)
+        if refusal:
+            raise MirrorError(refusal) from None
         hint = f"; agent mode job needs create and delete on jobs in namespace {ns}" if exc.status == 403 else ""
         raise MirrorError(f"{explain(exc, 'creating the agent job')}{hint}") from None
     except Exception as exc:
@@ -444,33 +491,55 @@ async def job_mode(kube: KubeContext, target: ResolvedTarget, python: str, image
 
 
 async def _job_pod(kube: KubeContext, namespace: str, job: str, timeout: float) -> str:
+    """The Job's pod. While it has none, the Job's events say why: a pod that admission refuses never exists,
+    and the Job controller records the refusal only as a FailedCreate event on the Job."""
+    from kubernetes.client.exceptions import ApiException
+
     deadline = time.monotonic() + timeout
+    events_readable = True
     while time.monotonic() < deadline:
         pods = await asyncio.to_thread(kube.list_items, collection("pod", namespace), labelSelector=f"job-name={job}")
         if pods:
             return pods[0]["metadata"]["name"]
+        if events_readable:
+            try:
+                events = await asyncio.to_thread(kube.list_items, collection("event", namespace),
+                                                 fieldSelector=f"involvedObject.kind=Job,involvedObject.name={job}")
+            except ApiException as exc:
+                if exc.status != 403:
+                    raise explain(exc, f"reading the events of the agent job {namespace}/{job}") from None
+                events_readable = False  # optional right: without it, only the timeout below tells
+            else:
+                refusal = admission.job_refusal(events, namespace)
+                if refusal:
+                    raise MirrorError(refusal)
         await asyncio.sleep(0.3)
-    raise MirrorError(f"the agent job {namespace}/{job} created no pod within {timeout:g} s")
+    unread = "" if events_readable else " (no right to list events here, so its reason is unknown: see kubectl " \
+        f"describe job -n {namespace} {job})"
+    raise MirrorError(f"the agent job {namespace}/{job} created no pod within {timeout:g} s{unread}")
 
 
-def targetless_pod(token: str, namespace: str, python: str, image: str) -> dict:
+def targetless_pod(token: str, namespace: str, python: str, image: str, resources: dict | None = None) -> dict:
     """The targetless agent pod as it is POSTed: unprivileged, no service-account token."""
     return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": token, "namespace": namespace,
-                         "labels": {"app.kubernetes.io/managed-by": "mirror-py"}},
-            "spec": _agent_pod_spec(token, image, python, automountServiceAccountToken=False,
+            "metadata": _agent_metadata(name=token, namespace=namespace),
+            "spec": _agent_pod_spec(token, image, python, resources, automountServiceAccountToken=False,
                                     security_context={"allowPrivilegeEscalation": False})}
 
 
-async def targetless_mode(kube: KubeContext, namespace: str, python: str, image: str, timeout: float) -> Placement:
+async def targetless_mode(kube: KubeContext, namespace: str, python: str, image: str, timeout: float,
+                          resources: dict | None = None) -> Placement:
     from kubernetes.client.exceptions import ApiException
 
     token = "mirror-py-" + secrets.token_hex(6)
-    body = targetless_pod(token, namespace, python, image)
+    body = targetless_pod(token, namespace, python, image, resources)
     progress.info("no target: creating agent pod %s/%s (image %s)", namespace, token, image)
     try:
         await asyncio.to_thread(kube.request_json, "POST", collection("pod", namespace), body)
     except ApiException as exc:
+        refusal = _refusal(exc, "targetless", namespace)
+        if refusal:
+            raise MirrorError(refusal) from None
         hint = f"; a session without a target needs create and delete on pods in namespace {namespace}" \
             if exc.status == 403 else ""
         raise MirrorError(f"{explain(exc, 'creating the agent pod')}{hint}") from None

@@ -153,6 +153,7 @@ COLLECTIONS = {
     "replicaset": "/apis/apps/v1/namespaces/{ns}/replicasets",
     "daemonset": "/apis/apps/v1/namespaces/{ns}/daemonsets",
     "job": "/apis/batch/v1/namespaces/{ns}/jobs",
+    "event": "/api/v1/namespaces/{ns}/events",
 }
 
 

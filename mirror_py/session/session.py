@@ -68,6 +68,13 @@ def _failure_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc} (unexpected; run with -v for details)"
 
 
+def _resources(agent: config_mod.AgentConfig) -> dict:
+    """The agent pod's container ``resources`` from the ``agent.*_request``/``*_limit`` keys."""
+    from ..kube.placement import agent_resources
+
+    return agent_resources(agent.cpu_request, agent.memory_request, agent.cpu_limit, agent.memory_limit)
+
+
 class Session:
     def __init__(self, cfg: config_mod.Config) -> None:
         self.cfg = cfg
@@ -246,7 +253,7 @@ class Session:
         timeout = agent.startup_timeout
         if ref is None:
             placed = await placement.targetless_mode(kube, agent.namespace or kube.namespace, agent.python,
-                                                     agent.image, timeout)
+                                                     agent.image, timeout, _resources(agent))
             return await self._start_placed(placed)
         resolved = await asyncio.to_thread(targets.resolve, kube, ref)
         self.incoming.probes = resolved.probes
@@ -267,7 +274,8 @@ class Session:
                                          target_process=self.cfg.env.enabled or self.cfg.fs.mode != "local")
             placed = await placement.ephemeral_mode(kube, resolved, agent.python, agent.image, timeout, needs)
         else:
-            placed = await placement.job_mode(kube, resolved, agent.python, agent.image, timeout)
+            placed = await placement.job_mode(kube, resolved, agent.python, agent.image, timeout,
+                                              _resources(agent))
         return await self._start_placed(placed)
 
     async def _start_placed(self, placed: Any) -> tuple[AgentLink, Any, dict | None]:

@@ -200,6 +200,13 @@ def _scenarios(cluster: Cluster, mode: str) -> list[tuple[str, list[str], str | 
         (target, ["exec", "--agent-mode", mode, "--target", target, "--", sys.executable, "-c", APP], pod)
         for target, pod in pods.items()
     ]
+    if mode == "job":
+        # The quota the fixture puts in staging requires limits.cpu: with agent.cpu_limit empty the Job's pod is
+        # refused, and the Role must be enough to read why (the Job's FailedCreate events).
+        config = cluster.workdir / "no-cpu-limit.toml"
+        config.write_text('[agent]\ncpu_limit = ""\n')
+        out.append(("refused by a quota", ["exec", "--config", str(config), "--agent-mode", mode, "--target",
+                                           "deploy/api", "--", sys.executable, "-c", APP], None))
     if mode == "ephemeral":
         out.append(("auto without python3", ["exec", "--target", "pod/legacy", "--", sys.executable, "-c", APP],
                     "legacy"))
@@ -229,6 +236,10 @@ def recorded(tmp_path_factory) -> tuple[Cluster, dict[str, ModeRuns]]:
         pytest.fail("the sandbox cluster builds namespaces and must run as root")
     tmp = tmp_path_factory.mktemp("rbac")
     with Cluster.start(MANIFEST) as cluster:
+        # Added once the targets run: it refuses only new pods that declare no CPU limit (see _scenarios).
+        cluster.store.put({"apiVersion": "v1", "kind": "ResourceQuota",
+                           "metadata": {"name": "cpu-limits", "namespace": NAMESPACE},
+                           "spec": {"hard": {"limits.cpu": "100"}}})
         users = {}
         for mode in MODES:
             user = f"rbac-{mode}"
@@ -256,7 +267,11 @@ def test_the_role_alone_is_enough(recorded, mode):
     _cluster, users = recorded
     for run in users[mode].runs:
         detail = f"{mode}, {run.what}: exit {run.out.returncode}\n{run.out.stderr}"
-        if run.what.startswith("typo"):
+        if run.what == "refused by a quota":
+            assert run.out.returncode != 0, detail
+            assert "ResourceQuota cpu-limits of namespace staging" in run.out.stderr, detail
+            assert "agent.cpu_limit" in run.out.stderr, detail
+        elif run.what.startswith("typo"):
             assert run.out.returncode != 0, detail
             assert "did you mean" in run.out.stderr and "forbidden" not in run.out.stderr, detail
         elif run.what == "ls":

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from tests.sandbox import attach, netpod, runtimes
+from tests.sandbox import admission, attach, netpod, runtimes
 from tests.sandbox.dns import CLUSTER_DOMAIN, ClusterDns
 from tests.sandbox.manifest import (
     RESOURCES,
@@ -1238,9 +1238,10 @@ class Cluster:
             raise ApiError.invalid("Pod", name, "spec.containers: Required value")
         meta.setdefault("labels", {})
         meta.setdefault("annotations", {})
+        _pod_defaults(spec)
+        admission.admit_pod(self.store, obj)  # Pod Security and quotas, as the API server refuses pods
         meta["uid"] = new_uid()
         meta["creationTimestamp"] = now_rfc3339()
-        _pod_defaults(spec)
         obj["status"] = {
             "phase": "Pending",
             "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now_rfc3339()}],
@@ -1295,7 +1296,15 @@ class Cluster:
         template.setdefault("metadata", {}).setdefault("labels", {}).update(job_labels)
         obj["status"] = {"active": 1, "startTime": now_rfc3339(), "ready": 0}
         stored = self.store.put(obj)
-        pod = self._pod_from_template(stored, template, f"{name}-{random_suffix()}")
+        try:
+            pod = self._pod_from_template(stored, template, f"{name}-{random_suffix()}")
+        except ApiError as exc:
+            if exc.code != 403:
+                raise
+            # As the Job controller: no pod, a FailedCreate event on the Job, the Job itself stays.
+            admission.failed_create(self.store, stored, exc)
+            self.store.update("jobs", ns, name, lambda o: o["status"].update(active=0))
+            return []
         if start:
             self._pool.submit(self._start_pod, *pod)
         return [pod]
@@ -2086,6 +2095,8 @@ class Cluster:
             c.setdefault("imagePullPolicy", "IfNotPresent")
             c.setdefault("terminationMessagePath", "/dev/termination-log")
             c.setdefault("terminationMessagePolicy", "File")
+        admission.admit_pod(self.store, {**pod, "spec": {**pod["spec"], "ephemeralContainers": [*old, *added]}},
+                            ephemeral=True)
         with self._lock:
             rt = self.runtimes.get((ns, pod_name))
         if rt is None or rt.sandbox is None:

@@ -61,6 +61,8 @@ RESOURCES: dict[str, Resource] = {
         Resource("statefulsets", "apps", "v1", "StatefulSet", True, ("create", "get", "list", "watch"), ("sts",)),
         Resource("daemonsets", "apps", "v1", "DaemonSet", True, ("create", "get", "list", "watch"), ("ds",)),
         Resource("jobs", "batch", "v1", "Job", True, ("create", "delete", "get", "list", "watch")),
+        Resource("events", "", "v1", "Event", True, short_names=("ev",)),
+        Resource("resourcequotas", "", "v1", "ResourceQuota", True, short_names=("quota",)),
         Resource(
             "selfsubjectaccessreviews", "authorization.k8s.io", "v1", "SelfSubjectAccessReview", False, ("create",)
         ),
@@ -77,6 +79,7 @@ API_GROUPS = ("apps", "batch", "authorization.k8s.io")
 # The kinds a manifest may hold, in the order they are applied: what pods reference must exist first.
 MANIFEST_ORDER = (
     "Namespace",
+    "ResourceQuota",
     "ServiceAccount",
     "ConfigMap",
     "Secret",
@@ -368,6 +371,13 @@ FIELD_GETTERS: dict[str, dict[str, Callable[[Mapping[str, Any]], str]]] = {
     },
     "secrets": {"type": lambda o: o.get("type", "")},
     "jobs": {"status.successful": lambda o: str(o.get("status", {}).get("succeeded", 0))},
+    "events": {
+        **{f"involvedObject.{key}": lambda o, k=key: str((o.get("involvedObject") or {}).get(k, ""))
+           for key in ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")},
+        "reason": lambda o: o.get("reason", ""),
+        "type": lambda o: o.get("type", ""),
+        "source": lambda o: (o.get("source") or {}).get("component", ""),
+    },
 }
 
 
