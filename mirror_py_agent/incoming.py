@@ -83,6 +83,24 @@ async def clean(args: dict, mux: Mux) -> dict:
     return {"removed": removed}
 
 
+async def check(args: dict, mux: Mux) -> dict:
+    """What this agent lacks for ``mode`` here ({"missing": [...]}), asked once it is placed, so that a session
+    that will steal learns at its start, not at the app's first listening port, that the agent's image has no
+    iptables (the official python images do not) or that it holds no CAP_NET_ADMIN."""
+    if args.get("mode") != "steal":
+        return {"missing": []}
+
+    def probe() -> list:
+        missing = []
+        if not iptables.has_capability(iptables.CAP_NET_ADMIN):
+            missing.append("CAP_NET_ADMIN")
+        if not iptables.binaries():
+            missing.append("iptables")
+        return missing
+
+    return {"missing": await asyncio.get_running_loop().run_in_executor(None, probe)}
+
+
 async def close_all() -> None:
     for inc in list(_by_mux.values()):
         await inc.close()

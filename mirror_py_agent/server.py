@@ -175,6 +175,7 @@ _HANDLERS = {
     "incoming_unsubscribe": incoming.unsubscribe,
     "incoming_stats": incoming.stats,
     "incoming_clean": incoming.clean,
+    "incoming_check": incoming.check,
 }
 
 

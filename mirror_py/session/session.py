@@ -290,12 +290,33 @@ class Session:
                 env = await link.pipelined
             except RemoteError as exc:
                 raise MirrorError(f"the {placed.mode} agent could not reach the target: {exc.message}") from None
+            await self._check_steal(link, placed.mode)
         except BaseException:
             if link is not None:
                 await link.close()
             await asyncio.to_thread(placed.close)
             raise
         return link, placed, (env if self.cfg.env.enabled else None)
+
+    async def _check_steal(self, link: AgentLink, mode: str) -> None:
+        """A session that will steal, with an agent of ``agent.image``, fails at its start when that image has
+        no iptables (the default python:3.12-slim has none): not at the app's first listening port, after it
+        started, with the target keeping its traffic."""
+        if self.cfg.network.incoming.mode != "steal" or mode not in ("ephemeral", "job", "targetless"):
+            return
+        if "incoming" not in (link.hello.capabilities if link.hello is not None else ()):
+            return
+        missing = (await link.request("incoming_check", {"mode": "steal"})).get("missing") or []
+        if "iptables" in missing:
+            image = self.cfg.agent.image
+            raise MirrorError(f"network.incoming.mode steal needs an iptables command in the agent's image, and "
+                              f"{image} (agent.image) has none (the official python images ship none): build "
+                              "k8s/Dockerfile.agent (python:3.12-slim plus iptables) into a registry your cluster "
+                              "pulls from and set agent.image (--agent-image), or use --incoming mirror")
+        if "CAP_NET_ADMIN" in missing:
+            raise MirrorError(f"network.incoming.mode steal needs CAP_NET_ADMIN, which the {mode} agent does not "
+                              "hold (a non-root agent holds no capabilities: a pod-level runAsUser applies to it "
+                              "too); use --incoming mirror, or run the target's pod as root")
 
     async def close(self) -> None:
         self._closing = True

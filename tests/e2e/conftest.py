@@ -21,6 +21,9 @@ from tests.sandbox.netpod import Network, Pod, PodSpec
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = str(Path(__file__).with_name("probe.py"))
 MIRROR_PY = [sys.executable, "-m", "mirror_py"]
+# An agent image with iptables, as built from k8s/Dockerfile.agent (the sandbox gives it a root with iptables;
+# the default python:3.12-slim has none, so stealing needs this one: tests/sandbox/images.py).
+STEAL_IMAGE = "registry.example/mirror-py-agent:1"
 
 POD_ENV = {
     "DATABASE_URL": "postgres://db.pod.internal/app",

@@ -18,7 +18,7 @@ import pytest
 
 from tests.sandbox.cluster import Cluster
 
-from .conftest import MIRROR_PY, ROOT, sandbox_cluster, terminate
+from .conftest import MIRROR_PY, ROOT, STEAL_IMAGE, sandbox_cluster, terminate
 from .test_incoming import APP as INCOMING_APP
 from .test_incoming import _wait_ready
 from .test_kube_incoming import PORT, _get
@@ -123,7 +123,8 @@ def test_rollout_moves_the_session_and_its_steal_to_the_new_pod(cluster, tmp_pat
 
     log = tmp_path / "seen.log"
     proc = subprocess.Popen([*MIRROR_PY, "exec", "--target", "deploy/api", "-n", "staging", "--agent-mode",
-                             "ephemeral", "--incoming", "steal", "--", sys.executable, INCOMING_APP, "http",
+                             "ephemeral", "--incoming", "steal", "--agent-image", STEAL_IMAGE, "--", sys.executable,
+                             INCOMING_APP, "http",
                              str(PORT), str(log)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=_env(cluster), cwd=str(ROOT), start_new_session=True)
     err = ""

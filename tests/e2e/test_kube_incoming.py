@@ -15,7 +15,7 @@ import pytest
 
 from tests.sandbox.cluster import Cluster
 
-from .conftest import MIRROR_PY, ROOT, sandbox_cluster, terminate
+from .conftest import MIRROR_PY, ROOT, STEAL_IMAGE, sandbox_cluster, terminate
 from .test_incoming import APP, _wait_ready
 
 MANIFEST = (ROOT / "examples" / "k8s" / "sandbox.yaml").read_text()
@@ -83,7 +83,8 @@ def test_exec_agent_mirrors_but_cannot_steal_and_says_why(cluster, tmp_path):
 
 def test_ephemeral_agent_steals_and_warns_about_the_readiness_probe(cluster, tmp_path):
     pod = _pod(cluster)
-    proc, _ = _run_app(cluster, tmp_path, "--agent-mode", "ephemeral", "--incoming", "steal")
+    proc, _ = _run_app(cluster, tmp_path, "--agent-mode", "ephemeral", "--incoming", "steal", "--agent-image",
+                       STEAL_IMAGE)
     try:
         status, body = _get(pod.ip, "/stolen")
         answer = json.loads(body)

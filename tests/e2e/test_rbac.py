@@ -25,7 +25,7 @@ import yaml
 
 from tests.sandbox.cluster import ApiCall, Cluster, rule_allows
 
-from .conftest import MIRROR_PY, ROOT
+from .conftest import MIRROR_PY, ROOT, STEAL_IMAGE
 
 MODES = ("exec", "ephemeral", "job", "targetless")
 NAMESPACE = "staging"
@@ -216,8 +216,9 @@ def _scenarios(cluster: Cluster, mode: str) -> list[tuple[str, list[str], str | 
                                     ("off", api_pod, ["--no-env", "--fs-mode", "local"]),
                                     ("steal", "root-user", ["--no-env", "--fs-mode", "local"])):
             out.append((" ".join(["capabilities:", incoming, pod, *more]),
-                        ["exec", "--agent-mode", mode, "--incoming", incoming, *more, "--target", f"pod/{pod}", "--",
-                         sys.executable, "-c", APP_ENV], pod))
+                        ["exec", "--agent-mode", mode, "--incoming", incoming, *more,
+                         *(["--agent-image", STEAL_IMAGE] if incoming == "steal" else []), "--target", f"pod/{pod}",
+                         "--", sys.executable, "-c", APP_ENV], pod))
     typos = ["svc/apii", f"rs/{replica_set}x"]  # the kinds `mirror-py ls` does not list
     if mode == "exec":  # the suggestion path is the same in every mode: every kind once is enough
         typos += ["deploy/apii", f"pod/{api_pod}x", "sts/dbb", "ds/node-agnt", "job/migrat"]

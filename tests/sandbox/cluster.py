@@ -24,7 +24,8 @@ kernel's own rules decide who may read another container's ``/proc/PID/environ``
 
 Limits, on purpose: a Service's ClusterIP is the IP of its first ready pod (so ``port`` must equal
 ``targetPort``); all containers of a pod share one mount namespace (volume mounts of one container are
-visible to all); images are ignored (every container runs on the host's file system and binaries).
+visible to all); images are ignored (every container runs on the host's file system and binaries), except
+that agent containers of known images get a root of their own (tests/sandbox/images.py).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from tests.sandbox import admission, attach, netpod, runtimes
+from tests.sandbox import admission, attach, images, netpod, runtimes
 from tests.sandbox.dns import CLUSTER_DOMAIN, ClusterDns
 from tests.sandbox.manifest import (
     RESOURCES,
@@ -484,6 +485,7 @@ class Container:
     cwd: str | None = None
     cgroups: runtimes.ContainerCgroups | None = None  # where its processes (and a runtime's monitor) live
     layout: runtimes.Layout = runtimes.DEFAULT  # the runtime whose cgroup names and ID scheme it has
+    image_root: images.Image | None = None  # a root file system of its image's, not the pod's (images.py)
     proc: subprocess.Popen | None = None
     state: str = "waiting"  # waiting, running, terminated
     reason: str = "ContainerCreating"
@@ -1375,6 +1377,7 @@ class Cluster:
         for cspec in spec["containers"]:
             c = Container(cspec["name"], copy.deepcopy(cspec), pod_security=dict(spec.get("securityContext") or {}),
                           layout=layout)
+            c.image_root = images.wants_own_root(c.image, False, meta.get("labels") or {})
             c.no_python = c.name in no_python_names if no_python_names is not None else bool(no_python)
             rt.containers[c.name] = c
         if rt.host:
@@ -1451,13 +1454,19 @@ class Cluster:
             else {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": subprocess.STDOUT}
         )
         try:
-            c.proc = rt.sandbox.run(
-                [*_security_wrapper(c), *c.argv],
-                env=self._exec_env(c),
-                cwd=c.cwd,
-                prefix=c.cgroups.start_prefix() if c.cgroups else [],
-                **streams,
-            )
+            if c.image_root is not None:
+                argv = images.start_argv(c.image_root, rt.sandbox.pid, self.workdir / "roots" / c.id,
+                                         [*_security_wrapper(c), *c.argv], c.cwd)
+                c.proc = images.popen(rt.sandbox, [*(c.cgroups.start_prefix() if c.cgroups else []), *argv],
+                                      self._exec_env(c), **streams)
+            else:
+                c.proc = rt.sandbox.run(
+                    [*_security_wrapper(c), *c.argv],
+                    env=self._exec_env(c),
+                    cwd=c.cwd,
+                    prefix=c.cgroups.start_prefix() if c.cgroups else [],
+                    **streams,
+                )
         finally:
             log.close()
         if c.console is not None:
@@ -2012,7 +2021,10 @@ class Cluster:
         if not argv:
             raise ExecProblem("command must not be empty")
         env = self._exec_env(c)
-        if check and self.missing_executable == "runtime-error" and not self._find_executable(rt, env, argv[0], c.cwd):
+        own_pid = runtimes.main_pid(c.proc.pid, c.cgroups) if c.image_root is not None and c.proc else 0
+        if check and self.missing_executable == "runtime-error" and not self._find_executable(
+            rt, env, argv[0], c.cwd, own_pid
+        ):
             raise ExecProblem(
                 f"error executing command in container: failed to exec in container: failed to start exec "
                 f'"{secrets.token_hex(32)}": OCI runtime exec failed: exec failed: unable to start container '
@@ -2024,11 +2036,15 @@ class Cluster:
                 )
             )
         argv = [*_security_wrapper(c), *argv]
-        host_argv = [*(c.cgroups.join_prefix() if c.cgroups else []), *rt.sandbox.nsenter_argv(argv, c.cwd)]
+        enter = images.exec_argv(own_pid, argv, c.cwd) if own_pid else rt.sandbox.nsenter_argv(argv, c.cwd)
+        host_argv = [*(c.cgroups.join_prefix() if c.cgroups else []), *enter]
         return ExecPlan(host_argv, env, container, rt)
 
-    def _find_executable(self, rt: PodRuntime, env: Mapping[str, str], name: str, cwd: str | None) -> bool:
-        root = f"/proc/{rt.sandbox.pid}/root" if rt.sandbox is not None and rt.sandbox.pid else ""
+    def _find_executable(
+        self, rt: PodRuntime, env: Mapping[str, str], name: str, cwd: str | None, own_pid: int = 0
+    ) -> bool:
+        pid = own_pid or (rt.sandbox.pid if rt.sandbox is not None else 0)
+        root = f"/proc/{pid}/root" if pid else ""
         if "/" in name:
             candidates = [name if name.startswith("/") else os.path.join(cwd or "/", name)]
         else:
@@ -2105,7 +2121,8 @@ class Cluster:
         for c in added:
             container = Container(c["name"], copy.deepcopy(c), ephemeral=True,
                                   pod_security=dict(pod["spec"].get("securityContext") or {}),
-                                  layout=runtimes.layout_of(pod["metadata"].get("annotations") or {}))
+                                  layout=runtimes.layout_of(pod["metadata"].get("annotations") or {}),
+                                  image_root=images.image_of(str(c.get("image") or "")))
             container.start_after = time.monotonic() + self.ephemeral_start_delay
             container.env = self._container_env(
                 rt, pod_obj, c, self._service_env(ns, pod["spec"].get("enableServiceLinks", True))
