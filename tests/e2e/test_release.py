@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from .backends import Backend, KubeBackend, k3s_cluster, real_cluster
-from .conftest import MIRROR_PY, ROOT, terminate
+from .conftest import MIRROR_PY, ROOT, STEAL_IMAGE, terminate
 from .test_incoming import _wait_ready
 from .test_kube import APP, UDP_ECHO, _check_app
 
@@ -181,11 +181,29 @@ def test_mirrored_requests_reach_the_app_while_the_pod_answers(backend, tmp_path
         _stop(proc)
 
 
+def _steal_image(backend: Backend) -> str | None:
+    """An agent image with iptables (k8s/Dockerfile.agent): the sandbox knows one by name; a real cluster needs
+    one pushed where it pulls from, named by MIRROR_PY_E2E_STEAL_IMAGE (the default python:3.12-slim has no
+    iptables)."""
+    return STEAL_IMAGE if backend.name == "sandbox" else os.environ.get("MIRROR_PY_E2E_STEAL_IMAGE") or None
+
+
 def test_stealing_with_an_http_filter_takes_only_the_matching_requests(backend, tmp_path):
     config = tmp_path / "steal.toml"
     config.write_text('[network.incoming]\nmode = "steal"\n'
                       '[network.incoming.http_filter]\nheader = "^x-user: me$"\n')
-    proc, log = _serve(backend, tmp_path, "--agent-mode", "ephemeral", "--config", str(config))
+    image = _steal_image(backend)
+    if image is None:
+        # Without an image that can steal, a steal session must fail at its start and say which image to use.
+        out = subprocess.run([*MIRROR_PY, "exec", "--target", "deploy/api", "--agent-mode", "ephemeral", "--config",
+                              str(config), "--", sys.executable, "-c", "print('the app ran')"], capture_output=True,
+                             text=True, env=_env(backend), cwd=str(ROOT), timeout=SESSION_TIMEOUT)
+        assert out.returncode != 0 and "the app ran" not in out.stdout, out.stdout + out.stderr
+        assert "k8s/Dockerfile.agent" in out.stderr, out.stderr
+        pytest.skip("stealing itself needs MIRROR_PY_E2E_STEAL_IMAGE: an image built from k8s/Dockerfile.agent "
+                    "that the cluster can pull")
+    proc, log = _serve(backend, tmp_path, "--agent-mode", "ephemeral", "--config", str(config), "--agent-image",
+                       image)
     try:
         mine, other = _ask_the_service(backend, {"x-user": "me"}, {"x-user": "someone-else"})
         assert _from_the_app(mine), mine
