@@ -236,9 +236,9 @@ class AgentConfig(_Section):
         "1", description="CPU limit of the job and targetless agent pods (empty: none; a ResourceQuota on "
         "limits.cpu then refuses them)."
     )
-    memory_limit: _Quantity = Field(
-        "256Mi", description="Memory limit of the job and targetless agent pods (empty: none); leave room above "
-        "memory_budget for the agent's own 25 to 30 MiB."
+    memory_limit: _Quantity | None = Field(
+        None, description="Memory limit of the job and targetless agent pods (empty: none); by default "
+        "memory_budget plus 224 MiB (256Mi for the default budget), room for the agent's own 25 to 30 MiB."
     )
 
     @model_validator(mode="after")
@@ -249,6 +249,13 @@ class AgentConfig(_Section):
                              f"({describe_size(self.memory_budget)}) plus the agent's own 32 MiB: raise the limit "
                              "or lower the budget")
         return self
+
+    def pod_memory_limit(self) -> str:
+        """``memory_limit``, or when unset one that follows ``memory_budget`` (a larger budget must not get the
+        agent OOM-killed at a limit chosen for the default one)."""
+        if self.memory_limit is not None:
+            return self.memory_limit
+        return f"{(self.memory_budget + (224 << 20) + (1 << 20) - 1) >> 20}Mi"
 
 
 

@@ -72,7 +72,7 @@ def _resources(agent: config_mod.AgentConfig) -> dict:
     """The agent pod's container ``resources`` from the ``agent.*_request``/``*_limit`` keys."""
     from ..kube.placement import agent_resources
 
-    return agent_resources(agent.cpu_request, agent.memory_request, agent.cpu_limit, agent.memory_limit)
+    return agent_resources(agent.cpu_request, agent.memory_request, agent.cpu_limit, agent.pod_memory_limit())
 
 
 class Session:

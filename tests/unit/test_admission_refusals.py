@@ -42,8 +42,13 @@ def test_empty_resource_keys_are_left_out():
 def test_the_defaults_reach_the_pods():
     agent = load_config(overrides={}).agent
     assert placement.agent_resources(agent.cpu_request, agent.memory_request, agent.cpu_limit,
-                                     agent.memory_limit) == {"requests": {"cpu": "50m", "memory": "64Mi"},
-                                                             "limits": {"cpu": "1", "memory": "256Mi"}}
+                                     agent.pod_memory_limit()) == {"requests": {"cpu": "50m", "memory": "64Mi"},
+                                                                   "limits": {"cpu": "1", "memory": "256Mi"}}
+
+
+def test_the_default_memory_limit_follows_the_budget():
+    assert load_config(overrides={"agent.memory_budget": "1GiB"}).agent.pod_memory_limit() == "1248Mi"
+    assert load_config(overrides={"agent.memory_limit": "2Gi"}).agent.pod_memory_limit() == "2Gi"
 
 
 @pytest.mark.parametrize("key, value, words", [
