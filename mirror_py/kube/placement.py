@@ -29,9 +29,10 @@ from typing import Any, Callable
 
 from mirror_py_agent import bootstrap, sweep
 
+from .. import start_clock
 from ..errors import MirrorError
 from ..transport.k8s_exec import ExecChannel
-from . import admission
+from . import admission, pulls
 from .api import KubeContext, explain
 from .targets import ResolvedTarget, collection, object_path
 
@@ -275,7 +276,8 @@ async def ephemeral_mode(kube: KubeContext, target: ResolvedTarget, python: str,
     except Exception as exc:
         raise explain(exc, "adding the ephemeral agent container") from None
     pod = await _wait(kube, target.namespace, target.pod, lambda p: _ephemeral_state(p, name), timeout,
-                      f"ephemeral container {name}", first=patched if isinstance(patched, dict) else None)
+                      f"ephemeral container {name}", first=patched if isinstance(patched, dict) else None,
+                      container_field=pulls.container_field(name, ephemeral=True))
     channel = ExecChannel(kube.configuration, target.namespace, target.pod, name, _agent_command(python, token),
                           f"{target.describe()} via ephemeral container {name}", python, open_timeout=timeout,
                           warm=kube.warm)
@@ -346,13 +348,17 @@ POLL_EVERY = 0.3  # seconds between the starts of two reads of a pod whose agent
 
 
 async def _wait(kube: KubeContext, namespace: str, pod_name: str, state_of: Callable[[dict], tuple[str, str]],
-                timeout: float, what: str, first: dict | None = None) -> dict:
+                timeout: float, what: str, first: dict | None = None, container_field: str = "") -> dict:
     """Polls the pod until ``what`` runs, showing each new waiting reason; fails with the Kubernetes reason.
 
     ``first``: the pod as a write just returned it, looked at before any read. Reads start POLL_EVERY apart
     (not POLL_EVERY after each answer): at a distance a read's round trip is part of the interval, so the wait
-    does not grow by a round trip per poll, and the API server gets no more reads than before."""
+    does not grow by a round trip per poll, and the API server gets no more reads than before.
+
+    ``container_field``: the agent container's field path in events; when the timeout is reached while the
+    kubelet is still pulling its image, the wait goes on (see mirror_py/kube/pulls.py)."""
     deadline = time.monotonic() + timeout
+    extensions = 0
     shown = ""
     given = first
     asked = time.monotonic()
@@ -374,9 +380,31 @@ async def _wait(kube: KubeContext, namespace: str, pod_name: str, state_of: Call
             progress.info("%s: %s", what, reason)
             shown = reason
         if time.monotonic() > deadline:
-            raise MirrorError(f"{what} did not start within {timeout:g} s (last state: {reason}); raise "
-                              "agent.startup_timeout if images pull slowly")
+            image = None
+            if container_field and extensions < pulls.PULL_EXTENSIONS:
+                image = await _pulling(kube, namespace, pod_name, container_field)
+            if image is None:
+                waited = timeout * (extensions + 1)
+                raise MirrorError(f"{what} did not start within {waited:g} s (last state: {reason}); raise "
+                                  "agent.startup_timeout if images pull slowly")
+            extensions += 1
+            deadline += timeout
+            start_clock.extend(timeout)  # the whole start's bound moves with this step's
+            progress.warning("%s: still pulling %s after %g s; waiting for the pull (up to %g s in all)", what,
+                             image, timeout * extensions, timeout * (pulls.PULL_EXTENSIONS + 1))
         await asyncio.sleep(max(0.0, asked + POLL_EVERY - time.monotonic()))
+
+
+async def _pulling(kube: KubeContext, namespace: str, pod_name: str, field: str) -> str | None:
+    """The image the kubelet is still pulling for the agent container, from the pod's events; None when it is
+    not pulling or the events cannot be read (listing events is an optional right)."""
+    try:
+        events = await asyncio.to_thread(kube.list_items, collection("event", namespace),
+                                         fieldSelector=f"involvedObject.kind=Pod,involvedObject.name={pod_name}")
+    except Exception as exc:
+        log.debug("events of pod %s/%s not read: %r", namespace, pod_name, exc)
+        return None
+    return pulls.pulling(events, field)
 
 
 def _pod_container_state(pod: dict, container: str) -> tuple[str, str]:
@@ -475,7 +503,8 @@ async def job_mode(kube: KubeContext, target: ResolvedTarget, python: str, image
     placement_cleanup = [delete]
     try:
         pod_name = await _job_pod(kube, ns, token, timeout)
-        await _wait(kube, ns, pod_name, lambda p: _pod_container_state(p, "agent"), timeout, f"agent pod {pod_name}")
+        await _wait(kube, ns, pod_name, lambda p: _pod_container_state(p, "agent"), timeout, f"agent pod {pod_name}",
+                    container_field=pulls.container_field("agent", ephemeral=False))
         target_pod = await asyncio.to_thread(kube.get_json, object_path("pod", ns, target.pod))
     except BaseException:
         delete()
@@ -550,7 +579,8 @@ async def targetless_mode(kube: KubeContext, namespace: str, python: str, image:
         kube.request_json("DELETE", object_path("pod", namespace, token), gracePeriodSeconds="0")
 
     try:
-        await _wait(kube, namespace, token, lambda p: _pod_container_state(p, "agent"), timeout, f"agent pod {token}")
+        await _wait(kube, namespace, token, lambda p: _pod_container_state(p, "agent"), timeout, f"agent pod {token}",
+                    container_field=pulls.container_field("agent", ephemeral=False))
     except BaseException:
         delete()
         raise

@@ -46,10 +46,13 @@ async def serve(cfg: config_mod.Config, mode: str) -> None:
     stop = asyncio.Event()
     leases = _Leases()
     # Whoever waits for our ready line learns at once how long the start may take (mirror_py/shim/ready_line.py).
-    sys.stdout.write(json.dumps({"starting": {"within": start_bound(cfg)}}) + "\n")
-    sys.stdout.flush()
+    def starting(within: float) -> None:
+        sys.stdout.write(json.dumps({"starting": {"within": within}}) + "\n")
+        sys.stdout.flush()
+
+    starting(start_bound(cfg))
     try:
-        await start_interruptibly(session)
+        await start_interruptibly(session, on_extend=starting)  # a slow image pull: a new bound for the waiter
         assert session.rpc is not None and session.dir is not None
         extra: dict[str, str] = {}
         if mode == "lease":

@@ -7,6 +7,7 @@ relaying, so the app's interpreter never runs session code and the relaying runs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -15,13 +16,13 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Callable
 
 import mirror_py_agent
 from mirror_py_agent import bootstrap
 
 from .. import config as config_mod
-from .. import env_families
+from .. import env_families, start_clock
 from ..errors import MirrorError
 from ..transport import local as local_transport
 from ..transport.channel import Channel
@@ -578,21 +579,50 @@ def _cancel_start_on_signals() -> list[int]:
     return got
 
 
-async def start_interruptibly(session: Session) -> None:
-    """``session.start()`` with :func:`_cancel_start_on_signals`: a signal during it becomes StartInterrupted,
-    raised after the start's own cleanup ran."""
-    interrupted = _cancel_start_on_signals()
-    bound = start_bound(session.cfg)
+async def _within(clock: start_clock.StartClock, coro: Any) -> None:
+    """``coro`` until the clock's deadline, which may move while it runs; like ``asyncio.wait_for``, a timeout or
+    a cancellation cancels it and waits for its cleanup."""
+    task = asyncio.ensure_future(coro)  # copies this context: the placement finds the clock
     try:
-        await asyncio.wait_for(session.start(), bound)
+        while not task.done():
+            remaining = clock.remaining()
+            if remaining <= 0:
+                break
+            await asyncio.wait({task}, timeout=remaining)
+    except asyncio.CancelledError:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise asyncio.TimeoutError
+    task.result()
+
+
+async def start_interruptibly(session: Session, on_extend: Callable[[float], None] | None = None) -> None:
+    """``session.start()`` with :func:`_cancel_start_on_signals`: a signal during it becomes StartInterrupted,
+    raised after the start's own cleanup ran. ``on_extend`` hears the new remaining time when a slow image pull
+    pushes the bound back (mirror_py/start_clock.py)."""
+    interrupted = _cancel_start_on_signals()
+    clock = start_clock.StartClock(start_bound(session.cfg), on_extend)
+    token = start_clock.current.set(clock)
+    try:
+        await _within(clock, session.start())
     except asyncio.CancelledError:
         if interrupted:
             raise StartInterrupted(interrupted[0]) from None
         raise
     except asyncio.TimeoutError:
-        raise MirrorError(f"the session did not start within {bound:g} s ({START_BOUND_FACTOR} x "
-                          "agent.startup_timeout); nothing was left behind. Run with -v to see the step it "
+        pulled = clock.total - start_bound(session.cfg)
+        extra = f", plus {pulled:g} s while the agent image was pulled" if pulled > 0 else ""
+        raise MirrorError(f"the session did not start within {clock.total:g} s ({START_BOUND_FACTOR} x "
+                          f"agent.startup_timeout{extra}); nothing was left behind. Run with -v to see the step it "
                           "was waiting on, and raise agent.startup_timeout if the cluster is just slow") from None
+    finally:
+        start_clock.current.reset(token)
 
 
 async def run_command(cfg: config_mod.Config, command: list[str]) -> int:

@@ -288,6 +288,19 @@ def test_image_pull_failure_names_the_reason(cluster):
                        "--agent-image", "registry.invalid/does-not-exist:1"), "did not start", "ImagePull")
 
 
+def test_a_slow_image_pull_extends_the_start_up_timeout_and_says_so(cluster):
+    """The ephemeral container's image takes 4 s to pull (the kubelet's Pulling event, no Pulled yet) and the
+    start-up timeout is 1.5 s: the session waits for the pull instead of failing, and says why."""
+    cluster.ephemeral_start_delay = 4.0
+    try:
+        out = _run(cluster, "exec", "--target", "deploy/api", "--agent-mode", "ephemeral",
+                   "--agent-startup-timeout", "1.5")
+    finally:
+        cluster.ephemeral_start_delay = 0.2
+    _check_app(out, cluster)
+    assert "still pulling python:3.12-slim after 1.5 s; waiting for the pull" in out.stderr, out.stderr
+
+
 def test_token_without_ephemeral_permission(cluster):
     _assert_error(_run(cluster, "exec", "--target", "deploy/api", "--agent-mode", "ephemeral",
                        "--context", "sandbox-no-ephemeral"), "patch on pods/ephemeralcontainers")

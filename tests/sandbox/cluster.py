@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-from tests.sandbox import admission, attach, images, netpod, runtimes
+from tests.sandbox import admission, attach, images, kubelet_events, netpod, runtimes
 from tests.sandbox.dns import CLUSTER_DOMAIN, ClusterDns
 from tests.sandbox.manifest import (
     RESOURCES,
@@ -1709,7 +1709,10 @@ class Cluster:
         now = time.monotonic()
         for c in [*rt.containers.values(), *rt.ephemeral.values()]:
             if c.ephemeral and c.state == "waiting" and now >= c.start_after:
+                field_path = kubelet_events.container_field(c.name, True)
                 if c.bad_image:
+                    if c.reason == "ContainerCreating":
+                        kubelet_events.failed(self.store, obj, field_path, c.image, "not found")
                     if c.reason != "ImagePullBackOff":
                         c.reason = "ErrImagePull" if c.reason != "ErrImagePull" else "ImagePullBackOff"
                         c.message = (
@@ -1720,6 +1723,7 @@ class Cluster:
                         c.start_after = now + 0.3
                         changed = True
                 else:
+                    kubelet_events.pulled(self.store, obj, field_path, c.image, self.ephemeral_start_delay)
                     self._start_container(rt, c)
                     changed = True
             elif c.state == "waiting" and c.reason == "CrashLoopBackOff" and now >= c.start_after:
@@ -2124,6 +2128,8 @@ class Cluster:
                                   layout=runtimes.layout_of(pod["metadata"].get("annotations") or {}),
                                   image_root=images.image_of(str(c.get("image") or "")))
             container.start_after = time.monotonic() + self.ephemeral_start_delay
+            kubelet_events.pulling(self.store, pod, kubelet_events.container_field(container.name, True),
+                                   container.image)
             container.env = self._container_env(
                 rt, pod_obj, c, self._service_env(ns, pod["spec"].get("enableServiceLinks", True))
             )
