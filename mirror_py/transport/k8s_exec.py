@@ -137,7 +137,18 @@ def _connect_on(transport: asyncio.BaseTransport | None) -> Any:
     return _On
 
 
-class ExecChannel(Channel):
+class UpgradeRefused(MirrorError):
+    """The API server (or something in front of it) answered the exec websocket upgrade with something other
+    than a usable websocket: ``status`` is the HTTP status (101 for a broken handshake)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class WebSocketExecChannel(Channel):
+    """The exec websocket alone; :class:`ExecChannel` is what the rest of mirror-py uses."""
+
     no_python_hint = ("use --agent-mode ephemeral (its image brings python3), or point --agent-python at the "
                       "container's interpreter")
 
@@ -165,7 +176,7 @@ class ExecChannel(Channel):
         self._exit: tuple[int | None, str | None] = (None, None)
 
     async def open(self, listener: ChannelListener) -> None:
-        from websockets.exceptions import InvalidStatus, WebSocketException
+        from websockets.exceptions import InvalidHeader, InvalidStatus, NegotiationError, WebSocketException
 
         self.listener = listener
         warm = None
@@ -180,6 +191,8 @@ class ExecChannel(Channel):
             except (asyncio.TimeoutError, TimeoutError) as exc:  # no answer within open_timeout: that bound holds
                 raise MirrorError(f"cannot open an exec stream to pod {self.namespace}/{self.pod} at "
                                   f"{self.cfg.host}: {exc}") from None
+            except (InvalidHeader, NegotiationError) as exc:  # a 101 that is no websocket this client accepts
+                raise UpgradeRefused(101, f"the exec websocket upgrade failed: {exc}") from None
             except Exception as exc:  # the connection died while it waited: connect anew, as without it
                 log.debug("the upgrade on the connection opened ahead failed (%r); connecting anew", exc)
         try:
@@ -193,7 +206,9 @@ class ExecChannel(Channel):
         except InvalidStatus as exc:
             resp = exc.response
             text = describe_rejection(resp.status_code, resp.body or b"", self.namespace, self.pod)
-            raise MirrorError(text) from None
+            raise UpgradeRefused(resp.status_code, text) from None
+        except (InvalidHeader, NegotiationError) as exc:
+            raise UpgradeRefused(101, f"the exec websocket upgrade failed: {exc}") from None
         except (OSError, asyncio.TimeoutError, WebSocketException, ssl.SSLError) as exc:
             raise MirrorError(f"cannot open an exec stream to pod {self.namespace}/{self.pod} at "
                               f"{self.cfg.host}: {exc}") from None
@@ -231,8 +246,8 @@ class ExecChannel(Channel):
             if warm is None:
                 raise
             resp = exc.response
-            raise MirrorError(describe_rejection(resp.status_code, resp.body or b"", self.namespace,
-                                                 self.pod)) from None
+            raise UpgradeRefused(resp.status_code, describe_rejection(resp.status_code, resp.body or b"",
+                                                                      self.namespace, self.pod)) from None
         self.protocol = self.ws.subprotocol
         log.info("exec stream open (%s)", self.protocol)
         self._tasks = [asyncio.ensure_future(self._reader()), asyncio.ensure_future(self._writer())]
@@ -319,3 +334,73 @@ class ExecChannel(Channel):
             task.cancel()
         if self.ws is not None:
             self._tasks.append(asyncio.ensure_future(self.ws.close()))
+
+
+# ------------------------------------------------------------------------------------------------ fallback
+#: Answers to the websocket upgrade that mean "no exec websocket for this client here", which SPDY can get past:
+#: 403: RBAC grants create but not get on pods/exec (the websocket is a GET, the SPDY upgrade a POST), or the
+#:      server accepts none of the offered subprotocols; 405, 426, 501: the server or a proxy in front of it does
+#:      not do websocket upgrades; 101: it switched protocols but not to a websocket this client accepts.
+#: Every other answer (401, 404, 400, 5xx, no answer at all) would come back the same over SPDY: it is reported
+#: as it is, without a second connection.
+FALLBACK_STATUSES = frozenset({101, 403, 405, 426, 501})
+_announced: set[str] = set()
+
+
+def falls_back(refusal: UpgradeRefused) -> bool:
+    """Whether a refused exec websocket is retried over SPDY/3.1 (docs/troubleshooting.md, "Exec over SPDY")."""
+    return refusal.status in FALLBACK_STATUSES
+
+
+class ExecChannel(Channel):
+    """Pod exec as kubectl does it: the websocket first, SPDY/3.1 when the websocket upgrade is refused in a
+    way SPDY can get past (:data:`FALLBACK_STATUSES`). Whichever answers is the channel; the session cannot
+    tell them apart."""
+
+    no_python_hint = WebSocketExecChannel.no_python_hint
+
+    def __init__(self, configuration: Any, namespace: str, pod: str, container: str | None, command: list[str],
+                 description: str, python: str = "python3", open_timeout: float = 30.0,
+                 warm: Any = None) -> None:
+        self.description = description
+        self.python = python
+        self.chosen: Channel = WebSocketExecChannel(configuration, namespace, pod, container, command,
+                                                    description, python, open_timeout, warm)
+        self._spdy_args = (configuration, namespace, pod, container, command, description, python, open_timeout)
+
+    @property
+    def protocol(self) -> str | None:
+        """The websocket subprotocol, or ``SPDY/3.1+v4.channel.k8s.io`` after a fallback."""
+        protocol = getattr(self.chosen, "protocol", None)
+        return protocol if isinstance(self.chosen, WebSocketExecChannel) else f"SPDY/3.1+{protocol}"
+
+    async def open(self, listener: ChannelListener) -> None:
+        try:
+            await self.chosen.open(listener)
+            return
+        except UpgradeRefused as refusal:
+            if not falls_back(refusal):
+                raise
+            host = str(self._spdy_args[0].host)
+            if host not in _announced:  # once per API server and process: every exec stream would repeat it
+                _announced.add(host)
+                log.info("the API server refused the exec websocket (%s); using SPDY/3.1 exec, as kubectl does",
+                         refusal)
+            else:
+                log.debug("exec websocket refused (%s); SPDY/3.1 exec", refusal)
+        from .spdy_exec import SpdyExecChannel
+
+        self.chosen = SpdyExecChannel(*self._spdy_args)
+        await self.chosen.open(listener)
+
+    def write(self, data: bytes) -> None:
+        self.chosen.write(data)
+
+    def close_input(self) -> None:
+        self.chosen.close_input()
+
+    async def wait_closed(self, timeout: float) -> bool:
+        return await self.chosen.wait_closed(timeout)
+
+    def kill(self) -> None:
+        self.chosen.kill()

@@ -310,6 +310,7 @@ class ExecStream:
         self.ws = ws
         self.protocol = protocol
         self.base64 = protocol in BASE64_PROTOCOLS
+        self.closes_stdin = protocol == V5  # only v5 has a stdin half-close
 
     async def send(self, channel: int, data: bytes = b"") -> None:
         if self.base64:
@@ -613,6 +614,10 @@ class ApiServer:
             elif not user_allows_path(user, info.verb, path):
                 raise ApiError(403, "Forbidden", f'forbidden: User "{user_name}" cannot {info.verb} path "{path}"', {})
             if info.resource_request and info.subresource in ("exec", "attach"):
+                from tests.sandbox import spdy  # the SPDY/3.1 exec, for clients without the websocket
+
+                if info.subresource == "exec" and spdy.is_spdy_upgrade(req):
+                    return await spdy.serve_exec(self, req, conn, reader, writer, info, call)
                 return await self._exec(req, conn, reader, writer, info, call)
             code, body = await self._route(req, path, info, user, conn, writer)
         except ApiError as exc:
@@ -1252,7 +1257,7 @@ class ApiServer:
                     continue  # an empty message is ignored; a channel byte alone is a 0-byte write
                 channel, data = message
                 last_data = loop.time()
-                if channel == CLOSE and stream.protocol == V5:
+                if channel == CLOSE and stream.closes_stdin:
                     if len(data) != 1 or data[0] >= 5:
                         await stream.ws.close(1002, "invalid CLOSE message")
                         raise WsClosed("bad CLOSE")
