@@ -382,12 +382,11 @@ class ExecChannel(Channel):
             if not falls_back(refusal):
                 raise
             host = str(self._spdy_args[0].host)
+            log.debug("exec websocket refused: %s", refusal)
             if host not in _announced:  # once per API server and process: every exec stream would repeat it
                 _announced.add(host)
-                log.info("the API server refused the exec websocket (%s); using SPDY/3.1 exec, as kubectl does",
-                         refusal)
-            else:
-                log.debug("exec websocket refused (%s); SPDY/3.1 exec", refusal)
+                what = "upgraded to no usable websocket" if refusal.status == 101 else f"HTTP {refusal.status}"
+                log.info("the API server refused the exec websocket (%s); exec over SPDY/3.1, as kubectl does", what)
         from .spdy_exec import SpdyExecChannel
 
         self.chosen = SpdyExecChannel(*self._spdy_args)

@@ -155,6 +155,8 @@ class SpdyExecChannel(Channel):
             raw = await self._reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
             raise MirrorError("the API server's answer to the SPDY exec upgrade has an over-long header") from None
+        except asyncio.IncompleteReadError:
+            raise MirrorError("the API server closed the connection without answering the SPDY exec upgrade") from None
         lines = raw.decode("latin-1").split("\r\n")
         fields = lines[0].split(" ", 2)
         if len(fields) < 2 or not fields[0].startswith("HTTP/") or not fields[1].isdigit():

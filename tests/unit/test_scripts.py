@@ -15,8 +15,13 @@ ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_PACKAGES = ROOT / "scripts" / "system-packages.sh"
 
 
-def _fake_tools(tmp_path: Path, installed: set[str], uid: int = 0) -> tuple[dict, Path]:
-    """A PATH whose dpkg-query knows ``installed``, whose apt-get records its calls and whose id says ``uid``."""
+def _fake_tools(tmp_path: Path, installed: set[str], uid: int = 0, unpacked: bool = True) -> tuple[dict, Path]:
+    """A PATH whose dpkg-query knows ``installed``, whose apt-get and dpkg record their calls and whose id says
+    ``uid``; the judges' packages already unpacked into a tools directory of the test's own, or not."""
+    tools = tmp_path / "tools"
+    if unpacked:
+        (tools / "kubernetes-client").mkdir(parents=True)
+        (tools / "kubernetes-client" / ".unpacked").touch()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "apt-calls"
@@ -25,12 +30,13 @@ def _fake_tools(tmp_path: Path, installed: set[str], uid: int = 0) -> tuple[dict
         "dpkg-query": f'for pkg; do :; done\nfor k in {known}; do [ "$k" = "$pkg" ] && '
                       f'{{ echo "install ok installed"; exit 0; }}; done\necho "unknown ok not-installed"; exit 1\n',
         "apt-get": f'echo "$*" >> {calls}\n',
+        "dpkg": f'echo "dpkg $*" >> {calls}\n',
         "id": f"echo {uid}\n",
     }
     for name, body in scripts.items():
         (bin_dir / name).write_text("#!/bin/sh\n" + body)
         (bin_dir / name).chmod(0o755)
-    return dict(os.environ, PATH=f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin"), calls
+    return dict(os.environ, PATH=f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin", MIRROR_PY_TOOLS=str(tools)), calls
 
 
 def _run(argv: list[str], env: dict) -> subprocess.CompletedProcess:
@@ -43,6 +49,19 @@ def test_only_the_missing_packages_are_installed(tmp_path):
     assert res.returncode == 0, res.stderr
     assert calls.read_text().splitlines() == [
         "update -qq", "install -y -qq --no-install-recommends dnsmasq-base redis-server openssl postgresql"]
+
+
+def test_the_judges_are_unpacked_not_installed(tmp_path):
+    """kubectl 1.20 (SPDY exec) is a judge of the sandbox, not a tool of the machine: downloaded and unpacked
+    into the tests' own directory, never installed over whatever kubectl the machine has."""
+    env, calls = _fake_tools(tmp_path, {"iproute2", "util-linux", "mount", "iptables", "procps", "dnsmasq-base",
+                                        "redis-server", "openssl", "postgresql"}, unpacked=False)
+    res = _run(["bash", str(SYSTEM_PACKAGES), "test"], env)
+    assert res.returncode == 0, res.stderr
+    lines = calls.read_text().splitlines()
+    assert lines[0] == "download -qq kubernetes-client" and "install" not in " ".join(lines)
+    assert lines[-1].startswith("dpkg -x ") and lines[-1].endswith(f"{tmp_path}/tools/kubernetes-client")
+    assert (tmp_path / "tools" / "kubernetes-client" / ".unpacked").exists()
 
 
 def test_nothing_is_run_when_everything_is_there(tmp_path):
