@@ -13,6 +13,9 @@ from .api import KubeContext, explain
 # What a session in each agent mode asks of the API server, as (verb, resource, subresource): the same as the
 # Roles in k8s/ (tests/e2e/test_rbac.py records the calls), minus what only reading other workload kinds needs.
 _EXEC = [("get", "pods", ""), ("list", "pods", ""), ("get", "pods", "exec"), ("create", "pods", "exec")]
+# Permissions a session can do without, and what it does then: the exec websocket is a GET, but with create
+# alone exec falls back to SPDY/3.1 as kubectl does (docs/agent-modes.md, "Exec over SPDY/3.1").
+OPTIONAL = {("get", "pods", "exec"): "without get on pods/exec, exec goes over SPDY/3.1 instead of the websocket"}
 MODE_PERMISSIONS = {
     "exec": _EXEC,
     "ephemeral": [*_EXEC, ("patch", "pods", "ephemeralcontainers")],
@@ -53,13 +56,15 @@ def run_checks(kube: KubeContext, namespace: str, target: str | None, python: st
                         "" if ephemeral else "use --agent-mode exec or job on this cluster"))
     for mode, perms in MODE_PERMISSIONS.items():
         try:
-            missing = [f"{verb} {res}{'/' + sub if sub else ''}" for verb, res, sub in perms
-                       if not can_i(kube, namespace, verb, res, sub)]
+            denied = [perm for perm in perms if not can_i(kube, namespace, *perm)]
         except Exception as exc:
             checks.append(Check(False, f"RBAC for agent mode {mode}", str(explain(exc, "asking the API server"))))
             continue
+        missing = [f"{verb} {res}{'/' + sub if sub else ''}" for verb, res, sub in denied if (verb, res, sub)
+                   not in OPTIONAL]
         fix = (f"grant {', '.join(missing)} in namespace {namespace} (k8s/rbac-{mode}.yaml)" if missing else "")
-        checks.append(Check(not missing, f"RBAC for agent mode {mode} in namespace {namespace}", fix))
+        notes = "".join(f" ({OPTIONAL[perm]})" for perm in denied if perm in OPTIONAL)
+        checks.append(Check(not missing, f"RBAC for agent mode {mode} in namespace {namespace}{notes}", fix))
     if target:
         checks.append(_check_target(kube, namespace, target, python))
     return checks

@@ -5,6 +5,9 @@ header, never fragments or compresses, sends stdin as channel-0 binary frames, e
 frame ``[255, 0]`` (v4 has no half-close: the connection itself is closed), reads stdout (1), stderr (2) and
 the one status message (3) that carries the exit code. Never sends resize frames: with tty=false they stall
 the server's read loop.
+
+:class:`ExecChannel`, what the rest of mirror-py uses, tries that websocket and falls back to SPDY/3.1
+(spdy_exec.py) when the upgrade is refused in a way SPDY gets past, as kubectl does (:func:`falls_back`).
 """
 
 from __future__ import annotations
@@ -348,7 +351,7 @@ _announced: set[str] = set()
 
 
 def falls_back(refusal: UpgradeRefused) -> bool:
-    """Whether a refused exec websocket is retried over SPDY/3.1 (docs/troubleshooting.md, "Exec over SPDY")."""
+    """Whether a refused exec websocket is retried over SPDY/3.1 (docs/agent-modes.md, "Exec over SPDY/3.1")."""
     return refusal.status in FALLBACK_STATUSES
 
 

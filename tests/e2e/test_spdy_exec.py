@@ -29,7 +29,8 @@ APP = """
 import socket
 s = socket.create_connection(("redis", 6379))
 value = bytes(range(256)) * 4096
-s.sendall(b"*3\\r\\n$3\\r\\nSET\\r\\n$1\\r\\nk\\r\\n$%d\\r\\n%s\\r\\n*2\\r\\n$3\\r\\nGET\\r\\n$1\\r\\nk\\r\\n" % (len(value), value))
+set_k = b"*3\\r\\n$3\\r\\nSET\\r\\n$1\\r\\nk\\r\\n$%d\\r\\n%s\\r\\n" % (len(value), value)
+s.sendall(set_k + b"*2\\r\\n$3\\r\\nGET\\r\\n$1\\r\\nk\\r\\n")
 want = b"+OK\\r\\n$%d\\r\\n%s\\r\\n" % (len(value), value)
 got = b""
 while len(got) < len(want):
@@ -131,3 +132,13 @@ def test_kubectl_120_is_refused_without_create(cluster, kubeconfigs):
     assert out.stderr.decode().strip() == (
         f'Error from server (Forbidden): pods "{_pod(cluster)}" is forbidden: User "exec-get-only" cannot create '
         f'resource "pods/exec" in API group "" in the namespace "{NAMESPACE}"')
+
+
+def test_doctor_passes_a_role_with_create_only_and_says_how_exec_goes(cluster, kubeconfigs):
+    """doctor must not tell a user to fix what works: with create alone, the agent's exec (over SPDY) does, and
+    doctor's own exec into the target says so by running python3 there."""
+    out = _mirror(kubeconfigs["exec-create-only"], "doctor", "--target", f"pod/{_pod(cluster)}")
+    exec_line = next(line for line in out.stdout.splitlines() if "RBAC for agent mode exec" in line)
+    assert not exec_line.startswith("FIX"), out.stdout
+    assert "without get on pods/exec, exec goes over SPDY/3.1 instead of the websocket" in exec_line
+    assert "has python3 3." in out.stdout
