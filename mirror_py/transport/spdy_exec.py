@@ -136,11 +136,13 @@ class SpdyExecChannel(Channel):
         replied: set[int] = set()
         while len(replied) < len(self.streams):
             for frame in await self._next_frames():
-                if isinstance(frame, spdy.SynReply) and frame.stream_id in self._by_id:
+                if len(replied) == len(self.streams):  # open: the rest of this read is the exec's (a fast
+                    self._handle(frame)                # command's output, status and close can all be here)
+                elif isinstance(frame, spdy.SynReply) and frame.stream_id in self._by_id:
                     replied.add(frame.stream_id)
                     if frame.fin:
                         self._finished.add(self._by_id[frame.stream_id])
-                elif isinstance(frame, spdy.RstStream) and frame.stream_id in self._by_id:
+                elif isinstance(frame, spdy.RstStream) and frame.stream_id in self._by_id.keys() - replied:
                     raise MirrorError(f"the server refused the exec's {self._by_id[frame.stream_id]} stream "
                                       f"({frame.reason})")
                 elif isinstance(frame, spdy.GoAway):

@@ -7,6 +7,7 @@ import asyncio
 import json
 import struct
 import zlib
+from collections.abc import Callable
 
 import pytest
 
@@ -207,15 +208,20 @@ async def _client_against(script, open_timeout: float = 10.0):
     return server, channel, listener, seen
 
 
-async def _accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, codec: spdy.Codec) -> dict:
-    """The server's half of opening: a SYN_REPLY to each of the four streams."""
+async def _accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, codec: spdy.Codec,
+                  then: Callable[[dict], list[spdy.Frame]] | None = None) -> dict:
+    """The server's half of opening: a SYN_REPLY to each of the four streams, sent in one write with the frames
+    ``then(streams)`` gives, if any (so that the client reads them together)."""
     writer.write(UPGRADED)
     streams: dict = {}
+    replies = b""
     while len(streams) < 4:
         for frame in codec.feed(await reader.read(65536)):
             assert isinstance(frame, spdy.SynStream)
             streams[frame.headers["streamtype"][0]] = frame.stream_id
-            writer.write(codec.encode(spdy.SynReply(frame.stream_id)))
+            replies += codec.encode(spdy.SynReply(frame.stream_id))
+    writer.write(replies + b"".join(codec.encode(f) for f in (then(streams) if then else [])))
+    await writer.drain()
     return streams
 
 
@@ -332,3 +338,75 @@ def test_an_exec_that_cannot_open_says_why_in_one_line(script, words):
 
     text = asyncio.run(main())
     assert words in text and "\n" not in text
+
+
+# ------------------------------------------------------------------------------------- the fallback in action
+
+
+def _pod_exec_server(websocket_answer: bytes):
+    """A server that answers the websocket upgrade (a GET) with ``websocket_answer`` and runs an SPDY exec (a
+    POST) whose command prints "spdy" and exits 0; it records each request line."""
+    requests: list[str] = []
+    success = json.dumps({"metadata": {}, "status": "Success"}).encode()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode()
+            requests.append(head.split(" ", 1)[0])
+            if head.startswith("GET"):
+                writer.write(websocket_answer)
+                await writer.drain()
+                return
+            # The whole exec of a fast command, in one write with the replies: output, status, close.
+            await _accept(reader, writer, spdy.Codec(), lambda streams: [
+                spdy.Data(streams["stdout"], b"spdy"), spdy.Data(streams["error"], success),
+                *(spdy.RstStream(i, spdy.CANCEL) for i in streams.values()), spdy.GoAway(0)])
+        finally:
+            writer.close()
+
+    return serve, requests
+
+
+def _answer_with(status: str, body: bytes = b"") -> bytes:
+    head = f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+@pytest.mark.parametrize("answer, fallback", [
+    (_answer_with("403 Forbidden", FORBIDDEN.replace(b"create", b"get")), True),
+    (_answer_with("403 Forbidden"), True),  # no subprotocol in common
+    (_answer_with("405 Method Not Allowed"), True),
+    (_answer_with("426 Upgrade Required"), True),
+    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+     b"Sec-WebSocket-Accept: wrong\r\n\r\n", True),
+    (_answer_with("404 Not Found", b'{"message": "pods \\"pod\\" not found"}'), False),
+    (_answer_with("401 Unauthorized", b'{"message": "Unauthorized"}'), False),
+    (_answer_with("500 Internal Server Error", b'{"message": "container not found (\\"c\\")"}'), False),
+])
+def test_exec_falls_back_to_spdy_exactly_on_the_refusals_it_can_get_past(answer, fallback, caplog):
+    from mirror_py.transport import k8s_exec
+
+    async def main():
+        serve, requests = _pod_exec_server(answer)
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        cfg = _Config(server.sockets[0].getsockname()[1])
+        listener = _Listener()
+        async with server:
+            channel = k8s_exec.ExecChannel(cfg, "ns", "pod", "c", ["python3"], "a pod", open_timeout=5)
+            try:
+                await channel.open(listener)
+            except MirrorError as exc:
+                return requests, str(exc), None, None
+            channel.close_input()
+            result = await asyncio.wait_for(listener.closed, 10)
+            return requests, None, bytes(listener.out), (result, channel.protocol)
+
+    k8s_exec._announced.clear()
+    with caplog.at_level("INFO", logger="mirror_py.session"):
+        requests, error, out, result = asyncio.run(main())
+    if fallback:
+        assert (requests, error, out, result) == (["GET", "POST"], None, b"spdy",
+                                                  ((0, None), "SPDY/3.1+v4.channel.k8s.io"))
+        assert [r.getMessage() for r in caplog.records if "SPDY/3.1, as kubectl does" in r.getMessage()]
+    else:
+        assert requests == ["GET"] and "\n" not in error and out is None
