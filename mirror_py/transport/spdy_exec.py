@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import MirrorError
-from . import spdy
+from . import dial, spdy
 from .channel import Channel, ChannelListener
 from .k8s_exec import (
     CHUNK,
@@ -37,7 +37,6 @@ from .k8s_exec import (
     describe_rejection,
     exec_url,
     parse_status,
-    ssl_context,
 )
 
 log = logging.getLogger("mirror_py.session")
@@ -86,6 +85,9 @@ class SpdyExecChannel(Channel):
         where = f"pod {self.namespace}/{self.pod} at {self.cfg.host}"
         try:
             await asyncio.wait_for(self._open(), self.open_timeout)
+        except dial.ProxyRefused as exc:
+            self._abort()
+            raise MirrorError(f"cannot open an SPDY exec stream to pod {self.namespace}/{self.pod}: {exc}") from None
         except MirrorError:
             self._abort()
             raise
@@ -103,19 +105,19 @@ class SpdyExecChannel(Channel):
 
     async def _open(self) -> None:
         parts = urlsplit(str(self.cfg.host))
-        if getattr(self.cfg, "proxy", None):
-            raise MirrorError(f"the kubeconfig names a proxy ({self.cfg.proxy}); mirror-py's SPDY exec does not go "
-                              "through proxies: grant get on pods/exec so that the websocket exec is used")
-        ctx = ssl_context(self.cfg)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        kwargs: dict[str, Any] = {"limit": MAX_RESPONSE_HEAD}
-        if ctx is not None:
-            kwargs["ssl"] = ctx
-            kwargs["server_hostname"] = getattr(self.cfg, "tls_server_name", None) or parts.hostname
-        self._reader, self._writer = await asyncio.open_connection(parts.hostname, port, **kwargs)
+        # The same road as the websocket's and the REST calls': direct or through the chosen proxy, TLS done.
+        transport, _waiting = await dial.open_connection(self.cfg, self.open_timeout)
+        loop = asyncio.get_running_loop()
+        self._reader = asyncio.StreamReader(limit=MAX_RESPONSE_HEAD)
+        protocol = asyncio.StreamReaderProtocol(self._reader)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        self._writer = asyncio.StreamWriter(transport, protocol, self._reader, loop)
         url = urlsplit(exec_url(self.cfg.host, self.namespace, self.pod, self.container, self.command))
         headers = {"Host": parts.netloc, "Connection": "Upgrade", "Upgrade": "SPDY/3.1",
-                   "X-Stream-Protocol-Version": PROTOCOL, "Content-Length": "0", **auth_headers(self.cfg)}
+                   "X-Stream-Protocol-Version": PROTOCOL, "Content-Length": "0",
+                   # a token refresh may run an exec credential plugin: off the loop, as for the websocket
+                   **await asyncio.to_thread(auth_headers, self.cfg)}
         head = f"POST {url.path}?{url.query} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         self._writer.write((head + "\r\n").encode("latin-1"))
         status, response_headers = await self._read_response_head()

@@ -16,6 +16,7 @@ import yaml
 from tests.sandbox.cluster import Cluster
 
 from .conftest import MIRROR_PY, ROOT, sandbox_cluster
+from .proxies import ConnectProxy
 
 KUBECTL_120 = ROOT / "tests" / ".tools" / "kubernetes-client" / "usr" / "bin" / "kubectl"
 NAMESPACE = "staging"
@@ -142,3 +143,23 @@ def test_doctor_passes_a_role_with_create_only_and_says_how_exec_goes(cluster, k
     assert not exec_line.startswith("FIX"), out.stdout
     assert "without get on pods/exec, exec goes over SPDY/3.1 instead of the websocket" in exec_line
     assert "has python3 3." in out.stdout
+
+
+def test_spdy_exec_takes_the_proxy_road_too(cluster, kubeconfigs, tmp_path):
+    """The fallback's connection goes where the websocket's and the REST calls' go: through the kubeconfig's
+    proxy-url, with its credentials."""
+    config = yaml.safe_load(Path(kubeconfigs["exec-create-only"]).read_text())
+    with ConnectProxy(credentials=("mirror", "pw")) as proxy:
+        config["clusters"][0]["cluster"]["proxy-url"] = f"http://mirror:pw@127.0.0.1:{proxy.port}"
+        path = tmp_path / "kubeconfig"
+        path.write_text(yaml.safe_dump(config))
+        before = len(_exec_calls(cluster, "exec-create-only"))
+        env = {k: v for k, v in os.environ.items() if k.lower() not in ("https_proxy", "http_proxy", "no_proxy")}
+        out = subprocess.run([*MIRROR_PY, "exec", "--target", f"pod/{_pod(cluster)}", "--", sys.executable, "-c",
+                              "import socket; print(socket.gethostname())"], capture_output=True, text=True,
+                             timeout=120, cwd=str(ROOT), env=dict(env, PYTHONPATH=str(ROOT), KUBECONFIG=str(path)))
+        assert (out.returncode, out.stdout.strip()) == (0, _pod(cluster)), out.stderr
+        assert _exec_calls(cluster, "exec-create-only")[before:] == [("GET", 403), ("POST", 101)]
+        # the REST calls, the refused websocket and the SPDY exec: every one through the proxy
+        assert proxy.refused == 0 and len(proxy.tunnels) >= 3
+        assert {port for _host, port in proxy.tunnels} == {cluster.apiserver.port}
