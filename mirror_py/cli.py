@@ -483,3 +483,13 @@ def uninstall_hook() -> None:
         click.echo(f"removed {path}")
     else:
         click.echo("no hook installed")
+
+
+def _register_commands() -> None:
+    """Commands that live in modules of their own, given the shared flags and helpers defined above."""
+    from .forward.command import register as register_port_forward
+
+    register_port_forward(main, _target_options, _setup_logging, _load, _fail, _stopped)
+
+
+_register_commands()

@@ -152,12 +152,13 @@ class Incoming:
                     for key, default in (("steal_timeout", STEAL_TIMEOUT), ("header_timeout", HEADER_TIMEOUT))}
         if not isinstance(sub, int) or isinstance(sub, bool):
             raise ValueError("sub must be an integer")
-        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-            raise ValueError("port must be an integer in 1..65535")
+        lowest = 0 if mode == "listen" else 1  # a port of its own may be any free one
+        if not isinstance(port, int) or isinstance(port, bool) or not lowest <= port < 65536:
+            raise ValueError(f"port must be an integer in {lowest}..65535")
         if sub in self.subs:
             raise ValueError(f"subscription {sub} exists")
         for other in self.subs.values():
-            if other.port == port:
+            if port and other.port == port:
                 raise OSError(errno.EADDRINUSE, f"port {port} is already subscribed by this session")
         if mode == "mirror":
             if not iptables.has_capability(iptables.CAP_NET_RAW):
@@ -172,10 +173,16 @@ class Incoming:
             flt = http1.HttpFilter(spec) if spec else None
             handler = StealPort(self, sub, port, flt, **timeouts)
             await handler.start()
+        elif mode == "listen":
+            bind = args.get("bind") or "0.0.0.0"
+            if not isinstance(bind, str):
+                raise ValueError("bind must be an address")
+            handler = ListenPort(self, sub, port, bind)
+            await handler.start()
         else:
-            raise ValueError(f"mode must be mirror or steal, not {mode!r}")
+            raise ValueError(f"mode must be mirror, steal or listen, not {mode!r}")
         self.subs[sub] = handler
-        return {"sub": sub, "port": port, "mode": mode}
+        return {"sub": sub, "port": handler.port, "mode": mode}
 
     async def unsubscribe(self, args: dict) -> dict:
         handler = self.subs.pop(args["sub"], None)
@@ -622,6 +629,41 @@ class StealPort:
             loop.remove_reader(sock.fileno())
             sock.close()
         self.listeners = []
+
+
+class ListenPort(StealPort):
+    """A port of the agent's own in the target (``mirror-py port-forward --reverse``): every connection is
+    streamed to the session, which connects it to an address on the laptop. Nothing listened there before,
+    so there is no rule to add and no original destination to fall back to."""
+
+    def __init__(self, owner: Incoming, sub: int, port: int, bind: str) -> None:
+        super().__init__(owner, sub, port, None)
+        self.bind = bind
+
+    async def start(self) -> None:
+        family = socket.AF_INET6 if ":" in self.bind else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.bind, self.port))
+            sock.listen(1024)
+        except OSError:
+            sock.close()
+            raise
+        self.port = sock.getsockname()[1]
+        sock.setblocking(False)
+        self.listeners.append(sock)
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._acceptable, sock)
+
+    async def _steal_whole(self, sock: socket.socket, peer: tuple, orig: tuple) -> None:
+        self.to_local += 1
+        try:
+            await self.open_local(sock, peer, orig)
+        except OSError:
+            pass
+
+    def stats(self) -> dict:
+        return {"mode": "listen", "port": self.port, "bind": self.bind, "connections": self.connections}
 
 
 class StolenRelay(TcpRelay):

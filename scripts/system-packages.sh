@@ -12,8 +12,9 @@ set -euo pipefail
 # The sandbox cluster: namespaces (nsenter, unshare, setpriv), the pods' own files (mount), veth/bridge/NAT,
 # cluster DNS, ps in pods, Redis.
 RUN=(iproute2 util-linux mount iptables dnsmasq-base procps redis-server)
-# The tests also use openssl and a PostgreSQL server (the service example).
-TEST=("${RUN[@]}" openssl postgresql)
+# The tests also use openssl, a PostgreSQL server (the service example), and the clients port-forward is tested
+# with (psql, redis-cli).
+TEST=("${RUN[@]}" openssl postgresql postgresql-client redis-tools)
 # Judges for the tests: kubectl 1.20 (kubernetes-client), which speaks only SPDY/3.1 for exec.
 UNPACK=(kubernetes-client)
 TOOLS="${MIRROR_PY_TOOLS:-$(cd "$(dirname "$0")/.." && pwd)/tests/.tools}"

@@ -43,6 +43,7 @@ class _Leases:
 
 async def serve(cfg: config_mod.Config, mode: str) -> None:
     session = Session(cfg)
+    session.mode = mode
     stop = asyncio.Event()
     leases = _Leases()
     # Whoever waits for our ready line learns at once how long the start may take (mirror_py/shim/ready_line.py).

@@ -16,7 +16,9 @@ the subscriptions the same way, so an app that exits without closing leaves noth
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -64,6 +66,11 @@ class PortSub:
     mode: str
     listeners: dict[int, AppListener] = field(default_factory=dict)  # by inode
     ready: asyncio.Future | None = None
+    # A reverse forward (mode "listen"): where in the target it listens, the laptop address its connections
+    # go to, and the process that asked for it (it is dropped when that process ends).
+    bind: str | None = None
+    forward_to: tuple[str, int] | None = None
+    owner: int | None = None
 
 
 class _Slot:
@@ -142,7 +149,7 @@ class Incoming:
                 flt.ports is None or ps.port in flt.ports) else None
             try:
                 await link.request("incoming_subscribe", {"sub": ps.sub, "port": ps.port, "mode": ps.mode,
-                                                          "filter": spec, **self._timeouts()})
+                                                          "filter": spec, "bind": ps.bind, **self._timeouts()})
             except RemoteError as exc:
                 log.warning("%s", self._explain(exc, ps.mode, ps.port))
 
@@ -153,7 +160,39 @@ class Incoming:
     # ------------------------------------------------------------------------------------- shim requests
     def handlers(self) -> dict:
         return {"listen": self.listen, "unlisten": self.unlisten, "incoming_peer": self.peer,
-                "incoming_stats": self.stats}
+                "incoming_stats": self.stats, "reverse": self.reverse, "unreverse": self.unreverse}
+
+    async def reverse(self, req: dict) -> dict:
+        """A port of the target of its own, forwarded to ``host:host_port`` on the laptop while process ``pid``
+        lives (``mirror-py port-forward --reverse``)."""
+        bind, port, host, host_port, pid = req["bind"], req["port"], req["host"], req["host_port"], req["pid"]
+        if not isinstance(bind, str) or not isinstance(host, str) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in (port, host_port, pid)):
+            raise RpcError("EINVAL", "reverse takes bind and host strings, port, host_port and pid integers")
+        if port in self.ports:
+            raise RpcError("EADDRINUSE", f"port {port} of the target is already taken by this session")
+        link = self.session._link()
+        sub = self._next_sub
+        self._next_sub += 1
+        try:
+            res = await link.request("incoming_subscribe", {"sub": sub, "port": port, "mode": "listen",
+                                                            "bind": bind, **self._timeouts()})
+        except RemoteError as exc:
+            raise RpcError(exc.name, exc.message) from None
+        ps = PortSub(int(res.get("port") or port), sub, "listen", bind=bind, forward_to=(host, host_port),
+                     owner=pid)
+        self.ports[ps.port] = ps
+        self.by_sub[sub] = ps
+        progress.info("port %d of the target is forwarded to %s:%d here", ps.port, host, host_port)
+        if self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(self._sweep())
+        return {"sub": sub, "port": ps.port}
+
+    async def unreverse(self, req: dict) -> dict:
+        ps = self.by_sub.get(int(req["sub"]))
+        if ps is not None and ps.forward_to is not None:
+            await self._unsubscribe(ps)
+        return {}
 
     async def stats(self, req: dict) -> dict:
         """What the agent captured, stole and lost, per subscription (for tests and troubleshooting)."""
@@ -250,6 +289,9 @@ class Incoming:
         ps.listeners.pop(inode, None)
         if ps.listeners:
             return
+        await self._unsubscribe(ps)
+
+    async def _unsubscribe(self, ps: PortSub) -> None:
         self._drop(ps)
         link = self.session.link
         if link is not None and link.failure is None:
@@ -257,8 +299,8 @@ class Incoming:
                 await link.request("incoming_unsubscribe", {"sub": ps.sub})
             except RemoteError as exc:
                 log.debug("unsubscribing port %d: %s", ps.port, exc.message)
-        progress.info("port %d of the target is no longer %s", ps.port,
-                      "mirrored" if ps.mode == "mirror" else "stolen")
+        what = {"mirror": "mirrored", "steal": "stolen"}.get(ps.mode, "forwarded")
+        progress.info("port %d of the target is no longer %s", ps.port, what)
 
     def _drop(self, ps: PortSub) -> None:
         if self.ports.get(ps.port) is ps:
@@ -272,6 +314,8 @@ class Incoming:
         """Listeners of processes that ended without closing them are forgotten."""
         while True:
             await asyncio.sleep(SWEEP_EVERY)
+            for ps in [ps for ps in self.ports.values() if ps.owner is not None and not _alive(ps.owner)]:
+                await self._unsubscribe(ps)
             if not self.by_inode:
                 continue
             live = live_inodes()
@@ -287,6 +331,12 @@ class Incoming:
         link = self.session.link
         assert link is not None
         ps = self.by_sub.get(ev.sub)
+        if ps is not None and ps.forward_to is not None:
+            forwarded = TcpRelay(link.mux, ev.stream)
+            task = asyncio.ensure_future(self._connect_here(forwarded, ev, ps.forward_to))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
         if ps is None or not ps.listeners:
             link.conn.send_close(ev.stream, "ECONNREFUSED", "the app no longer listens for it")
             link.mux.flush()
@@ -333,6 +383,38 @@ class Incoming:
                 link.conn.send_close(ev.stream, errno_name(exc), f"the app's listener on {host}:{port}: {exc}")
                 link.mux.flush()
 
+    async def _connect_here(self, relay: TcpRelay, ev: p.Accept, where: tuple[str, int]) -> None:
+        """A connection to a reverse-forwarded port, joined to ``where`` on the laptop (this process is not
+        interposed: its names and addresses are the laptop's)."""
+        link = self.session.link
+        assert link is not None
+        loop = asyncio.get_running_loop()
+        sock: socket.socket | None = None
+        try:
+            infos = await loop.getaddrinfo(where[0], where[1], type=socket.SOCK_STREAM)
+            error: OSError = OSError(errno.EADDRNOTAVAIL, f"{where[0]} has no address")
+            for family, kind, proto, _, address in infos:
+                sock = socket.socket(family, kind, proto)
+                sock.setblocking(False)
+                try:
+                    await loop.sock_connect(sock, address)
+                    break
+                except OSError as exc:
+                    sock.close()
+                    sock, error = None, exc
+            if sock is None:
+                raise error
+            await loop.create_connection(lambda: relay, sock=sock)
+            relay.start()
+        except OSError as exc:
+            if sock is not None:
+                sock.close()
+            log.warning("a connection from %s to the target's port could not reach %s:%d here: %s",
+                        ev.peer[0] if ev.peer else "?", where[0], where[1], exc.strerror or exc)
+            if link.mux.streams.pop(ev.stream, None) is not None:
+                link.conn.send_close(ev.stream, errno_name(exc), f"{where[0]}:{where[1]} on the laptop: {exc}")
+                link.mux.flush()
+
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -341,6 +423,16 @@ class Incoming:
         self.ports.clear()
         self.by_sub.clear()
         self.by_inode.clear()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process: it exists
+    return True
 
 
 async def clean_stale(session: Session) -> None:

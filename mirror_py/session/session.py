@@ -24,6 +24,7 @@ from mirror_py_agent import bootstrap
 from .. import config as config_mod
 from .. import env_families, start_clock
 from ..errors import MirrorError
+from ..forward.discover import target_key
 from ..transport import local as local_transport
 from ..transport.channel import Channel
 from ..transport.process import ProcessChannel
@@ -90,6 +91,7 @@ class Session:
         self.udp_by_app: dict[tuple[str, int], UdpRelay] = {}  # the same relays by the app socket's address
         self.udp_doors: dict[int, asyncio.DatagramTransport] = {}
         self.target_description = ""
+        self.mode = "exec"  # how the session serves: exec, or daemon.serve's mode; only daemons are shared
         self.placement: Any = None  # Kubernetes agent placement, cleaned up on close
         self.incoming = session_incoming.Incoming(self)
         self._closing = False
@@ -533,7 +535,10 @@ class Session:
         """What the session is connected to, and what it costs: requests sent to the current agent by
         operation (each one a round trip) and the name cache's counters."""
         hello = self.link.hello if self.link else None
+        t = self.cfg.target
         return {"target": self.target_description, "agent": hello.info if hello else None,
+                "mode": self.mode, "pid": os.getpid(),
+                "key": target_key(t.path, t.namespace, t.context, t.kubeconfig),
                 "requests": dict(self.link.requests) if self.link else {}, "dns_cache": dict(self.dns_cache.stats),
                 "fs_cache": dict(self.fs_cache.stats)}
 

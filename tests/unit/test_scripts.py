@@ -48,7 +48,8 @@ def test_only_the_missing_packages_are_installed(tmp_path):
     res = _run(["bash", str(SYSTEM_PACKAGES), "test"], env)
     assert res.returncode == 0, res.stderr
     assert calls.read_text().splitlines() == [
-        "update -qq", "install -y -qq --no-install-recommends dnsmasq-base redis-server openssl postgresql"]
+        "update -qq", "install -y -qq --no-install-recommends dnsmasq-base redis-server openssl postgresql "
+        "postgresql-client redis-tools"]
 
 
 def test_the_judges_are_unpacked_not_installed(tmp_path):
