@@ -44,6 +44,21 @@ class MirrorSession:
 
         return local()
 
+    def status(self) -> dict:
+        """What the session is connected to and what it has done (the ``session status --json`` object).
+        Raises MirrorError when the session is closed or does not answer."""
+        from .shim import rpc
+
+        if self.closed:
+            raise MirrorError("the session is closed")
+        try:
+            reply = rpc.call({"op": "info"})
+        except OSError as exc:
+            raise MirrorError(str(exc).removeprefix("mirror-py: ")) from None
+        if "err" in reply:
+            raise MirrorError(str(reply["err"].get("msg")))
+        return reply["ok"]
+
     def close(self) -> None:
         """Ends the session: writes remote files back, restores every patched name and environment variable,
         and stops the session process. Each step runs even if an earlier one failed; the first failure is

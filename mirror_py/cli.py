@@ -20,13 +20,19 @@ _LOG_LEVELS = {"error": logging.ERROR, "warning": logging.WARNING, "info": loggi
 
 def _setup_logging(verbose: int) -> None:
     """-v and -vv, or MIRROR_PY_LOG=debug|info|warning|error. Progress lines (what mirror-py chose and how
-    long the agent took) show at the default level; -q style silence is MIRROR_PY_LOG=error."""
+    long the agent took) show at the default level; -q style silence is MIRROR_PY_LOG=error. The word
+    ``route`` (MIRROR_PY_LOG=route or route,debug; -v adds it) has interposed apps say where each
+    destination went and which rule sent it there."""
     import os
 
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    named = os.environ.get("MIRROR_PY_LOG", "").strip().lower()
-    if named in _LOG_LEVELS and verbose == 0:
+    words = os.environ.get("MIRROR_PY_LOG", "").lower().replace(",", " ").split()
+    named = next((w for w in reversed(words) if w in _LOG_LEVELS), None)
+    if named is not None and verbose == 0:
         level = _LOG_LEVELS[named]
+    if verbose and "route" not in words:
+        # The apps this command starts say where each destination went (mirror_py/shim/routes.py).
+        os.environ["MIRROR_PY_LOG"] = ",".join([*words, "route"])
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_PrintableFormatter("mirror-py: %(message)s"))
     # Libraries log on the root logger (and logging.error() on an unconfigured root prints "ERROR:root:" lines);
@@ -210,7 +216,9 @@ def _kube(kubeconfig: str | None, context: str | None, namespace: str | None,
 
 @main.command("ls")
 @_kube_options
-def ls(namespace: str | None, kubeconfig: str | None, context: str | None, request_timeout: float) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print the targets as one JSON object")
+def ls(namespace: str | None, kubeconfig: str | None, context: str | None, request_timeout: float,
+       as_json: bool) -> None:
     """List what can be targeted in a namespace, as --target takes it."""
     from .kube.listing import RESOURCES, list_targets
 
@@ -219,6 +227,13 @@ def ls(namespace: str | None, kubeconfig: str | None, context: str | None, reque
         rows, refused = list_targets(kube, kube.namespace)
     except MirrorError as exc:
         _fail(str(exc))
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"namespace": kube.namespace, "targets": [
+            {"target": t, "containers": c.split(", ") if c else [], "state": s} for t, c, s in rows],
+            "refused": refused}))
+        sys.exit(1 if len(refused) == len(RESOURCES) else 0)
     if not rows and not refused:
         click.echo(f"nothing to target in namespace {kube.namespace}")
     elif rows:
@@ -237,13 +252,20 @@ def ls(namespace: str | None, kubeconfig: str | None, context: str | None, reque
 @_kube_options
 @click.option("-t", "--target", envvar=FLAG_VARIABLES["target"], help="also check this target")
 @click.option("--agent-python", default="python3", envvar=FLAG_VARIABLES["agent_python"])
+@click.option("--json", "as_json", is_flag=True, help="print the checks as one JSON object")
 def doctor(namespace: str | None, kubeconfig: str | None, context: str | None, request_timeout: float,
-           target: str | None, agent_python: str) -> None:
+           target: str | None, agent_python: str, as_json: bool) -> None:
     """Check the cluster, RBAC for each agent mode, and the target; print what to fix."""
     from .kube.doctor import run_checks
 
     kube = _kube(kubeconfig, context, namespace, request_timeout)
     checks = run_checks(kube, kube.namespace, target, agent_python)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({"namespace": kube.namespace, "ok": all(c.ok for c in checks),
+                               "checks": [{"ok": c.ok, "what": c.what, "fix": c.fix or None} for c in checks]}))
+        sys.exit(0 if all(c.ok for c in checks) else 1)
     for check in checks:
         click.echo(f"{'ok ' if check.ok else 'FIX'}  {check.what}" + (f"\n     -> {check.fix}" if check.fix else ""))
     sys.exit(0 if all(c.ok for c in checks) else 1)
@@ -412,11 +434,19 @@ def _session_call(request: dict) -> dict:
 
 
 @session_group.command("status")
-def session_status() -> None:
-    """Show the session this shell is joined to."""
+@click.option("--json", "as_json", is_flag=True, help="print the status as one JSON object")
+def session_status(as_json: bool) -> None:
+    """Show the session this shell is joined to: its target and agent, and what it has done."""
+    from .session.status_text import render
+
     info = _session_call({"op": "info"})
-    agent = info.get("agent") or {}
-    click.echo(f"target {info.get('target')}; agent python {agent.get('python')} (pid {agent.get('pid')})")
+    if as_json:
+        import json
+
+        click.echo(json.dumps(info, sort_keys=True))
+        return
+    for line in render(info):
+        click.echo(printable(line))
 
 
 @session_group.command("stop")

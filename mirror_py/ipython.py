@@ -69,7 +69,20 @@ def mirror(line: str) -> None:
             print(f"mirror-py: error: {str(exc).removeprefix('mirror-py: ')}")
         print("mirror-py: disconnected; everything is local again")
     elif args.command == "status":
-        print(f"mirror-py: connected to {session.target}" if session is not None else "mirror-py: not connected")
+        if session is None:
+            print("mirror-py: not connected")
+            return
+        from .session.status_text import render
+        from .terminal import printable
+
+        try:
+            info = session.status()
+        except MirrorError as exc:
+            print(f"mirror-py: error: {exc}")
+            return
+        print(f"mirror-py: connected to {session.target}")
+        for line in render(info):
+            print(printable(line))
     else:
         print("usage: %mirror connect TARGET [-n NAMESPACE] [-f CONFIG] | %mirror status | %mirror disconnect")
 

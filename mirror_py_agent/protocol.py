@@ -185,6 +185,8 @@ class Connection:
         self._sent_hello = False
         self._failed = False
         self.dropped_frames = 0
+        self.data_sent = 0  # stream and datagram payload bytes, each way (what a session's status shows)
+        self.data_received = 0
 
     # ------------------------------------------------------------------------------------------ sending
     def _control(self, msg: dict) -> None:
@@ -251,6 +253,7 @@ class Connection:
         if n > st.send_window:
             raise FlowControlError(f"stream {sid}: {n} bytes exceed the window of {st.send_window}")
         st.send_window -= n
+        self.data_sent += n
         self.queued += n + HEADER.size * ((n + MAX_PAYLOAD - 1) // MAX_PAYLOAD)
         out = self._out
         for off in range(0, n, MAX_PAYLOAD):
@@ -301,6 +304,7 @@ class Connection:
             raise ValueError("datagram too large")
         self._out.append(HEADER.pack(DATAGRAM, sid, len(payload)) + payload)
         self.queued += HEADER.size + len(payload)
+        self.data_sent += len(data)
 
     def queued_bytes(self) -> int:
         return self.queued
@@ -376,6 +380,7 @@ class Connection:
             events.append(StreamClosed(sid, "EPROTO", "peer exceeded the stream's credit"))
             return
         st.recv_window -= len(payload)
+        self.data_received += len(payload)
         events.append(Data(sid, payload))
 
     def _on_credit(self, events: list[Event], sid: int, payload: memoryview) -> None:
@@ -403,6 +408,7 @@ class Connection:
         except (ValueError, UnicodeDecodeError):
             self.dropped_frames += 1
             return
+        self.data_received += len(payload) - off
         events.append(Datagram(sid, host, port, bytes(payload[off:])))
 
     def _on_control(self, events: list[Event], payload: bytes) -> None:

@@ -77,16 +77,17 @@ class Forwarder:
         """Opens every listener (laptop ones here, target ones through the session); lines saying where each
         listens. Raises OSError (a laptop port in use) or CallFailed (a target port) with what went wrong."""
         lines = []
-        for fwd in self.forwards:
+        for i, fwd in enumerate(self.forwards):
             try:
-                server = await asyncio.start_server(lambda r, w, f=fwd: self._track(self._serve(f, r, w)),
-                                                    fwd.bind, fwd.port)
+                server = await asyncio.start_server(
+                    lambda r, w, i=i: self._track(self._serve(self.forwards[i], r, w)), fwd.bind, fwd.port)
             except OSError as exc:
                 why = os.strerror(exc.errno) if exc.errno else str(exc)
                 raise ListenError(f"cannot listen on {show_host(fwd.bind)}:{fwd.port} on this machine: "
                                   f"{why.lower()}") from None
             self.servers.append(server)
             port = server.sockets[0].getsockname()[1]
+            self.forwards[i] = Forward(fwd.bind, port, fwd.host, fwd.host_port)  # any free port: the one it got
             lines.append(f"forwarding {show_host(fwd.bind)}:{port} -> {show_host(fwd.host)}:{fwd.host_port} "
                          "in the target")
         for rev in self.reverses:
@@ -130,8 +131,12 @@ class Forwarder:
                 sock.setblocking(False)
                 sock.bind(("127.0.0.1", 0))
                 local = sock.getsockname()
+                # Counted with the session's other connections, under the rule that sent it: this forward.
+                route = ["tcp", host, fwd.host_port, fwd.host if host != fwd.host else None, True,
+                         f"port-forward {fwd}", 1]
                 res = await client.call({"op": "connect", "family": int(socket.AF_INET), "host": host,
-                                         "port": fwd.host_port, "local": [local[0], local[1]], "timeout": None})
+                                         "port": fwd.host_port, "local": [local[0], local[1]], "timeout": None,
+                                         "routes": [route]})
                 await asyncio.get_running_loop().sock_connect(sock, (res["relay"][0], int(res["relay"][1])))
             except BaseException:
                 sock.close()

@@ -331,6 +331,8 @@ class Incoming:
         link = self.session.link
         assert link is not None
         ps = self.by_sub.get(ev.sub)
+        if ps is not None:
+            self.session.counters.incoming[ps.mode] += 1
         if ps is not None and ps.forward_to is not None:
             forwarded = TcpRelay(link.mux, ev.stream)
             task = asyncio.ensure_future(self._connect_here(forwarded, ev, ps.forward_to))

@@ -20,6 +20,8 @@ import struct
 from collections.abc import Awaitable
 from typing import Any, Callable
 
+from .counters import SessionCounters
+
 log = logging.getLogger("mirror_py.session")
 
 MAX_REQUEST = 1 << 20
@@ -58,9 +60,10 @@ def peer_uid(sock: socket.socket) -> int | None:
 
 
 class RpcServer:
-    def __init__(self, path: str, handlers: dict[str, Handler]) -> None:
+    def __init__(self, path: str, handlers: dict[str, Handler], counters: SessionCounters | None = None) -> None:
         self.path = path
         self.handlers = handlers
+        self.counters = counters if counters is not None else SessionCounters()
         self.server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -109,6 +112,9 @@ class RpcServer:
             req = json.loads(body)
             if not isinstance(req, dict):
                 raise ValueError("a request must be a JSON object")
+            routes = req.pop("routes", None)
+            if routes is not None:  # a shim's routing decisions since its last request (shim/routes.py)
+                self.counters.add_routes(routes)
             size = req.pop("bin", None)
             if size is not None:
                 if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_BINARY:
@@ -121,6 +127,7 @@ class RpcServer:
                 return {"err": {"errno": "ENOTSUP", "msg": f"unknown operation {req.get('op')!r}"}}
             return {"ok": await handler(req)}
         except RpcError as exc:
+            self.counters.errors[exc.errno] += 1
             return {"err": {"errno": exc.errno, "msg": exc.message}}
         except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: too deeply nested JSON
             return {"err": {"errno": "EINVAL", "msg": f"bad request: {exc}"}}

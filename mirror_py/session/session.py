@@ -33,6 +33,7 @@ from . import files as session_files
 from . import incoming as session_incoming
 from .agent_link import AgentLink, RemoteError
 from .connects import CONNECT_BOUND, Connects
+from .counters import SessionCounters
 from .dns_cache import DnsCache
 from .fs_cache import MetadataCache
 from .relays import (
@@ -92,6 +93,8 @@ class Session:
         self.udp_doors: dict[int, asyncio.DatagramTransport] = {}
         self.target_description = ""
         self.mode = "exec"  # how the session serves: exec, or daemon.serve's mode; only daemons are shared
+        self.counters = SessionCounters()
+        self.pod: dict | None = None  # the Kubernetes pod and container the target resolved to
         self.placement: Any = None  # Kubernetes agent placement, cleaned up on close
         self.incoming = session_incoming.Incoming(self)
         self._closing = False
@@ -114,7 +117,7 @@ class Session:
         base = runtime if runtime and os.access(runtime, os.W_OK) else None
         self.dir = tempfile.mkdtemp(prefix="mirror-py-", dir=base)  # mode 0700
         await self.connects.start(os.path.join(self.dir, "connect.sock"))
-        self.rpc = RpcServer(os.path.join(self.dir, "session.sock"), self._handlers())
+        self.rpc = RpcServer(os.path.join(self.dir, "session.sock"), self._handlers(), self.counters)
         await self.rpc.start()
         self._supervisor = asyncio.ensure_future(self._supervise())
 
@@ -140,7 +143,8 @@ class Session:
                     log.warning("could not read the target's environment: %s", exc.message)
         else:
             link, placed, env = await self._start_kube(path)
-        self.link, self.placement = link, placed
+        old, self.link, self.placement = self.link, link, placed
+        self.counters.agent_changed(old)
         self.dns_cache.flush()  # a new agent may be in another pod, with other names
         if env is not None:
             self.remote_env = env
@@ -177,6 +181,7 @@ class Session:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RECONNECT_MAX_DELAY)
                     continue
+                self.counters.reconnects += 1
                 progress.warning("reconnected to %s", self.target_description)
                 break
 
@@ -260,6 +265,7 @@ class Session:
             return await self._start_placed(placed)
         resolved = await asyncio.to_thread(targets.resolve, kube, ref)
         self.incoming.probes = resolved.probes
+        self.pod = {"namespace": resolved.namespace, "name": resolved.pod, "container": resolved.container}
         progress.info("target %s: pod %s/%s, container %r (chosen by %s)", ref, resolved.namespace, resolved.pod,
                       resolved.container, resolved.container_choice)
         mode = agent.mode
@@ -384,6 +390,7 @@ class Session:
             "fs": self._fs,
             "info": self._info,
             "listens": self._listens,
+            "routes": self._routes,
             **self.incoming.handlers(),
         }
 
@@ -480,6 +487,7 @@ class Session:
 
     async def _dns(self, req: dict) -> Any:
         args = {k: v for k, v in req.items() if k != "op"}
+        self.counters.dns_lookups += 1
         try:
             return await self.dns_cache.lookup(args, self._ask_agent_dns)
         except RemoteError as exc:
@@ -529,7 +537,13 @@ class Session:
 
     async def _fs(self, req: dict) -> Any:
         """File operations of the app, done by the agent inside the target's root (see session/files.py)."""
-        return await session_files.handle(self._link(), req, self.fs_cache)
+        result = await session_files.handle(self._link(), req, self.fs_cache)
+        self.counters.count_fs(req, result)
+        return result
+
+    async def _routes(self, req: dict) -> dict:
+        """A shim's last routing decisions, sent at its exit (the batch itself is taken by the RPC server)."""
+        return {}
 
     async def _info(self, req: dict) -> dict:
         """What the session is connected to, and what it costs: requests sent to the current agent by
@@ -537,8 +551,10 @@ class Session:
         hello = self.link.hello if self.link else None
         t = self.cfg.target
         return {"target": self.target_description, "agent": hello.info if hello else None,
-                "mode": self.mode, "pid": os.getpid(),
+                "mode": self.mode, "pid": os.getpid(), "pod": self.pod,
+                "agent_mode": getattr(self.placement, "mode", None) or "local",
                 "key": target_key(t.path, t.namespace, t.context, t.kubeconfig),
+                "counters": self.counters.snapshot(self.link, self.dns_cache.stats, self.fs_cache.stats),
                 "requests": dict(self.link.requests) if self.link else {}, "dns_cache": dict(self.dns_cache.stats),
                 "fs_cache": dict(self.fs_cache.stats)}
 

@@ -88,6 +88,9 @@ def _after_fork_in_child() -> None:
     files = sys.modules.get(__name__ + ".files")
     if files is not None:
         files.after_fork_in_child()
+    routes = sys.modules.get(__name__ + ".routes")
+    if routes is not None:
+        routes.forget_all()
     listeners = sys.modules.get(__name__ + ".local_listeners")
     if listeners is not None:
         listeners.forget_all()  # "this process" is another one now

@@ -337,9 +337,32 @@ def target_listens(proto: str, ip: str, port: int) -> bool | None:
         _target_says.clear()
     _target_says[key] = (now, answer)
     return answer
+_own: dict[frozenset[int], bool] = {}  # listening inodes -> whether this very process holds one
+
+
+def session_port(proto: str, port: int) -> bool:
+    """After :func:`stays_local` kept a connect local in ``session`` mode: was it for a listener of the session
+    (rather than because nothing in the target listens there)? Only says how the decision is reported."""
+    known = _decided.get((proto, port))
+    return bool(known and known[1])
+
+
+def own_port(proto: str, port: int) -> bool:
+    """After :func:`stays_local` kept a connect local in ``session`` mode: is the listener this process's own
+    (rather than another process's of the session)? Only says how the decision is reported; never raises."""
+    known = _decided.get((proto, port))
+    if known is None:
+        return False
+    inodes = known[0]
+    if inodes not in _own:
+        if len(_own) >= 1024:
+            _own.clear()
+        _own[inodes] = _holds(str(os.getpid()), {f"socket:[{inode}]" for inode in inodes})
+    return _own[inodes]
 
 
 def forget_all() -> None:
     """Drops cached owner decisions (a forked child is another process: "this process" changed)."""
     _decided.clear()
     _target_says.clear()
+    _own.clear()

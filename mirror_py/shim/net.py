@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from mirror_py_agent.addresses import decode_address, encode_address
 
-from . import dns, errors, local_listeners, resolved, rpc, scope, settings
+from . import dns, errors, local_listeners, resolved, routes, rpc, scope, settings
 
 _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
@@ -125,21 +125,44 @@ def plan(sock: Any, address: Any, proto: str | None = None) -> tuple[str, int, s
         if not infos:
             return None
         ip, names = infos[0][4][0], (host.lower().rstrip("."),)
-    if not goes_remote(st, proto, ip, port, names):
+    remote, why = decide(st, proto, ip, port, names)
+    # Shown with the name the app resolved to this address (create_connection resolves, then connects).
+    routes.note(proto, ip, port, names[0] if names else None, remote, why)
+    if not remote:
         return None
     return ip, port, names[0] if names else None
 
 
 def goes_remote(st: settings.Settings, proto: str, ip: str, port: int, names: tuple[str, ...]) -> bool:
-    """The order of the outgoing decision: a rule of ``network.outgoing.filter`` that matches the address or a
-    name it was resolved from decides; else a listener of the app's own on the laptop keeps a loopback connect
-    local (``network.outgoing.local_listeners``); else the filter's default (remote, unless it lists remotes)."""
-    said = st.outgoing_filter.rule_says(proto, ip, port, names)
-    if said is not None:
-        return said
-    if not st.outgoing_filter.default_remote:
-        return False
-    return not local_listeners.stays_local(proto, ip, port, st.local_listeners)
+    return decide(st, proto, ip, port, names)[0]
+
+
+def decide(st: settings.Settings, proto: str, ip: str, port: int,
+           names: tuple[str, ...]) -> tuple[bool, str]:
+    """(remote?, the rule that said so, in words). The order of the outgoing decision: a rule of
+    ``network.outgoing.filter`` that matches the address or a name it was resolved from decides; else a
+    listener of the app's own on the laptop keeps a loopback connect local (``network.outgoing.local_listeners``);
+    else the filter's default (remote, unless it lists remotes)."""
+    flt = st.outgoing_filter
+    rule = flt.rule_for(proto, ip, port, names)
+    if rule is not None:
+        listed = "remote" if flt.lists_remotes else "local"
+        return flt.lists_remotes, f"network.outgoing.filter {listed} rule {rule.text!r}"
+    if not flt.default_remote:
+        return False, "outgoing default: local, as network.outgoing.filter lists what is remote"
+    if local_listeners.stays_local(proto, ip, port, st.local_listeners):
+        if st.local_listeners == "laptop":
+            return False, "a listener on this machine takes it (network.outgoing.local_listeners = laptop)"
+        if not local_listeners.session_port(proto, port):
+            return False, "a listener on this machine takes it, and nothing listens there in the target"
+        return False, "this process listens there" if _own_listener(proto, port) else \
+            "a process of this session listens there"
+    return True, "outgoing default: remote"
+
+
+def _own_listener(proto: str, port: int) -> bool:
+    """Is the listener that kept a connect local one of this very process's sockets?"""
+    return local_listeners.own_port(proto, port)
 
 
 def _loopback_for(sock: Any) -> str:

@@ -11,6 +11,8 @@ import socket as _socket_mod
 import struct
 import threading
 
+from . import routes as _routes
+
 _LEN = struct.Struct(">I")
 _local = threading.local()
 _generation = [0]
@@ -113,6 +115,8 @@ def call(request: dict, data: bytes | None = None, timeout: float | None = None)
     sock = _connection()
     if timeout is not None:
         sock.settimeout(timeout)
+    if _routes.due():
+        request = dict(request, routes=_routes.take())
     if data is not None:
         request = dict(request, bin=len(data))
     body = json.dumps(request).encode()

@@ -393,6 +393,11 @@ class TrafficFilter(_Filter):
         Unlike :meth:`is_remote` this tells "a rule decided" from "nothing matched", so that the caller can
         put its own default between the rules and the filter's default.
         """
+        return None if self.rule_for(proto, ip, port, names) is None else self._remote_mode
+
+    def rule_for(self, proto: str, ip: str | None, port: int | None,
+                 names: tuple[str, ...] = ()) -> AddressRule | None:
+        """The first rule that matches, as :meth:`rule_says` looks for it (for saying which rule decided)."""
         rules = self._rules
         if rules is None:
             return None
@@ -401,8 +406,13 @@ class TrafficFilter(_Filter):
         for rule in rules:
             for name in norms:
                 if rule._match(proto, key, port, name):
-                    return self._remote_mode
+                    return rule
         return None
+
+    @property
+    def lists_remotes(self) -> bool:
+        """True for a ``remote`` list (its rules say what goes remote), False for a ``local`` list."""
+        return bool(self._remote_mode)
 
     @property
     def default_remote(self) -> bool:

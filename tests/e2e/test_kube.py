@@ -224,6 +224,23 @@ def test_ls_lists_targets_as_target_syntax(cluster):
     assert "pod/" + cluster.pod_names("staging", "api-")[0] in out.stdout
 
 
+def test_ls_and_doctor_json_for_scripts_and_editors(cluster):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), KUBECONFIG=cluster.kubeconfig)
+    out = subprocess.run([*MIRROR_PY, "ls", "--json"], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    listing = json.loads(out.stdout)
+    assert listing["namespace"] == "staging"
+    assert {"target": "deployment/api", "containers": ["app", "istio-proxy"], "state": "1/1 ready"} \
+        in listing["targets"]
+    bad = subprocess.run([*MIRROR_PY, "doctor", "--json", "--context", "sandbox-no-exec"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert bad.returncode == 1, bad.stderr
+    report = json.loads(bad.stdout)
+    assert report["ok"] is False
+    failed = [c for c in report["checks"] if not c["ok"]]
+    assert any(c["what"].startswith("RBAC for agent mode exec") and "create pods/exec" in c["fix"] for c in failed)
+
+
 def test_doctor_reports_rbac_and_python(cluster):
     env = dict(os.environ, PYTHONPATH=str(ROOT), KUBECONFIG=cluster.kubeconfig)
     ok = subprocess.run([*MIRROR_PY, "doctor", "--target", "deploy/api"], capture_output=True, text=True, env=env,

@@ -24,7 +24,9 @@ def test_notebook_against_the_pod(pod, monkeypatch):
     assert texts[2].startswith(f"mirror-py: connected to pid/{pod.pid}")
     assert texts[3].split() == ["loopback", "api", "from-the-pod", "api-7d9f"]
     assert texts[4].strip() == "not known locally"
-    assert texts[5].strip() == f"mirror-py: connected to pid/{pod.pid}"
+    status = texts[5].splitlines()  # %mirror status: what the kernel's session did so far
+    assert status[:2] == [f"mirror-py: connected to pid/{pod.pid}", f"target pid/{pod.pid}"], texts[5]
+    assert any("-> pod" in line and line.endswith("outgoing default: remote") for line in status), texts[5]
     assert texts[6].startswith("mirror-py: disconnected")
     assert texts[7].split() == ["restored", "True", "True"]
     assert os.environ.get("POD_ONLY") is None

@@ -4,6 +4,7 @@ server on this machine through --reverse."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import selectors
@@ -50,20 +51,21 @@ class Forward:
                                      stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
         self.ports: list[int] = []
         assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()  # read raw: a buffered readline would hide a second line from select
         sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        sel.register(fd, selectors.EVENT_READ)
         deadline = time.monotonic() + 120  # a bound on a hang, not a measurement
+        got = b""
         while len(self.ports) < count and time.monotonic() < deadline:
             if not sel.select(timeout=1.0):
                 if self.proc.poll() is not None:
                     break
                 continue
-            line = self.proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            match = FORWARDING.match(line)
-            if match:
-                self.ports.append(int(match.group(2)))
+            got += chunk
+            self.ports = [int(m.group(2)) for m in map(FORWARDING.match, got.decode().splitlines()) if m]
         sel.close()
         if len(self.ports) < count:
             err = terminate(self.proc)
@@ -131,6 +133,15 @@ def test_a_running_session_for_the_target_is_shared(cluster, forwards):
                              capture_output=True, text=True, timeout=60)
         assert out.stdout.strip() == "PONG", out.stderr
         assert not [c for c in cluster.calls if c.resource.startswith("pods")], "a second agent was started"
+        status = subprocess.run([*MIRROR_PY, "session", "status", "--json"], capture_output=True, text=True,
+                                env=joined, timeout=60)
+        info = json.loads(status.stdout)
+        api = SandboxBackend(cluster).pod_names("api-")[0]
+        assert info["pod"] == {"namespace": "staging", "name": api, "container": "app"}
+        assert info["agent_mode"] == "exec"
+        # The forwarded connection is counted with the session's own, under the forward that sent it.
+        assert [(r["name"], r["port"], r["to"], r["rule"], r["count"]) for r in info["counters"]["connections"]] \
+            == [("redis", 6379, "pod", f"port-forward 127.0.0.1:{fwd.ports[0]} -> redis:6379", 1)]
     finally:
         stop = subprocess.run([*MIRROR_PY, "session", "stop"], capture_output=True, text=True, env=joined)
     assert stop.returncode == 0, stop.stderr
