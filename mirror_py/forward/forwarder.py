@@ -132,11 +132,11 @@ class Forwarder:
                 sock.bind(("127.0.0.1", 0))
                 local = sock.getsockname()
                 # Counted with the session's other connections, under the rule that sent it: this forward.
-                route = ["tcp", host, fwd.host_port, fwd.host if host != fwd.host else None, True,
-                         f"port-forward {fwd}", 1]
-                res = await client.call({"op": "connect", "family": int(socket.AF_INET), "host": host,
-                                         "port": fwd.host_port, "local": [local[0], local[1]], "timeout": None,
-                                         "routes": [route]})
+                request = {"op": "connect", "family": int(socket.AF_INET), "host": host, "port": fwd.host_port,
+                           "local": [local[0], local[1]], "timeout": None, "why": f"port-forward {fwd}"}
+                if host != fwd.host:
+                    request["name"] = fwd.host
+                res = await client.call(request)
                 await asyncio.get_running_loop().sock_connect(sock, (res["relay"][0], int(res["relay"][1])))
             except BaseException:
                 sock.close()

@@ -15,6 +15,7 @@ from typing import Any
 
 #: Where a route's count is kept: (protocol, address, port, remote?, the rule that decided).
 RouteKey = tuple[str, str, int, bool, str]
+DEFAULT_REMOTE = "outgoing default: remote"  # the rule of a connect request that names none
 MAX_ROUTES = 4096  # destinations kept; beyond, new ones are counted under "other destinations"
 
 
@@ -54,6 +55,16 @@ class SessionCounters:
             self.routes[key] += count
             if name:
                 self.names[(key[1], key[2])] = str(name)
+
+    def count_connect(self, host: str, port: int, name: Any, why: Any) -> None:
+        """A shim's blocking remote connect, which reports its own route (mirror_py/shim/routes.py)."""
+        key = ("tcp", host, port, True, str(why) if why else DEFAULT_REMOTE)
+        if key in self.routes or len(self.routes) < MAX_ROUTES:
+            self.routes[key] += 1
+            if name:
+                self.names[(host, port)] = str(name)
+        else:
+            self.other_routes += 1
 
     def count_fs(self, req: dict, result: Any) -> None:
         """A file operation done in the target: opens by what they may do, and the bytes moved."""

@@ -412,6 +412,7 @@ class Session:
         # Bounded whatever the agent does: by the app's timeout (the agent enforces it too, and the shim stops
         # waiting when it expires), else a little beyond the kernel's own connect timeout.
         args = {"sid": sid, "host": str(req["host"]), "port": int(req["port"]), "timeout": timeout if timed else None}
+        self.counters.count_connect(args["host"], args["port"], req.get("name"), req.get("why"))
         try:
             res = await link.request("connect", args, opens_stream=sid, timeout=timeout if timed else CONNECT_BOUND)
         except (RemoteError, asyncio.TimeoutError) as exc:

@@ -94,43 +94,52 @@ def _literal_ip(host: str) -> bool:
     return dns.is_ip(host)
 
 
-def plan(sock: Any, address: Any, proto: str | None = None) -> tuple[str, int, str | None] | None:
+Target = tuple[str, int, "str | None"]  # (ip, port, hostname) in the target
+_NOTHING: tuple[None, None] = (None, None)
+
+
+def plan(sock: Any, address: Any, proto: str | None = None) -> Target | None:
     """Where a connect/sendto should go: ``(ip, port, hostname)`` in the target, or None for local."""
+    return planned(sock, address, proto)[0]
+
+
+def planned(sock: Any, address: Any, proto: str | None = None) -> tuple[Target | None, routes.Decision | None]:
+    """:func:`plan`, and the decision as routes.py records it: None where no routing rule was asked (a local
+    block, outgoing turned off, not an IP socket). Only the callers that act on the plan record it."""
     if scope.is_local():
-        return None  # a local block: this connect/datagram is the machine's own (see scope.py)
+        return _NOTHING  # a local block: this connect/datagram is the machine's own (see scope.py)
     family = sock.family
     if family != _AF_INET and family != _AF_INET6:
-        return None
+        return _NOTHING
     if not isinstance(address, tuple) or len(address) < 2:
-        return None
+        return _NOTHING
     st = settings.get()
     if not st.outgoing_enabled:
-        return None
+        return _NOTHING
     kind = sock.type
     if proto is None:
         proto = "tcp" if kind == socket.SOCK_STREAM else "udp" if kind == socket.SOCK_DGRAM else None
     if proto is None or not (st.tcp if proto == "tcp" else st.udp):
-        return None
+        return _NOTHING
     host, port = address[0], address[1]
     if isinstance(host, (bytes, bytearray)):
         host = bytes(host).decode("idna")
     if not isinstance(host, str) or not isinstance(port, int):
-        return None
+        return _NOTHING
     if _literal_ip(host):
         ip, names = host, resolved.names_for(host)
     elif host == "":
-        return None
+        return _NOTHING
     else:
         infos = socket.getaddrinfo(host, port, family, kind)  # the patched lookup: remote when DNS is
         if not infos:
-            return None
+            return _NOTHING
         ip, names = infos[0][4][0], (host.lower().rstrip("."),)
     remote, why = decide(st, proto, ip, port, names)
     # Shown with the name the app resolved to this address (create_connection resolves, then connects).
-    routes.note(proto, ip, port, names[0] if names else None, remote, why)
-    if not remote:
-        return None
-    return ip, port, names[0] if names else None
+    name = names[0] if names else None
+    decision = (proto, ip, port, name, remote, why)
+    return ((ip, port, name) if remote else None), decision
 
 
 def goes_remote(st: settings.Settings, proto: str, ip: str, port: int, names: tuple[str, ...]) -> bool:
@@ -157,7 +166,7 @@ def decide(st: settings.Settings, proto: str, ip: str, port: int,
             return False, "a listener on this machine takes it, and nothing listens there in the target"
         return False, "this process listens there" if _own_listener(proto, port) else \
             "a process of this session listens there"
-    return True, "outgoing default: remote"
+    return True, routes.DEFAULT_REMOTE
 
 
 def _own_listener(proto: str, port: int) -> bool:
@@ -199,20 +208,23 @@ def _checked(reply: dict) -> dict:
     return reply["ok"]
 
 
-def _connect_remote(sock: Any, target: tuple[str, int, str | None], orig: Callable, defer: bool = True) -> Any:
+def _connect_remote(sock: Any, target: Target, orig: Callable, decision: routes.Decision,
+                    defer: bool = True) -> Any:
     """A remote TCP connect. A non-blocking socket's returns at once (nbconnect.py); a blocking one waits for
-    the target, never longer than the socket's timeout: the agent, the session and this wait all keep it."""
+    the target, never longer than the socket's timeout: the agent, the session and this wait all keep it.
+    The blocking connect's request is its own route report (routes.report_with)."""
     from . import nbconnect
 
     if defer and nbconnect.usable(sock) and nbconnect.start(sock, target):
+        routes.note(decision)
         raise BlockingIOError(_errno.EINPROGRESS, os.strerror(_errno.EINPROGRESS))
     ip, port, _ = target
     local = _ensure_bound(sock)
     timeout = sock.gettimeout() or None
-    res = _checked(rpc.call({
-        "op": "connect", "family": int(sock.family), "host": ip, "port": port, "local": local,
-        "timeout": timeout,
-    }, timeout=timeout))
+    request = {"op": "connect", "family": int(sock.family), "host": ip, "port": port, "local": local,
+               "timeout": timeout}
+    routes.report_with(request, decision)
+    res = _checked(rpc.call(request, timeout=timeout))
     relay = _relay_address(sock, res["relay"])
     register(sock, Remote("tcp", tuple(res["peer"]), tuple(res["sock"]), relay, tuple(local)))
     return orig(sock, relay)
@@ -260,13 +272,16 @@ def route_connect(sock: Any, address: Any, orig: Callable, local: Callable, defe
         if err:
             raise OSError(err, os.strerror(err))
         return None
-    target = plan(sock, address)
+    target, decision = planned(sock, address)
     if target is None:
+        if decision is not None:
+            routes.note(decision)
         return local(sock, address)
     if sock.type == socket.SOCK_DGRAM:
+        routes.note(decision)
         info = _open_udp(sock, (target[0], target[1]))
         return orig(sock, info.relay)
-    return _connect_remote(sock, target, orig, defer)
+    return _connect_remote(sock, target, orig, decision, defer)
 
 
 def make_connect(orig: Callable) -> Callable:
@@ -283,14 +298,17 @@ def make_connect_ex(orig: Callable) -> Callable:
             from . import nbconnect
 
             return nbconnect.again(self, info)
-        target = plan(self, address)
+        target, decision = planned(self, address)
         if target is None:
+            if decision is not None:
+                routes.note(decision)
             return orig(self, address)
         try:
             if self.type == socket.SOCK_DGRAM:
+                routes.note(decision)
                 info = _open_udp(self, (target[0], target[1]))
                 return orig(self, info.relay)
-            _connect_remote(self, target, _RAW.connect)
+            _connect_remote(self, target, _RAW.connect, decision)
         except (socket.gaierror, rpc.SessionUnavailable):
             raise
         except OSError as exc:
@@ -376,7 +394,9 @@ def _door_for(sock: Any, address: Any) -> tuple[bytes, tuple] | None:
     info = _lookup(sock)
     if info is not None and info.kind != "udp":
         return None
-    target = plan(sock, address, "udp")
+    target, decision = planned(sock, address, "udp")
+    if decision is not None:
+        routes.note(decision)
     if target is None:
         return None
     if info is None:

@@ -13,7 +13,11 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-_pending: dict[tuple, int] = {}  # (proto, ip, port, name, remote, why) -> count since the last report
+#: (protocol, address, port, the name the app asked for or None, remote?, the rule that decided, in words)
+Decision = tuple[str, str, int, Optional[str], bool, str]
+DEFAULT_REMOTE = "outgoing default: remote"  # what a connect request that says no "why" was decided by
+
+_pending: dict[Decision, int] = {}  # decision -> count since the last report
 _said: set[tuple] = set()  # destinations already logged by this process
 _log: list[bool] = []  # MIRROR_PY_LOG asks for route lines (read once)
 _exit_hook: list[bool] = []
@@ -31,27 +35,45 @@ def _where(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def note(proto: str, ip: str, port: int, name: Optional[str], remote: bool, why: str) -> None:
-    """One decision: counted for the session, and said the first time this destination is seen."""
-    key = (proto, ip, port, name, remote, why)
-    _pending[key] = _pending.get(key, 0) + 1
+def note(decision: Decision) -> None:
+    """One decision no request of its own reports: counted for the session's next request, and said the
+    first time this destination is seen."""
+    _pending[decision] = _pending.get(decision, 0) + 1
     if _logging():
-        dest = (proto, ip, port)
-        if dest not in _said:
-            _said.add(dest)
-            shown = _where(ip, port) + (f" ({name})" if name and name != ip else "")
-            if proto != "tcp":
-                shown = f"{proto} {shown}"
-            line = f"mirror-py: {shown} \u2192 {'pod' if remote else 'local'} ({why})\n"
-            try:
-                os.write(2, line.encode("utf-8", "replace"))
-            except OSError:
-                pass
+        say(decision)
     if not _exit_hook:
         _exit_hook.append(True)
         import atexit
 
         atexit.register(flush)
+
+
+def report_with(request: dict, decision: Decision) -> None:
+    """A remote TCP connect: its own request to the session reports it, in two optional keys (none at all for
+    the common case, a connect that goes remote by default), so it costs nothing to count."""
+    if _logging():
+        say(decision)
+    if decision[3] is not None:
+        request["name"] = decision[3]
+    if decision[5] != DEFAULT_REMOTE:
+        request["why"] = decision[5]
+
+
+def say(decision: Decision) -> None:
+    """The route line, once per destination and process."""
+    proto, ip, port, name, remote, why = decision
+    dest = (proto, ip, port)
+    if dest in _said:
+        return
+    _said.add(dest)
+    shown = _where(ip, port) + (f" ({name})" if name and name != ip else "")
+    if proto != "tcp":
+        shown = f"{proto} {shown}"
+    line = f"mirror-py: {shown} \u2192 {'pod' if remote else 'local'} ({why})\n"
+    try:
+        os.write(2, line.encode("utf-8", "replace"))
+    except OSError:
+        pass
 
 
 def take() -> list:

@@ -146,7 +146,7 @@ def raising_hook_scenario() -> dict:
     def broken(*args, **kwargs):
         raise RuntimeError("injected failure")
 
-    net.plan = broken
+    net.planned = broken  # what the connect decision (net.route_connect) asks first
     try:
         psycopg2.connect(f"host={ip} port=5432 user=app dbname=postgres connect_timeout=10")
     except psycopg2.OperationalError as exc:
