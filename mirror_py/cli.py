@@ -84,10 +84,16 @@ def main() -> None:
     """Run local Python code in the context of a pod: its network, DNS and environment."""
 
 
+def _complete_target(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    from .completion import complete_target
+
+    return complete_target(ctx, param, incomplete)
+
+
 def _target_options(fn: Callable) -> Callable:
     """The target and session flags, shared by exec and _serve."""
     options = [
-        click.option("-t", "--target", envvar=FLAG_VARIABLES["target"],
+        click.option("-t", "--target", envvar=FLAG_VARIABLES["target"], shell_complete=_complete_target,
                      help="deploy/NAME, pod/NAME[/container/C], sts/, rs/, ds/, job/, svc/; or pid/PID, netns/NAME, "
                      "docker/NAME, podman/NAME"),
         click.option("-n", "--namespace", envvar=FLAG_VARIABLES["namespace"], help="Kubernetes namespace"),
@@ -517,9 +523,11 @@ def uninstall_hook() -> None:
 
 def _register_commands() -> None:
     """Commands that live in modules of their own, given the shared flags and helpers defined above."""
+    from .completion import register as register_completion
     from .forward.command import register as register_port_forward
 
     register_port_forward(main, _target_options, _setup_logging, _load, _fail, _stopped)
+    register_completion(main)
 
 
 _register_commands()
