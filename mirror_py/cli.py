@@ -11,6 +11,7 @@ import click
 
 from . import __version__
 from .config import FLAG_KEYS, FLAG_VARIABLES, Config, ConfigError, flag_source, load_config
+from .console import Console, MessageHandler, ProgressHandler
 from .errors import MirrorError
 from .kube.api import KubeContext
 from .terminal import printable
@@ -33,48 +34,28 @@ def _setup_logging(verbose: int) -> None:
     if verbose and "route" not in words:
         # The apps this command starts say where each destination went (mirror_py/shim/routes.py).
         os.environ["MIRROR_PY_LOG"] = ",".join([*words, "route"])
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_PrintableFormatter("mirror-py: %(message)s"))
     # Libraries log on the root logger (and logging.error() on an unconfigured root prints "ERROR:root:" lines);
-    # mirror-py reports what matters itself, in its own words.
+    # mirror-py reports what matters itself, in its own words (mirror_py/console.py).
     if not logging.getLogger().handlers:
         logging.getLogger().addHandler(logging.NullHandler())
+    _console.reset(sys.stderr)  # the stream and the terminal's abilities as they are now
     root = logging.getLogger("mirror_py")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [MessageHandler(_console)]
     root.setLevel(level)
     root.propagate = False
     progress = logging.getLogger("mirror_py.progress")
     progress.setLevel(min(level, logging.INFO) if level < logging.ERROR else level)
-    if sys.stderr.isatty() and level >= logging.WARNING:
-        # On a terminal the start-up steps share one line that the next step overwrites; in logs and CI each is
-        # a plain line of its own.
-        progress.handlers[:] = [_TerminalProgress()]
-        progress.propagate = False
+    # Start-up steps share one updating line on a terminal at the default verbosity; with -v (more lines from
+    # other loggers in between) and off a terminal each is a line of its own.
+    progress.handlers[:] = [ProgressHandler(_console)] if _console.live and level >= logging.WARNING else []
+    progress.propagate = not progress.handlers
 
 
-class _PrintableFormatter(logging.Formatter):
-    """Messages carry text from the target (its agent's stderr, its error messages): never let it drive the
-    terminal."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return printable(super().format(record))
-
-
-class _TerminalProgress(logging.Handler):
-    FINAL = ("agent ready",)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = printable(f"mirror-py: {record.getMessage()}")
-        final = record.levelno >= logging.WARNING or text.startswith(tuple(f"mirror-py: {f}" for f in self.FINAL))
-        end = "\n" if final else ""
-        sys.stderr.write(f"\r\033[K{text}{end}")
-        sys.stderr.flush()
+_console = Console(sys.stderr)
 
 
 def _fail(message: str) -> NoReturn:
-    if sys.stderr.isatty():
-        sys.stderr.write("\r\033[K")  # end a progress line the error interrupts
-    click.echo(printable(f"mirror-py: error: {message}"), err=True)
+    _console.follow(sys.stderr).error(message)  # ends a progress line the error interrupts first
     sys.exit(1)
 
 
@@ -171,9 +152,8 @@ def exec(ctx: click.Context, config_file: str | None, verbose: int, command: tup
 
 def _stopped(exc: Exception) -> NoReturn:
     signum = getattr(exc, "signum", 15)
-    if sys.stderr.isatty():
-        sys.stderr.write("\r\033[K")
-    click.echo(f"mirror-py: {exc}; nothing was left behind", err=True)
+    _console.follow(sys.stderr).end()
+    _console.line(f"mirror-py: {exc}; nothing was left behind")
     sys.exit(128 + signum)
 
 

@@ -204,7 +204,7 @@ class Session:
     async def _start_agent(self, channel: Channel, pipelined: Any = None) -> AgentLink:
         """A started agent; ``pipelined`` (link -> awaitable) is sent behind its hello (AgentLink.start)."""
         self.target_description = channel.description
-        log.info("starting the agent in %s", self.target_description)
+        progress.info("streaming the agent to %s", self.target_description)
         started = asyncio.get_running_loop().time()
         link = AgentLink(channel, self.cfg.agent.startup_timeout, self.cfg.agent.keepalive_interval,
                          self.cfg.agent.memory_budget)

@@ -22,6 +22,7 @@ from tests.sandbox import postgres
 
 from .backends import SandboxBackend
 from .conftest import MIRROR_PY, ROOT, sandbox_cluster, terminate
+from .ptys import run_on_pty
 
 MANIFEST = "\n---\n".join(p.read_text() for p in (ROOT / "examples" / "k8s" / "sandbox.yaml",
                                                   ROOT / "examples" / "service" / "postgres.yaml"))
@@ -189,3 +190,16 @@ def test_a_taken_local_port_is_one_line(cluster):
     assert out.stderr.strip().splitlines()[-1] == (
         f"mirror-py: error: cannot listen on 127.0.0.1:{port} on this machine: address already in use")
     assert "Traceback" not in out.stderr
+
+
+def test_start_up_steps_share_one_terminal_line_until_the_forwards_are_listed(cluster):
+    env = _env(cluster, TERM="xterm-256color")
+    env.pop("NO_COLOR", None)
+    code, out = run_on_pty([*MIRROR_PY, "port-forward", "--target", "deploy/api", "0:redis:6379"], env,
+                           until=b" in the target\r\n")
+    assert code == 0, out
+    ready = out.index(b"mirror-py: agent ready in pod staging/api-")
+    steps = out[:ready]
+    assert steps.startswith(b"\r\x1b[Kmirror-py: target deployment/api: pod staging/api-"), out
+    assert b"\r\x1b[Kmirror-py: streaming the agent to pod staging/api-" in steps and b"\n" not in steps, out
+    assert out[ready:].split(b"\r\n")[1].startswith(b"forwarding 127.0.0.1:"), out
