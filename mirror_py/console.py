@@ -95,6 +95,11 @@ class Console:
             self.open = False
 
 
+#: ``extra=`` of a progress step that only tells the user to wait (the agent is streaming): shown on the
+#: updating line of a terminal and with -v, left out of plain output, where it would only be noise.
+TRANSIENT = {"transient": True}
+
+
 class MessageHandler(logging.Handler):
     """mirror-py's log records, each a line of its own."""
 
@@ -103,6 +108,8 @@ class MessageHandler(logging.Handler):
         self.console = console
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "transient", False) and logging.getLogger("mirror_py").level >= logging.WARNING:
+            return
         try:
             text = record.getMessage()
         except Exception:  # a bad format string must not kill the session

@@ -23,6 +23,7 @@ from mirror_py_agent import bootstrap
 
 from .. import config as config_mod
 from .. import env_families, start_clock
+from ..console import TRANSIENT
 from ..errors import MirrorError
 from ..forward.discover import target_key
 from ..transport import local as local_transport
@@ -204,7 +205,7 @@ class Session:
     async def _start_agent(self, channel: Channel, pipelined: Any = None) -> AgentLink:
         """A started agent; ``pipelined`` (link -> awaitable) is sent behind its hello (AgentLink.start)."""
         self.target_description = channel.description
-        progress.info("streaming the agent to %s", self.target_description)
+        progress.info("streaming the agent to %s", self.target_description, extra=TRANSIENT)
         started = asyncio.get_running_loop().time()
         link = AgentLink(channel, self.cfg.agent.startup_timeout, self.cfg.agent.keepalive_interval,
                          self.cfg.agent.memory_budget)

@@ -37,11 +37,18 @@ class Served:
 
     def stats(self) -> dict:
         """The agent's counters for this session's subscriptions, through the session's RPC socket."""
+        return self._ask("incoming_stats")
+
+    def info(self) -> dict:
+        """What ``mirror-py session status --json`` shows of this session."""
+        return self._ask("info")
+
+    def _ask(self, op: str) -> dict:
         import struct
 
         with socket.socket(socket.AF_UNIX) as s:
             s.connect(self.ready["session"])
-            body = json.dumps({"op": "incoming_stats"}).encode()
+            body = json.dumps({"op": op}).encode()
             s.sendall(struct.pack(">I", len(body)) + body)
             f = s.makefile("rb")
             (size,) = struct.unpack(">I", f.read(4))

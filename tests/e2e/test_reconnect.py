@@ -30,6 +30,9 @@ def test_steal_is_restored_after_the_agent_is_killed(pod, tmp_path):
         assert wait_for(lambda: _stolen(pod), timeout=10, step=0.2)
         assert time.monotonic() - started < 10
         assert agent_of(app.proc.pid) != old
+        counters = app.info()["counters"]  # what `session status` shows: one reconnect, a young agent
+        assert counters["reconnects"] == 1 and counters["agent_age"] < counters["age"]
+        assert counters["incoming"]["stolen"] >= 2
     assert "reconnected to pid/" in app.stderr
     assert chains(pod) == []
     assert get(pod.ip, "/end")["server"] == "podip"
