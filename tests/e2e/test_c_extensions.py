@@ -16,7 +16,7 @@ import pytest
 
 from tests.sandbox import postgres
 
-from .conftest import MIRROR_PY, ROOT, Result, sandbox_cluster, terminate
+from .conftest import MIRROR_PY, ROOT, STEAL_IMAGE, Result, sandbox_cluster, terminate
 from .test_incoming import _wait_ready
 
 APP = str(Path(__file__).with_name("c_ext_app.py"))
@@ -98,7 +98,8 @@ def run(cluster, scenario: str, layer: bool = True, timeout: float = 120, **extr
 def serve(cluster, target: str, port: int, scenario: str, *args: str, layer: bool = True) -> subprocess.Popen:
     """A server app under ``mirror-py exec`` stealing ``port`` of ``target``'s pod, once it says READY."""
     proc = subprocess.Popen([*MIRROR_PY, "exec", "--target", target, "-n", "staging", "--agent-mode", "ephemeral",
-                             "--incoming", "steal", "--", sys.executable, APP, scenario, str(port), *args],
+                             "--incoming", "steal", "--agent-image", STEAL_IMAGE, "--", sys.executable, APP, scenario,
+                             str(port), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(cluster, layer),
                             cwd=str(ROOT), start_new_session=True)
     _wait_ready(proc, timeout=90)
