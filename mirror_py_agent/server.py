@@ -234,8 +234,23 @@ async def _serve(in_fd: int, out_fd: int) -> None:
         pass
 
 
+def announce(token: str) -> None:
+    """Tells the idle program of this agent's container (mirror_py/kube/placement.py) that its agent started, on
+    the abstract socket it listens on: it then waits for this process to end, however short its life. Nothing
+    listening (an exec agent, which has no idle program) is fine."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(b"\0mirror-py-idle-" + token.encode())
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
 def main() -> None:
     """Serves the channel on stdin/stdout; anything else printed goes to stderr, never into the channel."""
+    if len(sys.argv) > 1 and sys.argv[1].startswith("mirror-py-"):
+        announce(sys.argv[1])  # the token of a placed agent's container (ephemeral, job, targetless)
     out_fd = os.dup(1)
     os.dup2(2, 1)
     try:

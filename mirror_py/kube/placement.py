@@ -44,15 +44,45 @@ log = logging.getLogger("mirror_py.session")
 # exits; gives up if none ever starts. Arguments: the token, then optionally the poll interval and the give-up
 # time in seconds (tests shorten them). The sweep is mirror_py_agent/sweep.py itself, which stands alone.
 _IDLE_WATCH = """
+import socket
 import sys
 import time
+
+
+def beacon(token):
+    # An agent says hello here as it starts (mirror_py_agent/server.py, announce), so that one that came and went
+    # between two looks at /proc still counts as seen: without it, a short session left this program waiting for
+    # an agent until give_up.
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(b"\\0mirror-py-idle-" + token)
+        sock.listen(16)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def announced(sock):
+    got = False
+    while sock is not None:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            return got
+        conn.close()
+        got = True
+    return got
 
 
 def watch(token, poll, give_up):
     nets = {}
     seen = False
+    hello = beacon(token)
     start = time.monotonic()
     while True:
+        seen = announced(hello) or seen
         found = False
         for entry in os.listdir("/proc"):
             if not entry.isdigit() or int(entry) == os.getpid():
