@@ -56,7 +56,8 @@ def test_the_judges_are_unpacked_not_installed(tmp_path):
     """kubectl 1.20 (SPDY exec) is a judge of the sandbox, not a tool of the machine: downloaded and unpacked
     into the tests' own directory, never installed over whatever kubectl the machine has."""
     env, calls = _fake_tools(tmp_path, {"iproute2", "util-linux", "mount", "iptables", "procps", "dnsmasq-base",
-                                        "redis-server", "openssl", "postgresql"}, unpacked=False)
+                                        "redis-server", "openssl", "postgresql", "postgresql-client",
+                                        "redis-tools"}, unpacked=False)
     res = _run(["bash", str(SYSTEM_PACKAGES), "test"], env)
     assert res.returncode == 0, res.stderr
     lines = calls.read_text().splitlines()
