@@ -49,24 +49,40 @@ def spec_from_other_finders(hook: object, name: str, path: object, target: objec
     return None
 
 
-class _SocketImportHook:
-    """A post-import hook for ``socket`` only: patching on first import keeps start-up free of the cost of
-    importing socket in programs that never use the network."""
+class PostImportHook:
+    """Runs ``after`` once module ``name`` is first imported (the module complete first), then leaves
+    ``sys.meta_path``: patching on first import keeps start-up free of the module's own cost in programs that
+    never import it."""
+
+    def __init__(self, name: str, after: object, hooks: list[object]) -> None:
+        self.name = name
+        self.after = after
+        self.hooks = hooks  # the list that holds this hook while it is installed
 
     def find_spec(self, name: str, path: object = None, target: object = None) -> object:
-        if name != "socket":
+        if name != self.name:
             return None
         spec = spec_from_other_finders(self, name, path, target)
-        if spec is None:
-            return None
-        _remove_hook()
-        spec.loader = _LoaderProxy(spec.loader, _patch)
+        if spec is None or spec.loader is None:
+            return spec
+        remove_hooks(self.hooks)
+        spec.loader = _LoaderProxy(spec.loader, self.after)
         return spec
 
 
-def _remove_hook() -> None:
-    while _hook:
-        hook = _hook.pop()
+def on_import(name: str, after: object, hooks: list[object]) -> None:
+    """``after()`` now if ``name`` is imported already, else on its first import (one hook, kept in ``hooks``)."""
+    if name in sys.modules:
+        after()  # type: ignore[operator]
+    elif not hooks:
+        hook = PostImportHook(name, after, hooks)
+        hooks.append(hook)
+        sys.meta_path.insert(0, hook)
+
+
+def remove_hooks(hooks: list[object]) -> None:
+    while hooks:
+        hook = hooks.pop()
         if hook in sys.meta_path:
             sys.meta_path.remove(hook)
 
@@ -164,12 +180,7 @@ def install() -> None:
     if not _fork_registered:
         os.register_at_fork(after_in_child=_after_fork_in_child)
         _fork_registered.append(True)
-    if "socket" in sys.modules:
-        _patch()
-    elif not _hook:
-        hook = _SocketImportHook()
-        _hook.append(hook)
-        sys.meta_path.insert(0, hook)
+    on_import("socket", _patch, _hook)
 
 
 def uninstall() -> None:
@@ -193,7 +204,7 @@ def uninstall() -> None:
             failures.append(exc)
             return None
 
-    step(_remove_hook)
+    step(lambda: remove_hooks(_hook))
     step(_remove_watch)
     clayer = _module("clayer")
     if clayer is not None:

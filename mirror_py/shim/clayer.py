@@ -78,29 +78,6 @@ def make_create_dynamic(orig: object) -> object:
     return create_dynamic
 
 
-class _CtypesImportHook:
-    """ctypes can load any library: the layer is active once it is imported."""
-
-    def find_spec(self, name: str, path: object = None, target: object = None) -> object:
-        if name != "ctypes":
-            return None
-        from . import _LoaderProxy, spec_from_other_finders
-
-        spec = spec_from_other_finders(self, name, path, target)
-        if spec is None or spec.loader is None:
-            return spec
-        _remove_hook()
-        spec.loader = _LoaderProxy(spec.loader, activate)
-        return spec
-
-
-def _remove_hook() -> None:
-    while _hook:
-        hook = _hook.pop()
-        if hook in sys.meta_path:
-            sys.meta_path.remove(hook)
-
-
 def arm() -> None:
     """At start-up: cheap. Where the layer is unsupported this does nothing (the import warnings say why)."""
     if _state["armed"] or not supported():
@@ -109,11 +86,9 @@ def arm() -> None:
     from . import patches
 
     patches.install(patches.C_LOADING_SURFACE)
-    if "ctypes" in sys.modules:
-        activate()
-    elif not _hook:
-        _hook.append(_CtypesImportHook())
-        sys.meta_path.insert(0, _hook[0])
+    from . import on_import
+
+    on_import("ctypes", activate, _hook)  # ctypes can load any library: the layer is active once it is imported
     for module in list(sys.modules.values()):  # extension modules imported before the shim
         file = getattr(module, "__file__", None)
         if isinstance(file, str) and file.endswith(".so") and foreign(file):
@@ -154,7 +129,9 @@ def after_fork_in_child() -> None:
 
 def uninstall() -> None:
     """Symmetric with :func:`arm` and :func:`activate`: every slot back, the wrappers removed."""
-    _remove_hook()
+    from . import remove_hooks
+
+    remove_hooks(_hook)
     _state["armed"] = False
     _state["failed"] = False
     got = sys.modules.get(__package__ + ".got")
