@@ -16,7 +16,6 @@ import asyncio
 import json
 import logging
 import ssl
-from collections import deque
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -24,15 +23,13 @@ from ..errors import MirrorError
 from ..kube import proxy as proxies
 from .channel import Channel, ChannelListener
 from .dial import ProxyRefused, open_connection
+from .stdin_queue import QueuedStdin
 
 log = logging.getLogger("mirror_py.session")
 
 V5 = "v5.channel.k8s.io"
 V4 = "v4.channel.k8s.io"
 STDIN, STDOUT, STDERR, STATUS, CLOSE = 0, 1, 2, 3, 255
-CHUNK = 256 * 1024
-HIGH_WATER = 4 << 20
-LOW_WATER = 1 << 20
 
 
 def exec_url(host: str, namespace: str, pod: str, container: str | None, command: list[str]) -> str:
@@ -149,7 +146,7 @@ class UpgradeRefused(MirrorError):
         self.status = status
 
 
-class WebSocketExecChannel(Channel):
+class WebSocketExecChannel(QueuedStdin, Channel):
     """The exec websocket alone; :class:`ExecChannel` is what the rest of mirror-py uses."""
 
     no_python_hint = ("use --agent-mode ephemeral (its image brings python3), or point --agent-python at the "
@@ -169,12 +166,7 @@ class WebSocketExecChannel(Channel):
         self.open_timeout = open_timeout
         self.ws: Any = None
         self.protocol: str | None = None
-        self._queue: deque[bytes] = deque()
-        self._queued = 0
-        self._wake = asyncio.Event()
-        self._paused = False
-        self._input_closed = False
-        self._closed = asyncio.Event()
+        self._init_stdin()
         self._tasks: list[asyncio.Task] = []
         self._exit: tuple[int | None, str | None] = (None, None)
 
@@ -256,42 +248,15 @@ class WebSocketExecChannel(Channel):
         self._tasks = [asyncio.ensure_future(self._reader()), asyncio.ensure_future(self._writer())]
 
     # -------------------------------------------------------------------------------------------- writing
-    def write(self, data: bytes) -> None:
-        if self._input_closed or not data:
-            return
-        self._queue.append(data)
-        self._queued += len(data)
-        self._wake.set()
-        if not self._paused and self._queued > HIGH_WATER:
-            self._paused = True
-            self.listener.on_pause()
-
     async def _writer(self) -> None:
         try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while self._queue:
-                    data = self._queue.popleft()
-                    for off in range(0, len(data), CHUNK):
-                        await self.ws.send(b"\x00" + data[off : off + CHUNK])
-                    self._queued -= len(data)
-                    if self._paused and self._queued < LOW_WATER:
-                        self._paused = False
-                        self.listener.on_resume()
-                if self._input_closed:
-                    if self.protocol == V5:
-                        await self.ws.send(bytes((CLOSE, STDIN)))
-                    else:
-                        await self.ws.close()  # v4 cannot half-close: ending the stream ends stdin
-                    return
+            await self._pump_stdin(lambda chunk: self.ws.send(b"\x00" + chunk))
+            if self.protocol == V5:
+                await self.ws.send(bytes((CLOSE, STDIN)))
+            else:
+                await self.ws.close()  # v4 cannot half-close: ending the stream ends stdin
         except Exception as exc:  # the reader reports the closure; nothing to send on a dead socket
             log.debug("exec writer stopped: %r", exc)
-
-    def close_input(self) -> None:
-        if not self._input_closed:
-            self._input_closed = True
-            self._wake.set()
 
     # -------------------------------------------------------------------------------------------- reading
     async def _reader(self) -> None:
@@ -324,13 +289,6 @@ class WebSocketExecChannel(Channel):
             code, message = self._exit
             self._closed.set()
             self.listener.on_closed(code, message or reason)
-
-    async def wait_closed(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._closed.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
 
     def kill(self) -> None:
         for task in self._tasks:

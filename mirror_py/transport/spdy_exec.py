@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections import deque
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,14 +29,12 @@ from ..errors import MirrorError
 from . import dial, spdy
 from .channel import Channel, ChannelListener
 from .k8s_exec import (
-    CHUNK,
-    HIGH_WATER,
-    LOW_WATER,
     auth_headers,
     describe_rejection,
     exec_url,
     parse_status,
 )
+from .stdin_queue import QueuedStdin
 
 log = logging.getLogger("mirror_py.session")
 
@@ -48,7 +45,7 @@ MAX_STATUS = 64 * 1024
 PING_INTERVAL = 20.0  # keeps idle proxies from cutting the connection; never a liveness verdict (the session's)
 
 
-class SpdyExecChannel(Channel):
+class SpdyExecChannel(QueuedStdin, Channel):
     no_python_hint = ("use --agent-mode ephemeral (its image brings python3), or point --agent-python at the "
                       "container's interpreter")
 
@@ -70,12 +67,7 @@ class SpdyExecChannel(Channel):
         self._status = bytearray()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._queue: deque[bytes] = deque()
-        self._queued = 0
-        self._wake = asyncio.Event()
-        self._paused = False
-        self._input_closed = False
-        self._closed = asyncio.Event()
+        self._init_stdin()
         self._tasks: list[asyncio.Task] = []
         self._error: str | None = None
 
@@ -261,42 +253,19 @@ class SpdyExecChannel(Channel):
             self.listener.on_closed(code, message or self._error)
 
     # -------------------------------------------------------------------------------------------- writing
-    def write(self, data: bytes) -> None:
-        if self._input_closed or not data:
-            return
-        self._queue.append(data)
-        self._queued += len(data)
-        self._wake.set()
-        if not self._paused and self._queued > HIGH_WATER:
-            self._paused = True
-            self.listener.on_pause()
-
-    def close_input(self) -> None:
-        if not self._input_closed:
-            self._input_closed = True
-            self._wake.set()
-
     async def _write_loop(self) -> None:
         assert self._writer is not None
-        stdin = self.streams["stdin"]
+        writer, stdin = self._writer, self.streams["stdin"]
+
+        async def send(chunk: bytes) -> None:
+            writer.write(self.codec.encode(spdy.Data(stdin, chunk)))
+            await writer.drain()
+
         try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while self._queue:
-                    data = self._queue.popleft()
-                    for off in range(0, len(data), CHUNK):
-                        self._writer.write(self.codec.encode(spdy.Data(stdin, data[off : off + CHUNK])))
-                        await self._writer.drain()
-                    self._queued -= len(data)
-                    if self._paused and self._queued < LOW_WATER:
-                        self._paused = False
-                        self.listener.on_resume()
-                if self._input_closed:
-                    if "stdin" not in self._finished:
-                        self._writer.write(self.codec.encode(spdy.Data(stdin, b"", fin=True)))  # stdin EOF
-                        await self._writer.drain()
-                    return
+            await self._pump_stdin(send)
+            if "stdin" not in self._finished:
+                writer.write(self.codec.encode(spdy.Data(stdin, b"", fin=True)))  # stdin EOF
+                await writer.drain()
         except Exception as exc:  # the reader reports the closure; nothing to send on a dead connection
             log.debug("SPDY exec writer stopped: %r", exc)
 
@@ -308,13 +277,6 @@ class SpdyExecChannel(Channel):
             ping_id = (ping_id + 2) & 0x7FFFFFFF or 1
 
     # -------------------------------------------------------------------------------------------- closing
-    async def wait_closed(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._closed.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
-
     def kill(self) -> None:
         for task in self._tasks:
             task.cancel()
