@@ -60,8 +60,8 @@ mirror_py_agent.server.main()
 
 _AGENT_MODULES = (
     "__init__", "addresses", "budget", "protocol", "relay", "dnswire", "addrsort", "resolver", "dns", "env",
-    "files", "net", "containers", "placement", "server", "capture", "http1", "sweep", "iptables", "incoming",
-    "listeners",
+    "dnsanswer", "files", "net", "containers", "placement", "server", "capture", "http1", "sweep", "iptables",
+    "incoming", "listeners",
 )
 _CBOR2_MODULES = ("__init__", "_types", "_encoder", "_decoder", "encoder", "decoder", "types")
 

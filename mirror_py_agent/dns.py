@@ -37,6 +37,20 @@ WATCH_INTERVAL = 0.5  # seconds between two looks at RESOLVER_FILES while a sess
 WATCH_LIMIT = 300.0  # a watch answers "unchanged" after this long, so no request stays open for ever
 
 
+def _read_local(path: str) -> Optional[bytes]:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def reader() -> Callable[[str], Optional[bytes]]:
+    """How the target's resolver files are read: through its root (rooted placements) or where the agent
+    runs, which shares them (exec and ephemeral placements, see above)."""
+    return _reader[0] if _reader else _read_local
+
+
 def _hostname() -> str:
     # A pod's hostname is its /etc/hostname; a namespace entered without its own UTS namespace would otherwise
     # report the node's name.

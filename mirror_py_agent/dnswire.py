@@ -78,6 +78,7 @@ class Answer:
         rid, flags, qd, an = struct.unpack(">HHHH", data[:8])
         if rid != ident or not flags & 0x8000:
             raise ValueError("not our answer")
+        self.data = data  # the whole message: the DNS answerer (dnsanswer.py) passes its records on
         self.rcode = flags & 0xF
         self.truncated = bool(flags & 0x0200)
         offset = 12

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from .relay import Mux, TcpRelay, UdpRelay, kernel_error
+from .relay import Mux, TcpRelay, UdpRelay, address_key, kernel_error
 
 
 def _stream_id(args: dict, mux: Mux) -> int:
@@ -49,14 +49,29 @@ async def connect_tcp(args: dict, mux: Mux) -> tuple[dict, TcpRelay]:
     return {"peer": [peer[0], peer[1]], "sock": [sock[0], sock[1]]}, relay
 
 
+def _answered(args: dict) -> frozenset:
+    """The addresses whose datagrams the target's resolver answers (this machine's name servers)."""
+    out = set()
+    for item in args.get("answer") or ():
+        if not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str) \
+                or not isinstance(item[1], int):
+            raise ValueError("answer must be a list of [ip, port] pairs")
+        key = address_key(item[0], item[1])
+        if key is None:
+            raise ValueError(f"answer: not an IP address: {item[0]!r}")
+        out.add(key)
+    return frozenset(out)
+
+
 async def open_udp(args: dict, mux: Mux) -> dict:
     sid = _stream_id(args, mux)
     family = args.get("family", socket.AF_INET)
     if family not in (socket.AF_INET, socket.AF_INET6):
         raise ValueError("family must be AF_INET or AF_INET6")
+    answered = _answered(args)
     local = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
     loop = asyncio.get_running_loop()
-    relay = UdpRelay(mux, sid)
+    relay = UdpRelay(mux, sid, answered)
     try:
         transport, _ = await loop.create_datagram_endpoint(lambda: relay, local_addr=local, family=family)
     except BaseException:

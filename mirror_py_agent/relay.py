@@ -14,6 +14,7 @@ import socket
 import struct
 from typing import Callable
 
+from . import dns, dnsanswer
 from . import protocol as p
 from .budget import UNBOUNDED, Budget
 
@@ -374,12 +375,33 @@ class TcpRelay(asyncio.Protocol, StreamEndpoint):
             cb()
 
 
-class UdpRelay(asyncio.DatagramProtocol, StreamEndpoint):
-    """A datagram socket behind a channel stream: every datagram carries its far address."""
+def address_key(host: str, port: int) -> tuple[bytes, int] | None:
+    """One form per address, whatever its spelling (``::ffff:10.0.0.1`` is 10.0.0.1)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            packed = socket.inet_pton(family, host.split("%", 1)[0])
+        except (OSError, ValueError):
+            continue
+        if packed[:12] == b"\0" * 10 + b"\xff\xff":
+            packed = packed[12:]
+        return packed, port
+    return None
 
-    def __init__(self, mux: Mux, sid: int) -> None:
+
+class UdpRelay(asyncio.DatagramProtocol, StreamEndpoint):
+    """A datagram socket behind a channel stream: every datagram carries its far address.
+
+    Datagrams to ``answered`` addresses (the name servers of the app's machine, which the target cannot reach
+    and whose answers would be the laptop's) are not sent: the target's resolver answers them
+    (:mod:`dnsanswer`), and the answer comes back from the address the query went to."""
+
+    _MAX_ANSWERING = 32  # queries answered at once; more are dropped, as a busy name server drops them
+
+    def __init__(self, mux: Mux, sid: int, answered: frozenset = frozenset()) -> None:
         self.mux = mux
         self.sid = sid
+        self.answered = answered
+        self.answering = 0
         self.transport: asyncio.DatagramTransport | None = None
         mux.streams[sid] = self
 
@@ -401,11 +423,28 @@ class UdpRelay(asyncio.DatagramProtocol, StreamEndpoint):
         pass  # ICMP errors for one destination must not end the socket
 
     def on_datagram(self, host: str, port: int, data: bytes) -> None:
-        if self.transport is not None:
+        if self.answered and address_key(host, port) in self.answered:
+            self._answer(host, port, data)
+        elif self.transport is not None:
             try:
                 self.transport.sendto(data, (host, port))
             except (OSError, ValueError):
                 pass
+
+    def _answer(self, host: str, port: int, query: bytes) -> None:
+        if self.answering >= self._MAX_ANSWERING:
+            return
+        self.answering += 1
+        future = asyncio.get_running_loop().run_in_executor(None, dnsanswer.answer, query, dns.reader())
+
+        def done(f: asyncio.Future) -> None:
+            self.answering -= 1
+            reply = None if f.cancelled() or f.exception() is not None else f.result()
+            if reply is not None and self.mux.streams.get(self.sid) is self:
+                self.mux.conn.send_datagram(self.sid, host, port, reply)
+                self.mux.flush()
+
+        future.add_done_callback(done)
 
     def on_channel_close(self, errno: str | None) -> None:
         if self.transport is not None:

@@ -151,6 +151,7 @@ class UdpRelay(asyncio.DatagramProtocol, StreamEndpoint):
         self.app = _key(*app)
         self.peer = (_normal_ip(peer[0]), peer[1]) if peer else None
         self.family = family
+        self.answer: list = []  # [ip, port] the target's resolver answers instead of sending there (session.py)
         self.transport: asyncio.DatagramTransport | None = None
         self.attach(mux, sid)
 

@@ -440,8 +440,10 @@ class Session:
         sid = link.new_stream_id()
         family = int(req["family"])
         relay = await open_udp_relay(link.mux, sid, local, (str(peer[0]), int(peer[1])) if peer else None, family)
+        # Queries to this machine's name servers are answered by the target's resolver (the agent's dnsanswer.py).
+        relay.answer = [[str(a[0]), int(a[1])] for a in req.get("answer") or ()]
         try:
-            res = await link.request("udp_open", {"sid": sid, "family": family}, opens_stream=sid)
+            res = await link.request("udp_open", self._udp_open_args(sid, relay), opens_stream=sid)
         except RemoteError as exc:
             relay.close()
             raise RpcError(exc.name, exc.message) from None
@@ -456,6 +458,13 @@ class Session:
             if door_transport is not None:
                 door = door_transport.get_extra_info("sockname")[:2]
         return {"relay": list(address), "door": list(door), "sock": res["sock"]}
+
+    @staticmethod
+    def _udp_open_args(sid: int, relay: UdpRelay) -> dict:
+        args = {"sid": sid, "family": relay.family}
+        if relay.answer:
+            args["answer"] = relay.answer
+        return args
 
     def _forget_udp(self, relay: UdpRelay | None) -> None:
         if relay is None:
@@ -476,7 +485,7 @@ class Session:
             sid = link.new_stream_id()
             relay.attach(link.mux, sid)
             try:
-                await link.request("udp_open", {"sid": sid, "family": relay.family}, opens_stream=sid)
+                await link.request("udp_open", self._udp_open_args(sid, relay), opens_stream=sid)
             except RemoteError as exc:
                 log.warning("could not reopen a UDP socket in the new agent: %s", exc.message)
                 self._forget_udp(relay)

@@ -30,6 +30,8 @@ C_SURFACE: tuple[CHook, ...] = (
     CHook("getpeername", "c_int", ("c_int", "c_void_p", "c_void_p"), "cnet.getpeername"),
     CHook("getsockname", "c_int", ("c_int", "c_void_p", "c_void_p"), "cnet.getsockname"),
     CHook("close", "c_int", ("c_int",), "cnet.close"),
+    CHook("recvfrom", "c_ssize_t", ("c_int", "c_void_p", "c_size_t", "c_int", "c_void_p", "c_void_p"),
+          "cnet.recvfrom"),
     CHook("getaddrinfo", "c_int", ("c_void_p", "c_void_p", "c_void_p", "c_void_p"), "cdns.getaddrinfo"),
     CHook("freeaddrinfo", None, ("c_void_p",), "cdns.freeaddrinfo"),
     CHook("gethostbyname", "c_void_p", ("c_char_p",), "cdns.gethostbyname"),

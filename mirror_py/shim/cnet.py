@@ -154,6 +154,26 @@ def getsockname(original: Callable, fd: int, addr: int, length_p: int) -> int:
     return _name(original, fd, addr, length_p, False)
 
 
+def recvfrom(original: Callable, fd: int, buf: int, size: int, flags: int, addr: int | None,
+             length_p: int | None) -> int:
+    """A datagram on a connected routed UDP socket comes from its relay on loopback: the source reported is the
+    address the socket connected to, as it would be without mirror-py. c-ares drops an answer whose source is
+    not the name server it asked (an anti-spoofing check), so its lookups depend on this."""
+    got = original(fd, buf, size, flags, addr, length_p)
+    if got < 0 or not addr or not length_p or not net.registry:
+        return got
+    saved = ctypes.get_errno()
+    info = net.registry.get(net._inode(fd))
+    if info is not None and info.kind == "udp" and not info.prefixed and info.peer is not None:
+        room = ctypes.c_uint32.from_address(length_p).value
+        source = csockaddr.read(addr, room)
+        if source is not None and (source[0], source[1]) == tuple(info.relay[:2]):
+            family = ctypes.c_uint16.from_address(addr).value
+            csockaddr.write(csockaddr.pack(family, net._view(info.peer, family)), addr, length_p)
+    ctypes.set_errno(saved)
+    return got
+
+
 def close(original: Callable, fd: int) -> int:
     """A routed socket closed by C: the same release as Python's close (its registry entry, the session's
     state for a connect in flight or a listener)."""

@@ -28,6 +28,7 @@ import os
 import struct
 import sys
 import threading
+from _thread import get_ident
 from typing import Any, Callable
 
 from . import elf
@@ -40,6 +41,8 @@ _SLOT_SIZE = 64  # bytes of code per gate
 
 _lock = threading.RLock()
 _guard = threading.local()
+_in_flight: set[int] = set()  # threads inside a callback now
+EXIT_DRAIN = 2.0  # seconds the exit waits for callbacks in progress (at_exit)
 
 
 class _State:
@@ -58,6 +61,7 @@ class _State:
         self.interpreter: tuple[str, ...] = ()
         self.machine = elf._machine()
         self.warned = False
+        self.exiting = False
 
 
 _state = _State()
@@ -177,9 +181,11 @@ def _entry(hook: CHook, original: Any) -> Callable:
     handler: list[Callable] = []  # resolved at the first call: the layer may start inside a handler's import
 
     def entry(*args):
-        if getattr(_guard, "busy", False):
+        if getattr(_guard, "busy", False) or _state.exiting:
             return original(*args)
         _guard.busy = True
+        thread = get_ident()
+        _in_flight.add(thread)
         try:
             if not handler:
                 handler.append(_handler(hook.handler))
@@ -193,6 +199,7 @@ def _entry(hook: CHook, original: Any) -> Callable:
             ctypes.set_errno(errno.EIO)
             return failure
         finally:
+            _in_flight.discard(thread)
             _guard.busy = False
 
     return entry
@@ -405,15 +412,29 @@ def uninstall() -> None:
 
 
 def at_exit() -> None:
-    """The off switch: after this, C threads still running reach libc without entering Python."""
+    """The off switch: after this, C threads still running reach libc without entering Python.
+
+    A C thread that passed its gate just before is inside a callback, or waiting there for the GIL. Once the
+    interpreter starts finalizing, such a thread is ended where it stands (Python ends threads that ask for
+    the GIL then), in the middle of the library's own work: c-ares then frees its lists twice. So the exit
+    waits, GIL released, until every callback has returned (they pass straight to libc now), up to
+    EXIT_DRAIN seconds."""
+    _state.exiting = True
     if _state.direct:
         uninstall()
     else:
         _set_gate(False)
+    import time
+
+    deadline = time.monotonic() + EXIT_DRAIN
+    time.sleep(0.002)  # threads waiting for the GIL at a gate take it now, and enter the count
+    while _in_flight and time.monotonic() < deadline:
+        time.sleep(0.002)
 
 
 def after_fork_in_child() -> None:
     """An ``os.fork()`` child is a Python process: it stays interposed (a C fork's child does not)."""
+    _in_flight.clear()  # the parent's other threads do not exist here
     if _state.active:
         _set_gate(True)
 

@@ -1,15 +1,15 @@
 """Modules whose networking happens in C: say so once, when they are imported, if mirror-py cannot reach it.
 
 With the C-level layer on (mirror_py.shim.clayer) the libraries of :data:`C_LAYER_COVERS` go through the
-target like Python's sockets, and nothing is said. Without it — turned off, or on a machine it does not
-support — their connections and lookups go out from this machine, and nothing else would tell the user why
-a database "works locally but not through mirror-py". c-ares (pycares, aiodns) asks the nameserver itself
-with its own packets, which no routed function sees: its lookups stay local either way.
+target like Python's sockets, and nothing is said: their connects and lookups call libc, and c-ares (grpcio's
+default resolver, pycares, aiodns), which sends its own DNS packets, has them answered by the target's
+resolver (mirror_py.shim.nameservers). Without the layer — turned off, or on a machine it does not support —
+their connections and lookups go out from this machine, and nothing else would tell the user why a database
+"works locally but not through mirror-py".
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 C_NETWORKING = {
@@ -25,11 +25,8 @@ C_NETWORKING = {
 }
 
 #: Modules whose connects and lookups call libc, which the C-level layer routes.
-C_LAYER_COVERS = frozenset(("psycopg2", "psycopg", "grpc", "uvloop", "MySQLdb", "confluent_kafka", "pylibmc"))
-
-#: grpcio resolves names with its bundled c-ares unless told otherwise; its native resolver calls getaddrinfo.
-GRPC_RESOLVER = "GRPC_DNS_RESOLVER"
-
+C_LAYER_COVERS = frozenset(("psycopg2", "psycopg", "grpc", "uvloop", "MySQLdb", "confluent_kafka", "pylibmc",
+                            "pycares", "aiodns"))
 
 class CNetworkingWatch:
     """A meta-path finder that never finds anything: it only notices the first import of a listed module."""
@@ -49,8 +46,6 @@ class CNetworkingWatch:
         if name in C_NETWORKING and name not in self.warned:
             self.warned.add(name)
             if name in C_LAYER_COVERS and self.layer_on():
-                if name == "grpc":
-                    self._grpc_resolver()
                 return None
             sys.stderr.write(
                 f"mirror-py: warning: {name} does its networking in C, so its connections bypass mirror-py and "
@@ -67,16 +62,3 @@ class CNetworkingWatch:
 
                 return f"{C_NETWORKING[name]} ({UNSUPPORTED})"
         return C_NETWORKING[name]
-
-    @staticmethod
-    def _grpc_resolver() -> None:
-        """grpc's names through the target: its native resolver, unless the app chose one itself."""
-        chosen = os.environ.get(GRPC_RESOLVER)
-        if chosen is None:
-            os.environ[GRPC_RESOLVER] = "native"
-        elif chosen.strip().lower() != "native":
-            sys.stderr.write(
-                f"mirror-py: warning: {GRPC_RESOLVER}={chosen} makes grpc resolve names with c-ares, which reads "
-                "this machine's resolv.conf and asks that nameserver itself: the target's names do not resolve "
-                f"for grpc (its connections still go through the target); unset it or set {GRPC_RESOLVER}=native\n"
-            )

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from mirror_py_agent.addresses import decode_address, encode_address
 
-from . import dns, errors, local_listeners, resolved, routes, rpc, scope, settings
+from . import dns, errors, local_listeners, nameservers, resolved, routes, rpc, scope, settings
 
 _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
@@ -95,6 +95,7 @@ def _literal_ip(host: str) -> bool:
 
 
 Target = tuple[str, int, "str | None"]  # (ip, port, hostname) in the target
+NAMESERVER_RULE = "a DNS query to this machine's name server: the target's resolver answers it"
 _NOTHING: tuple[None, None] = (None, None)
 
 
@@ -114,12 +115,15 @@ def planned(sock: Any, address: Any, proto: str | None = None) -> tuple[Target |
     if not isinstance(address, tuple) or len(address) < 2:
         return _NOTHING
     st = settings.get()
-    if not st.outgoing_enabled:
-        return _NOTHING
     kind = sock.type
     if proto is None:
         proto = "tcp" if kind == socket.SOCK_STREAM else "udp" if kind == socket.SOCK_DGRAM else None
-    if proto is None or not (st.tcp if proto == "tcp" else st.udp):
+    if proto is None:
+        return _NOTHING
+    # Outgoing UDP turned off still answers DNS queries to this machine's name servers from the target: they
+    # are name lookups, which network.dns governs.
+    dns_only = not st.outgoing_enabled or not (st.tcp if proto == "tcp" else st.udp)
+    if dns_only and not (proto == "udp" and st.dns_enabled and address[1] == nameservers.DNS_PORT):
         return _NOTHING
     host, port = address[0], address[1]
     if isinstance(host, (bytes, bytearray)):
@@ -135,6 +139,8 @@ def planned(sock: Any, address: Any, proto: str | None = None) -> tuple[Target |
         if not infos:
             return _NOTHING
         ip, names = infos[0][4][0], (host.lower().rstrip("."),)
+    if dns_only and not nameservers.is_local_nameserver(ip, port):
+        return _NOTHING
     remote, why = decide(st, proto, ip, port, names)
     # Shown with the name the app resolved to this address (create_connection resolves, then connects).
     name = names[0] if names else None
@@ -157,6 +163,8 @@ def decide(st: settings.Settings, proto: str, ip: str, port: int,
     if rule is not None:
         listed = "remote" if flt.lists_remotes else "local"
         return flt.lists_remotes, f"network.outgoing.filter {listed} rule {rule.text!r}"
+    if proto == "udp" and st.dns_enabled and nameservers.is_local_nameserver(ip, port):
+        return True, NAMESERVER_RULE
     if not flt.default_remote:
         return False, "outgoing default: local, as network.outgoing.filter lists what is remote"
     if local_listeners.stays_local(proto, ip, port, st.local_listeners):
@@ -240,9 +248,10 @@ def _release(info: Remote) -> None:
 def _open_udp(sock: Any, peer: tuple[str, int] | None) -> Remote:
     old = _lookup(sock)  # connected anew: the session replaces the relay of this address
     local = _ensure_bound(sock)
-    res = _checked(rpc.call({
-        "op": "udp", "family": int(sock.family), "local": local, "peer": list(peer) if peer else None,
-    }))
+    request = {"op": "udp", "family": int(sock.family), "local": local, "peer": list(peer) if peer else None}
+    if settings.get().dns_enabled:
+        request["answer"] = nameservers.answered()
+    res = _checked(rpc.call(request))
     relay = _relay_address(sock, res["relay"])
     door = _relay_address(sock, res.get("door") or res["relay"])
     info = Remote("udp", peer, tuple(res["sock"]), relay, tuple(local), prefixed=peer is None, door=door)

@@ -299,6 +299,85 @@ def grpc_client_scenario() -> dict:
     return {"reply": reply.decode(), "resolver": os.environ.get("GRPC_DNS_RESOLVER")}
 
 
+def _ares_call(fn, *args, **kwargs) -> tuple:
+    """One pycares call, waited for: (result, error name or None)."""
+    import threading
+
+    import pycares
+
+    done, box = threading.Event(), {}
+
+    def callback(result, error):
+        box["result"], box["error"] = result, error
+        done.set()
+
+    fn(*args, callback=callback, **kwargs)
+    if not done.wait(30):
+        return None, "no answer in 30 s"
+    error = box["error"]
+    return box["result"], (pycares.errno.errorcode.get(error, error) if error else None)
+
+
+def pycares_scenario() -> dict:
+    """c-ares asking for Service names: the names of the pod's DNS, with the pod's search list. ``argv[2:]``:
+    name servers to give c-ares instead of its own resolv.conf reading."""
+    import socket
+
+    import pycares
+
+    channel = pycares.Channel(timeout=5.0, tries=2, servers=sys.argv[2:] or None)
+    out: dict = {"python": socket.gethostbyname("web")}  # what the pod's resolver says, through mirror-py
+    result, error = _ares_call(channel.query, "web.staging.svc.cluster.local", pycares.QUERY_TYPE_A)
+    out["fqdn"] = error or sorted(r.data.addr for r in result.answer if r.type == pycares.QUERY_TYPE_A)
+    result, error = _ares_call(channel.search, "web", pycares.QUERY_TYPE_A)
+    out["short"] = error or sorted(r.data.addr for r in result.answer if r.type == pycares.QUERY_TYPE_A)
+    result, error = _ares_call(channel.getaddrinfo, "grpc-echo", 50051, family=socket.AF_INET,
+                               type=socket.SOCK_STREAM)
+    out["getaddrinfo"] = error or sorted({n.addr[0].decode() if isinstance(n.addr[0], bytes) else n.addr[0]
+                                          for n in result.nodes})
+    out["grpc_python"] = socket.gethostbyname("grpc-echo")
+    _result, out["missing"] = _ares_call(channel.query, "no-such-service.staging.svc.cluster.local",
+                                         pycares.QUERY_TYPE_A)
+    channel.close()
+    return out
+
+
+def aiodns_scenario() -> dict:
+    """aiodns (c-ares under asyncio) resolving a Service name by its short name."""
+    import asyncio
+    import socket
+
+    import aiodns
+
+    async def main() -> list:
+        resolver = aiodns.DNSResolver(timeout=5.0, tries=2)
+        answer = await resolver.query("web", "A")
+        await resolver.close()
+        return sorted(r.host for r in answer)
+
+    return {"aiodns": asyncio.run(main()), "python": socket.gethostbyname("web")}
+
+
+def dnspython_scenario() -> dict:
+    """A DNS client written in Python, told to ask this machine's name server (``argv[2]``) itself: unconnected
+    ``sendto`` datagrams, answered with the pod's view."""
+    import socket
+
+    import dns.resolver
+
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [sys.argv[2]]
+    resolver.lifetime = 10
+    answer = resolver.resolve("web", "A", search=False)
+    out = {"short": sorted(r.address for r in answer), "python": socket.gethostbyname("web")}
+    try:
+        resolver.resolve("no-such-service.staging.svc.cluster.local", "A", search=False)
+        out["missing"] = "resolved"
+    except dns.resolver.NXDOMAIN:
+        out["missing"] = "NXDOMAIN"
+    return out
+
+
 SCENARIOS = {name[: -len("_scenario")]: fn for name, fn in globals().items() if name.endswith("_scenario")}
 
 if __name__ == "__main__":
