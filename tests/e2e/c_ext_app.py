@@ -264,10 +264,13 @@ def web_server_scenario() -> dict:
     return {}
 
 
-def _echo_handler(label: str):
+def _echo_handler(label: str, log: str | None = None):
     import grpc
 
     def say(request: bytes, context) -> bytes:
+        if log:  # what this server received, for a test that cannot see its answers (mirrored traffic)
+            with open(log, "ab") as f:
+                f.write(request + b"\n")
         return label.encode() + b":" + request
 
     return grpc.method_handlers_generic_handler("echo.Echo", {"Say": grpc.unary_unary_rpc_method_handler(say)})
@@ -281,7 +284,7 @@ def grpc_server_scenario() -> dict:
 
     port, label = int(sys.argv[2]), sys.argv[3]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    server.add_generic_rpc_handlers((_echo_handler(label),))
+    server.add_generic_rpc_handlers((_echo_handler(label, sys.argv[4] if len(sys.argv) > 4 else None),))
     server.add_insecure_port(f"[::]:{port}")
     server.start()
     print("READY {}", flush=True)

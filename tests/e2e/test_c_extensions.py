@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -95,11 +96,13 @@ def run(cluster, scenario: str, *args: str, layer: bool = True, timeout: float =
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def serve(cluster, target: str, port: int, scenario: str, *args: str, layer: bool = True) -> subprocess.Popen:
-    """A server app under ``mirror-py exec`` stealing ``port`` of ``target``'s pod, once it says READY."""
-    proc = subprocess.Popen([*MIRROR_PY, "exec", "--target", target, "-n", "staging", "--agent-mode", "ephemeral",
-                             "--incoming", "steal", "--agent-image", STEAL_IMAGE, "--", sys.executable, APP, scenario,
-                             str(port), *args],
+def serve(cluster, target: str, port: int, scenario: str, *args: str, layer: bool = True,
+          incoming: str = "steal") -> subprocess.Popen:
+    """A server app under ``mirror-py exec`` stealing (or mirroring) ``port`` of ``target``'s pod, once it says
+    READY. Stealing needs iptables in the agent: an ephemeral agent of the steal image."""
+    agent = ["--agent-mode", "ephemeral", "--agent-image", STEAL_IMAGE] if incoming == "steal" else []
+    proc = subprocess.Popen([*MIRROR_PY, "exec", "--target", target, "-n", "staging", *agent,
+                             "--incoming", incoming, "--", sys.executable, APP, scenario, str(port), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(cluster, layer),
                             cwd=str(ROOT), start_new_session=True)
     _wait_ready(proc, timeout=90)
@@ -222,6 +225,26 @@ def test_local_grpcio_server_receives_the_pods_stolen_grpc_traffic(cluster):
     finally:
         err = terminate(proc)
     assert reply == b"local:hi", err
+
+
+def test_local_grpcio_server_receives_a_copy_of_the_pods_grpc_traffic(cluster, tmp_path):
+    """Mirrored: the pod's server answers its client, and the local grpcio server (bind/listen from C) sees
+    the same request."""
+    import grpc
+
+    ip = pod_ip(cluster, "grpc-echo")
+    log = tmp_path / "received.log"
+    proc = serve(cluster, "deploy/grpc-echo", 50051, "grpc_server", "local", str(log), incoming="mirror")
+    try:
+        with grpc.insecure_channel(f"{ip}:50051") as channel:
+            reply = channel.unary_unary("/echo.Echo/Say")(b"copied", timeout=30)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and b"copied" not in (log.read_bytes() if log.exists() else b""):
+            time.sleep(0.1)
+    finally:
+        err = terminate(proc)
+    assert reply == b"pod:copied", err
+    assert log.read_bytes() == b"copied\n", err
 
 
 def _laptop_nameserver() -> str:
