@@ -9,7 +9,9 @@ Three tables, each measured in one run with its sides alternated:
 - ``import psycopg2, grpc, uvloop`` with the shim and the layer on vs off (no session needed: importing
   makes no connection);
 - connect latency to the pod's echo server, from C (libcurl's connect-only transfer, through pycurl) and
-  from Python (``socket.create_connection``), directly and through ``mirror-py exec``.
+  from Python (``socket.create_connection``), directly and through ``mirror-py exec``;
+- name lookup latency from c-ares (pycares, which sends its own DNS packets): directly to the pod's name
+  server, and through ``mirror-py exec`` to this machine's name server, which the pod's resolver answers.
 
 Every figure is a median; the ratios are against the row's baseline. Results go to stdout as markdown.
 """
@@ -109,7 +111,44 @@ def local_benchmarks(runs: int) -> tuple[dict[str, float], dict[str, float]]:
     return start, imports
 
 
-def connect_benchmark(connects: int) -> dict[str, dict[str, float]]:
+LOOKUPS = r"""
+import json, sys, threading, time
+import pycares
+server, n = sys.argv[1], int(sys.argv[2])
+channel = pycares.Channel(servers=[server], timeout=5.0, tries=2)
+def lookup(name):
+    done, box = threading.Event(), {}
+    def callback(result, error):
+        box["error"] = error
+        done.set()
+    start = time.perf_counter()
+    channel.query(name, pycares.QUERY_TYPE_A, callback=callback)
+    done.wait(10)
+    took = time.perf_counter() - start
+    if box.get("error", "timeout"):
+        raise SystemExit(f"lookup of {name} failed: {box.get('error', 'no answer in 10 s')}")
+    return took
+for i in range(10):
+    lookup(f"warm{i}.bench.cluster.local")
+samples = sorted(lookup(f"name{i}.bench.cluster.local") for i in range(n))  # each name once: no cache hit
+out = {"c-ares": samples[len(samples) // 2] * 1e6}
+out["shim"] = "mirror_py.shim" in sys.modules and sys.modules["mirror_py.shim"].active()
+print(json.dumps(out))
+"""
+
+
+def _side_result(argv: list[str], env: dict, side: str) -> dict:
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=str(ROOT))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{side} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    result = json.loads(lines[-1])
+    if result.pop("shim") != (side.strip() == "mirror-py"):
+        raise RuntimeError(f"{side}: the shim's state is not what the side says")
+    return result
+
+
+def connect_benchmark(connects: int, lookups: int) -> dict[str, dict[str, float]]:
     from tests.sandbox.netpod import TCP_ECHO_PORT, Network, PodSpec
 
     mirror = [sys.executable, "-m", "mirror_py", "exec"]
@@ -121,16 +160,30 @@ def connect_benchmark(connects: int) -> dict[str, dict[str, float]]:
         args = [sys.executable, "-c", CONNECTS, pod.ip, str(TCP_ECHO_PORT), str(connects)]
         for side in ("direct", "mirror-py", "mirror-py ", "direct "):  # ABBA
             argv = args if side.strip() == "direct" else [*mirror, "--target", f"pid/{pod.pid}", "--", *args]
-            proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=str(ROOT))
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-            if proc.returncode != 0 or not lines:
-                raise RuntimeError(f"{side} exited {proc.returncode}: {proc.stderr[-2000:]}")
-            result = json.loads(lines[-1])
-            if result.pop("shim") != (side.strip() == "mirror-py"):
-                raise RuntimeError(f"{side}: the shim's state is not what the side says")
+            result = _side_result(argv, env, side)
             log(f"connect {side.strip()}: C {result['c']:.0f} us, Python {result['python']:.0f} us")
             for key, value in result.items():
                 out.setdefault(side.strip(), {}).setdefault(key, []).append(value)
+        # c-ares: straight to the pod's name server, or through mirror-py to this machine's.
+        from mirror_py.shim import nameservers
+        from tests.sandbox.dns import ClusterDns
+
+        laptop = nameservers.parse(Path(nameservers.PATH).read_text())[0]
+        with tempfile.TemporaryDirectory() as work:
+            cluster_dns = ClusterDns(net.gateway, Path(work))
+            cluster_dns.start()
+            try:
+                cluster_dns.update({f"{kind}{i}.bench.cluster.local": ["10.1.0.1"]
+                                    for kind, count in (("warm", 10), ("name", lookups)) for i in range(count)})
+                for side in ("direct", "mirror-py", "mirror-py ", "direct "):
+                    direct = side.strip() == "direct"
+                    lookup = [sys.executable, "-c", LOOKUPS, net.gateway if direct else laptop, str(lookups)]
+                    argv = lookup if direct else [*mirror, "--target", f"pid/{pod.pid}", "--", *lookup]
+                    result = _side_result(argv, env, side)
+                    log(f"lookup {side.strip()}: c-ares {result['c-ares']:.0f} us")
+                    out.setdefault(side.strip(), {}).setdefault("c-ares", []).append(result["c-ares"])
+            finally:
+                cluster_dns.close()
     return {side: {key: statistics.median(v) for key, v in values.items()} for side, values in out.items()}
 
 
@@ -138,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=30, help="interpreter runs per side (default 30)")
     parser.add_argument("--connects", type=int, default=300, help="timed connects per kind and run")
+    parser.add_argument("--lookups", type=int, default=200, help="timed c-ares lookups per run")
     opts = parser.parse_args(argv)
     start, imports = local_benchmarks(opts.runs)
     lines = [f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}", "",
@@ -146,11 +200,14 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {label} | {row['no shim']:.1f} | {row['layer off']:.1f} | {row['layer on']:.1f} | "
                      f"{row['layer on'] / row['layer off']:.3f}x |")
     if os.geteuid() == 0:
-        conn = connect_benchmark(opts.connects)
+        conn = connect_benchmark(opts.connects, opts.lookups)
         lines += ["", "| connect() p50 (us) | direct | through mirror-py | ratio |", "|---|---|---|---|"]
         for key, label in (("c", "from C (libcurl, connect-only)"), ("python", "from Python (create_connection)")):
             d, m = conn["direct"][key], conn["mirror-py"][key]
             lines.append(f"| {label} | {d:.0f} | {m:.0f} | {m / d:.1f}x |")
+        d, m = conn["direct"]["c-ares"], conn["mirror-py"]["c-ares"]
+        lines += ["", "| name lookup p50 (us) | direct to the pod's name server | through mirror-py | ratio |",
+                  "|---|---|---|---|", f"| c-ares (pycares, A record) | {d:.0f} | {m:.0f} | {m / d:.1f}x |"]
     else:
         lines.append("\n(connect rows skipped: building the sandbox pod needs root)")
     print("\n".join(lines))
