@@ -39,7 +39,50 @@ C_SURFACE: tuple[CHook, ...] = (
           ("c_char_p", "c_void_p", "c_void_p", "c_size_t", "c_void_p", "c_void_p"), "cdns.gethostbyname_r"),
     # Objects loaded later: imports, ctypes.CDLL, and plugins that C code loads itself (OpenSSL engines, SASL).
     CHook("dlopen", "c_void_p", ("c_void_p", "c_int"), "got.after_dlopen", interpreter_too=True),
+) + (
+    # Files opened by name from C (libsqlite3, OpenSSL's CA loading, libcurl): the file rules decide, as for
+    # Python's open and os.stat (cfiles.py). open/openat are variadic: on x86_64 and aarch64 the mode travels
+    # where a named third (fourth) integer would. The 64 names are the same functions on these machines; the
+    # __xstat family is what objects built against glibc before 2.33 call; __open_2 is the fortified open.
+    # close (above) writes a remote file back; fclose closes inside libc, so it is routed too.
+    CHook("open", "c_int", ("c_char_p", "c_int", "c_uint"), "cfiles.open"),
+    CHook("open64", "c_int", ("c_char_p", "c_int", "c_uint"), "cfiles.open"),
+    CHook("__open_2", "c_int", ("c_char_p", "c_int"), "cfiles.open_2"),
+    CHook("__open64_2", "c_int", ("c_char_p", "c_int"), "cfiles.open_2"),
+    CHook("openat", "c_int", ("c_int", "c_char_p", "c_int", "c_uint"), "cfiles.openat"),
+    CHook("openat64", "c_int", ("c_int", "c_char_p", "c_int", "c_uint"), "cfiles.openat"),
+    CHook("__openat_2", "c_int", ("c_int", "c_char_p", "c_int"), "cfiles.openat_2"),
+    CHook("__openat64_2", "c_int", ("c_int", "c_char_p", "c_int"), "cfiles.openat_2"),
+    CHook("fopen", "c_void_p", ("c_char_p", "c_char_p"), "cfiles.fopen"),
+    CHook("fopen64", "c_void_p", ("c_char_p", "c_char_p"), "cfiles.fopen"),
+    CHook("fclose", "c_int", ("c_void_p",), "cfiles.fclose"),
+    CHook("stat", "c_int", ("c_char_p", "c_void_p"), "cfiles.stat"),
+    CHook("stat64", "c_int", ("c_char_p", "c_void_p"), "cfiles.stat"),
+    CHook("lstat", "c_int", ("c_char_p", "c_void_p"), "cfiles.lstat"),
+    CHook("lstat64", "c_int", ("c_char_p", "c_void_p"), "cfiles.lstat"),
+    CHook("fstatat", "c_int", ("c_int", "c_char_p", "c_void_p", "c_int"), "cfiles.fstatat"),
+    CHook("fstatat64", "c_int", ("c_int", "c_char_p", "c_void_p", "c_int"), "cfiles.fstatat"),
+    CHook("__xstat", "c_int", ("c_int", "c_char_p", "c_void_p"), "cfiles.xstat"),
+    CHook("__xstat64", "c_int", ("c_int", "c_char_p", "c_void_p"), "cfiles.xstat"),
+    CHook("__lxstat", "c_int", ("c_int", "c_char_p", "c_void_p"), "cfiles.lxstat"),
+    CHook("__lxstat64", "c_int", ("c_int", "c_char_p", "c_void_p"), "cfiles.lxstat"),
+    CHook("__fxstatat", "c_int", ("c_int", "c_int", "c_char_p", "c_void_p", "c_int"), "cfiles.fxstatat"),
+    CHook("__fxstatat64", "c_int", ("c_int", "c_int", "c_char_p", "c_void_p", "c_int"), "cfiles.fxstatat"),
+    CHook("fstat", "c_int", ("c_int", "c_void_p"), "cfiles.fstat"),
+    CHook("fstat64", "c_int", ("c_int", "c_void_p"), "cfiles.fstat"),
+    CHook("__fxstat", "c_int", ("c_int", "c_int", "c_void_p"), "cfiles.fxstat"),
+    CHook("__fxstat64", "c_int", ("c_int", "c_int", "c_void_p"), "cfiles.fxstat"),
+    CHook("access", "c_int", ("c_char_p", "c_int"), "cfiles.access"),
+    CHook("faccessat", "c_int", ("c_int", "c_char_p", "c_int", "c_int"), "cfiles.faccessat"),
+    CHook("readlink", "c_ssize_t", ("c_char_p", "c_void_p", "c_size_t"), "cfiles.readlink"),
+    CHook("unlink", "c_int", ("c_char_p",), "cfiles.unlink"),
 )
+
+#: Standard-library extension modules whose libraries open files by name from C (libsqlite3; OpenSSL loading
+#: ``cafile``): importing one activates the layer when files are the target's (``fs.mode`` not local), as a
+#: foreign extension module does. Their own objects stay unrouted; the libraries they load are not the
+#: interpreter's.
+FILE_MODULES: tuple[str, ...] = ("_sqlite3", "_ssl")
 
 #: Relocation types whose slot holds a function's address, per machine: an ordinary PLT call, a GOT entry of a
 #: ``-fno-plt`` build or of a function whose address is taken, and a plain 64-bit pointer (tables of functions;

@@ -66,12 +66,27 @@ def foreign(origin: object) -> bool:
     return not origin.startswith(_stdlib_dirs())
 
 
+def opens_files(name: object) -> bool:
+    """A standard-library module whose library opens files by name from C (libsqlite3, OpenSSL), while files
+    are the target's: its C opens must follow the file rules too, so it activates the layer."""
+    from .c_surface import FILE_MODULES
+
+    if name not in FILE_MODULES:
+        return False
+    from . import settings
+
+    return str(settings.get().fs.get("mode", "read")) != "local"
+
+
 def make_create_dynamic(orig: object) -> object:
-    """Activates the layer after the first import of an extension module from outside the standard library."""
+    """Activates the layer after the first import of an extension module from outside the standard library,
+    or of one whose library opens files from C."""
 
     def create_dynamic(spec, *args):
         module = orig(spec, *args)
-        if not _state["failed"] and foreign(getattr(spec, "origin", None)):
+        if _state["failed"]:
+            return module
+        if foreign(getattr(spec, "origin", None)) or opens_files(getattr(spec, "name", None)):
             activate()
         return module
 
@@ -89,9 +104,9 @@ def arm() -> None:
     from . import on_import
 
     on_import("ctypes", activate, _hook)  # ctypes can load any library: the layer is active once it is imported
-    for module in list(sys.modules.values()):  # extension modules imported before the shim
+    for name, module in list(sys.modules.items()):  # extension modules imported before the shim
         file = getattr(module, "__file__", None)
-        if isinstance(file, str) and file.endswith(".so") and foreign(file):
+        if isinstance(file, str) and file.endswith(".so") and (foreign(file) or opens_files(name)):
             activate()
             break
 

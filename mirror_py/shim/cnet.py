@@ -21,7 +21,7 @@ import os
 import socket
 from typing import Any, Callable
 
-from . import csockaddr, incoming, net
+from . import csockaddr, files, incoming, net
 
 _RAW_CONNECT = socket.socket.__mro__[1].connect  # the C type's own: connects the app's socket to a relay
 _RAW_GETPEERNAME = socket.socket.__mro__[1].getpeername
@@ -176,7 +176,12 @@ def recvfrom(original: Callable, fd: int, buf: int, size: int, flags: int, addr:
 
 def close(original: Callable, fd: int) -> int:
     """A routed socket closed by C: the same release as Python's close (its registry entry, the session's
-    state for a connect in flight or a listener)."""
+    state for a connect in flight or a listener). A remote file's descriptor is written back first
+    (cfiles.close)."""
+    if fd in files._fds:
+        from . import cfiles
+
+        return cfiles.close(original, fd)
     if not net.registry or net._inode(fd) not in net.registry:
         return original(fd)
     sock = socket.socket(fileno=fd)

@@ -677,12 +677,18 @@ def make_lstat(orig: Callable) -> Callable:
     return lstat
 
 
-def _fd_stat(fd: int, entry: _Remote) -> os.stat_result:
+def fd_stat_fields(fd: int, entry: _Remote) -> list:
+    """The target's stat of a remote fd, with the size the app's writes have given it so far (the agent's
+    list layout; C code gets it packed by cfiles.py)."""
     fields = list(entry.st)
     if entry.writable:
         local = posix.fstat(fd)
         fields[6] = local.st_size
-    return stat_from_list(fields)
+    return fields
+
+
+def _fd_stat(fd: int, entry: _Remote) -> os.stat_result:
+    return stat_from_list(fd_stat_fields(fd, entry))
 
 
 def make_fstat(orig: Callable) -> Callable:

@@ -227,7 +227,8 @@ def _build() -> None:
     st.gate = data
     hooks: dict[str, int] = {}
     originals: dict[str, int] = {}
-    for hook in C_SURFACE:
+    surface = _present(lib)
+    for hook in surface:
         proto = ctypes.CFUNCTYPE(_ctype(hook.restype), *(_ctype(t) for t in hook.argtypes), use_errno=True)
         address = ctypes.cast(getattr(lib, hook.symbol), ctypes.c_void_p).value
         original = proto(address)
@@ -241,7 +242,7 @@ def _build() -> None:
     closer_code = _aarch64_closer if st.machine == "aarch64" else _x86_64_closer
     code = bytearray(closer_code(data).ljust(_SLOT_SIZE, b"\0"))
     offsets = {}
-    for hook in C_SURFACE:
+    for hook in surface:
         offsets[hook.symbol] = len(code)
         code += gate_code(data, hooks[hook.symbol], originals[hook.symbol]).ljust(_SLOT_SIZE, b"\0")
     page = _exec_page(bytes(code))
@@ -255,6 +256,13 @@ def _build() -> None:
         st.gates = hooks
     st.interpreter = _interpreter_paths()
     st.built = True
+
+
+def _present(lib: Any) -> tuple[CHook, ...]:
+    """The rows whose function this C library has: ``__xstat`` is gone from new builds, ``stat`` absent from
+    glibc before 2.33 and musl has neither ``__open_2`` nor ``open64``. An object cannot import from libc what
+    libc does not define, so a missing row has no slot to route."""
+    return tuple(hook for hook in C_SURFACE if hasattr(lib, hook.symbol))
 
 
 def _interpreter_paths() -> tuple[str, ...]:
@@ -334,8 +342,8 @@ def scan() -> int:
             for key in gone:
                 st.dynamics.pop(key, None)
         todo: list[tuple[elf.LoadedObject, frozenset[str]]] = []
-        everything = frozenset(h.symbol for h in C_SURFACE)
-        interpreter_only = frozenset(h.symbol for h in C_SURFACE if h.interpreter_too)
+        everything = frozenset(h.symbol for h in C_SURFACE if h.symbol in st.gates)
+        interpreter_only = frozenset(h.symbol for h in C_SURFACE if h.interpreter_too and h.symbol in st.gates)
         for i, obj in enumerate(found.objects):
             key = (obj.base, obj.name)
             if key in st.scanned:
