@@ -476,7 +476,8 @@ class InterposeConfig(_Section):
     c_extensions: bool = Field(
         True,
         description="Route the connects, name lookups, bind and listen of C extensions (libpq, libuv, grpc's "
-        "core, libcurl) through the target by patching their GOT slots. Linux x86_64 and aarch64 only; "
+        "core, libcurl) through the target, and their file opens (libsqlite3, OpenSSL's cafile) through the fs "
+        "rules, by patching their GOT slots. Linux x86_64 and aarch64 only; "
         "MIRROR_PY_INTERPOSE_C_EXTENSIONS=0/1 overrides it for one process.",
     )
 
