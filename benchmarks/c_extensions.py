@@ -12,6 +12,9 @@ Three tables, each measured in one run with its sides alternated:
   from Python (``socket.create_connection``), directly and through ``mirror-py exec``;
 - name lookup latency from c-ares (pycares, which sends its own DNS packets): directly to the pod's name
   server, and through ``mirror-py exec`` to this machine's name server, which the pod's resolver answers.
+- a local file opened from C: ``sqlite3.connect`` of a database in the temporary directory, a ``SELECT`` and
+  ``close``, with files in read mode and the layer on vs off (every open, stat and access libsqlite3 makes
+  passes through the layer's hooks and is decided local).
 
 Every figure is a median; the ratios are against the row's baseline. Results go to stdout as markdown.
 """
@@ -64,6 +67,28 @@ print(json.dumps(out))
 """
 
 
+FILE_OPENS = r"""
+import json, os, sqlite3, sys, tempfile, time
+n = int(sys.argv[1])
+path = os.path.join(tempfile.mkdtemp(prefix="mirror-py-bench-"), "local.db")
+conn = sqlite3.connect(path)
+conn.execute("create table t (n)")
+conn.commit()
+conn.close()
+def once():
+    start = time.perf_counter()
+    conn = sqlite3.connect(path)
+    conn.execute("select count(*) from t").fetchone()
+    conn.close()
+    return time.perf_counter() - start
+for _ in range(20):
+    once()
+samples = sorted(once() for _ in range(n))
+from mirror_py.shim import got
+print(json.dumps({"us": samples[len(samples) // 2] * 1e6, "layer": got.is_active()}))
+"""
+
+
 def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -109,6 +134,32 @@ def local_benchmarks(runs: int) -> tuple[dict[str, float], dict[str, float]]:
         log(f"imports: {runs} runs per side")
         imports = _alternate({"no shim": (code, plain), "layer off": (code, off), "layer on": (code, on)}, runs)
     return start, imports
+
+
+def file_open_benchmark(runs: int, opens: int) -> dict[str, float]:
+    """Median over ``runs`` processes per side of each process's median sqlite3 open+select+close of a local
+    database, files in read mode, layer on vs off (sides alternated)."""
+    plain = {k: v for k, v in os.environ.items()
+             if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH") and not k.startswith(("MIRROR_PY_", "GRPC_"))}
+    out: dict[str, list[float]] = {"layer off": [], "layer on": []}
+    with tempfile.TemporaryDirectory(prefix="mirror-py-bench-") as tmp:
+        shim = dict(plain, PYTHONPATH=str(SHIM_DIR), MIRROR_PY_SESSION=os.path.join(tmp, "none.sock"),
+                    MIRROR_PY_SHIM_LIB=str(ROOT), MIRROR_PY_SHIM_SETTINGS='{"fs": {"mode": "read"}}')
+        sides = {"layer off": dict(shim, MIRROR_PY_INTERPOSE_C_EXTENSIONS="0"),
+                 "layer on": dict(shim, MIRROR_PY_INTERPOSE_C_EXTENSIONS="1")}
+        log(f"local file opens from C: {runs} runs per side, {opens} opens each")
+        for i in range(runs):
+            for name in list(sides) if i % 2 == 0 else reversed(list(sides)):
+                proc = subprocess.run([sys.executable, "-c", FILE_OPENS, str(opens)], env=sides[name],
+                                      capture_output=True, text=True, timeout=300, cwd=tempfile.gettempdir())
+                lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+                if proc.returncode != 0 or not lines:
+                    raise RuntimeError(f"{name} exited {proc.returncode}: {proc.stderr[-2000:]}")
+                result = json.loads(lines[-1])
+                if result["layer"] != (name == "layer on"):
+                    raise RuntimeError(f"{name}: the layer's state is not what the side says")
+                out[name].append(result["us"])
+    return {name: statistics.median(values) for name, values in out.items()}
 
 
 LOOKUPS = r"""
@@ -192,13 +243,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=30, help="interpreter runs per side (default 30)")
     parser.add_argument("--connects", type=int, default=300, help="timed connects per kind and run")
     parser.add_argument("--lookups", type=int, default=200, help="timed c-ares lookups per run")
+    parser.add_argument("--opens", type=int, default=200, help="timed sqlite3 opens of a local file per run")
     opts = parser.parse_args(argv)
     start, imports = local_benchmarks(opts.runs)
+    opens = file_open_benchmark(max(opts.runs // 3, 3), opts.opens)
     lines = [f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}", "",
              "| row | no shim | shim, layer off | shim, layer on | on / off |", "|---|---|---|---|---|"]
     for label, row in (("`python -c pass` (ms)", start), ("`import psycopg2, grpc, uvloop` (ms)", imports)):
         lines.append(f"| {label} | {row['no shim']:.1f} | {row['layer off']:.1f} | {row['layer on']:.1f} | "
                      f"{row['layer on'] / row['layer off']:.3f}x |")
+    lines += ["", "| local file from C, p50 (us) | shim, layer off | shim, layer on | on / off |", "|---|---|---|---|",
+              f"| `sqlite3.connect` + `SELECT` + `close` of a local database | {opens['layer off']:.0f} | "
+              f"{opens['layer on']:.0f} | {opens['layer on'] / opens['layer off']:.2f}x |"]
     if os.geteuid() == 0:
         conn = connect_benchmark(opts.connects, opts.lookups)
         lines += ["", "| connect() p50 (us) | direct | through mirror-py | ratio |", "|---|---|---|---|"]

@@ -39,12 +39,16 @@ C_SURFACE: tuple[CHook, ...] = (
           ("c_char_p", "c_void_p", "c_void_p", "c_size_t", "c_void_p", "c_void_p"), "cdns.gethostbyname_r"),
     # Objects loaded later: imports, ctypes.CDLL, and plugins that C code loads itself (OpenSSL engines, SASL).
     CHook("dlopen", "c_void_p", ("c_void_p", "c_int"), "got.after_dlopen", interpreter_too=True),
-) + (
-    # Files opened by name from C (libsqlite3, OpenSSL's CA loading, libcurl): the file rules decide, as for
-    # Python's open and os.stat (cfiles.py). open/openat are variadic: on x86_64 and aarch64 the mode travels
-    # where a named third (fourth) integer would. The 64 names are the same functions on these machines; the
-    # __xstat family is what objects built against glibc before 2.33 call; __open_2 is the fortified open.
-    # close (above) writes a remote file back; fclose closes inside libc, so it is routed too.
+)
+
+#: Files opened by name from C (libsqlite3, OpenSSL's CA loading, libcurl): the file rules decide, as for
+#: Python's open and os.stat (cfiles.py). Routed only when files are the target's (``fs.mode`` not local):
+#: nearly every object imports these names, and finding their slots is most of the scan's cost.
+#: open/openat are variadic: on x86_64 and aarch64 the mode travels where a named third (fourth) integer
+#: would. The 64 names are the same functions on these machines; the __xstat family is what objects built
+#: against glibc before 2.33 call; __open_2 is the fortified open. close (above) writes a remote file back;
+#: fclose closes inside libc, so it is routed too.
+C_FILE_SURFACE: tuple[CHook, ...] = (
     CHook("open", "c_int", ("c_char_p", "c_int", "c_uint"), "cfiles.open"),
     CHook("open64", "c_int", ("c_char_p", "c_int", "c_uint"), "cfiles.open"),
     CHook("__open_2", "c_int", ("c_char_p", "c_int"), "cfiles.open_2"),
@@ -77,6 +81,7 @@ C_SURFACE: tuple[CHook, ...] = (
     CHook("readlink", "c_ssize_t", ("c_char_p", "c_void_p", "c_size_t"), "cfiles.readlink"),
     CHook("unlink", "c_int", ("c_char_p",), "cfiles.unlink"),
 )
+C_SURFACE += C_FILE_SURFACE
 
 #: Standard-library extension modules whose libraries open files by name from C (libsqlite3; OpenSSL loading
 #: ``cafile``): importing one activates the layer when files are the target's (``fs.mode`` not local), as a

@@ -33,6 +33,7 @@ from .elf import _machine as machine
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
+AT_EACCESS = 0x200
 _SLASH = 0x2F
 _WRITES = files._WRITE_FLAGS
 # An O_PATH descriptor and an unnamed O_TMPFILE file are properties of this machine's kernel: left to libc.
@@ -157,6 +158,8 @@ def fopen(original: Callable, path: bytes | None, mode: bytes | None) -> int | N
         if remote is None:
             return original(path, mode)
         fd = files.remote_open(remote[0], flags, 0o666, remote[1])
+        if not flags & os.O_CLOEXEC:
+            os.set_inheritable(fd, True)  # as fopen without "e" leaves it
     except OSError as exc:
         return _fail(exc, None)
     stream = _fdopen(fd, mode)
@@ -293,17 +296,19 @@ def fxstat(original: Callable, ver: int, fd: int, buf: int | None) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ the rest
-def _access(call: Callable[[], int], path: bytes | None, mode: int, follow: bool, dirfd: int = AT_FDCWD) -> int:
+def _access(call: Callable[[], int], path: bytes | None, mode: int, follow: bool, dirfd: int = AT_FDCWD,
+            effective: bool = False) -> int:
     try:
         remote = _remote(path, False, dirfd)
         if remote is None:
             return call()
         rpath, shown = remote
-        if files._call("access", shown, path=rpath, mode=int(mode), effective_ids=False, follow=follow):
+        if files._call("access", shown, path=rpath, mode=int(mode), effective_ids=effective, follow=follow):
             return 0
-        exists = mode == os.F_OK or files._call("access", shown, path=rpath, mode=os.F_OK, effective_ids=False,
-                                                follow=follow)
-        ctypes.set_errno(errno.EACCES if exists and mode != os.F_OK else errno.ENOENT)
+        # The agent answers yes or no; C wants to know why: a second question only on this failing path.
+        missing = mode == os.F_OK or not files._call("access", shown, path=rpath, mode=os.F_OK,
+                                                     effective_ids=effective, follow=follow)
+        ctypes.set_errno(errno.ENOENT if missing else errno.EACCES)
         return -1
     except OSError as exc:
         return _fail(exc)
@@ -314,7 +319,8 @@ def access(original: Callable, path: bytes | None, mode: int) -> int:
 
 
 def faccessat(original: Callable, dirfd: int, path: bytes | None, mode: int, flags: int) -> int:
-    return _access(lambda: original(dirfd, path, mode, flags), path, mode, not flags & AT_SYMLINK_NOFOLLOW, dirfd)
+    return _access(lambda: original(dirfd, path, mode, flags), path, mode, not flags & AT_SYMLINK_NOFOLLOW, dirfd,
+                   bool(flags & AT_EACCESS))
 
 
 def readlink(original: Callable, path: bytes | None, buf: int | None, size: int) -> int:

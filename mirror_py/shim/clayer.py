@@ -66,16 +66,19 @@ def foreign(origin: object) -> bool:
     return not origin.startswith(_stdlib_dirs())
 
 
+def files_routed() -> bool:
+    """Whether files are the target's (``fs.mode`` not local): then the C file surface is routed too."""
+    from . import settings
+
+    return str(settings.get().fs.get("mode", "read")) != "local"
+
+
 def opens_files(name: object) -> bool:
     """A standard-library module whose library opens files by name from C (libsqlite3, OpenSSL), while files
     are the target's: its C opens must follow the file rules too, so it activates the layer."""
     from .c_surface import FILE_MODULES
 
-    if name not in FILE_MODULES:
-        return False
-    from . import settings
-
-    return str(settings.get().fs.get("mode", "read")) != "local"
+    return name in FILE_MODULES and files_routed()
 
 
 def make_create_dynamic(orig: object) -> object:

@@ -32,7 +32,7 @@ from _thread import get_ident
 from typing import Any, Callable
 
 from . import elf
-from .c_surface import ARCH_RELOCATIONS, C_SURFACE, NEVER, CHook
+from .c_surface import ARCH_RELOCATIONS, C_FILE_SURFACE, C_SURFACE, NEVER, CHook
 
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 MAP_PRIVATE, MAP_ANONYMOUS = 0x02, 0x20
@@ -259,10 +259,14 @@ def _build() -> None:
 
 
 def _present(lib: Any) -> tuple[CHook, ...]:
-    """The rows whose function this C library has: ``__xstat`` is gone from new builds, ``stat`` absent from
-    glibc before 2.33 and musl has neither ``__open_2`` nor ``open64``. An object cannot import from libc what
-    libc does not define, so a missing row has no slot to route."""
-    return tuple(hook for hook in C_SURFACE if hasattr(lib, hook.symbol))
+    """The rows to route: those whose function this C library has (``__xstat`` is gone from new builds,
+    ``stat`` absent from glibc before 2.33, musl has neither ``__open_2`` nor ``open64``: an object cannot
+    import from libc what libc does not define), and the file rows only when files are the target's."""
+    from . import clayer
+
+    files = clayer.files_routed()
+    return tuple(hook for hook in C_SURFACE
+                 if hasattr(lib, hook.symbol) and (files or hook not in C_FILE_SURFACE))
 
 
 def _interpreter_paths() -> tuple[str, ...]:
