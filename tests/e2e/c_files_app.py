@@ -13,6 +13,7 @@ import sys
 
 DB = "/srv/ledger/app.db"
 SCRATCH = "/srv/ledger/scratch.db"
+NOTES = "/srv/ledger/notes.txt"
 CA = "/etc/ledger-ca/ca.pem"
 URL = "https://ledger:8443/"
 
@@ -78,6 +79,37 @@ def sqlite_write_scenario() -> dict:
     finally:
         conn.close()
     out["after"] = _pod_digest(SCRATCH)
+    return out
+
+
+def bio_write_scenario() -> dict:
+    """OpenSSL's file BIO (``fopen``, ``fclose`` inside libcrypto) writes a new file under the pod's directory,
+    then reads it back with ``fopen`` from C and with Python's ``open``."""
+    import ctypes
+    import os
+
+    crypto = ctypes.CDLL("libcrypto.so.3")
+    crypto.BIO_new_file.restype, crypto.BIO_new_file.argtypes = ctypes.c_void_p, (ctypes.c_char_p, ctypes.c_char_p)
+    crypto.BIO_write.restype, crypto.BIO_write.argtypes = ctypes.c_int, (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int)
+    crypto.BIO_read.restype, crypto.BIO_read.argtypes = ctypes.c_int, (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int)
+    crypto.BIO_free.restype, crypto.BIO_free.argtypes = ctypes.c_int, (ctypes.c_void_p,)
+    path = NOTES.encode()
+    text = b"written from C\n"
+    bio = crypto.BIO_new_file(path, b"w")
+    out: dict = {"opened": bool(bio)}
+    if bio:
+        out["written"] = crypto.BIO_write(bio, text, len(text))
+        out["freed"] = crypto.BIO_free(bio)
+    bio = crypto.BIO_new_file(path, b"r")
+    if bio:
+        buf = ctypes.create_string_buffer(256)
+        count = crypto.BIO_read(bio, buf, 256)
+        out["c_read"] = buf.raw[:count].decode()
+        crypto.BIO_free(bio)
+    out["in_pod"] = os.path.exists(NOTES)
+    if out["in_pod"]:
+        with open(NOTES) as f:
+            out["python_read"] = f.read()
     return out
 
 

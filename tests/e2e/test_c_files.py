@@ -130,3 +130,12 @@ def test_a_write_open_from_c_in_write_mode_is_written_back_to_the_pod_on_close(c
     assert out["after"] != out["before"]
     again = ok(run(cluster, "sqlite_read", "/srv/ledger/scratch.db"))  # a new process, read mode: the pod's file
     assert again["plain"]["value"] == [*POD_ROWS, [4, "from the laptop"]]
+
+
+def test_fopen_for_writing_from_c_follows_fs_mode_and_fclose_writes_back(cluster):
+    """OpenSSL's file BIO: ``fopen(path, "w")``, writes through stdio, ``fclose`` (all inside libcrypto)."""
+    read_mode = ok(run(cluster, "bio_write"))
+    assert read_mode == {"opened": False, "in_pod": False}  # the write stayed local: no /srv/ledger here
+    write_mode = ok(run(cluster, "bio_write", fs_mode="write"))
+    assert write_mode["opened"] and write_mode["written"] == 15 and write_mode["freed"] == 1
+    assert (write_mode["c_read"], write_mode["python_read"]) == ("written from C\n",) * 2
