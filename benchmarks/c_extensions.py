@@ -11,7 +11,7 @@ Three tables, each measured in one run with its sides alternated:
 - connect latency to the pod's echo server, from C (libcurl's connect-only transfer, through pycurl) and
   from Python (``socket.create_connection``), directly and through ``mirror-py exec``;
 - name lookup latency from c-ares (pycares, which sends its own DNS packets): directly to the pod's name
-  server, and through ``mirror-py exec`` to this machine's name server, which the pod's resolver answers.
+  server, and through ``mirror-py exec`` to this machine's name server, which the pod's resolver answers;
 - a local file opened from C: ``sqlite3.connect`` of a database in the temporary directory, a ``SELECT`` and
   ``close``, with files in read mode and the layer on vs off (every open, stat and access libsqlite3 makes
   passes through the layer's hooks and is decided local).
