@@ -53,6 +53,14 @@ STAT_LAYOUTS: dict[str, tuple[int, tuple[tuple[str, int, str], ...]]] = {
                       ("mtime_nsec", 96, "q"), ("ctime", 104, "q"), ("ctime_nsec", 112, "q"))),
 }
 
+#: Name-resolution configuration, kept this machine's for C code whatever the rules say for Python: C code's
+#: lookups are the DNS layer's to route (the getaddrinfo hooks; c-ares' packets to this machine's name servers,
+#: answered by the pod's resolver with its search list). Given the pod's resolv.conf, c-ares would send its
+#: queries to an address only the pod knows and skip the search list ``ares_query`` does not apply, around
+#: ``network.dns``.
+RESOLVER_FILES = frozenset((b"/etc/resolv.conf", b"/etc/hosts", b"/etc/nsswitch.conf", b"/etc/host.conf",
+                            b"/etc/gai.conf", b"/etc/svc.conf", b"/etc/netsvc.conf"))
+
 _FOPEN_FLAGS = {
     b"r": os.O_RDONLY, b"r+": os.O_RDWR,
     b"w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, b"w+": os.O_RDWR | os.O_CREAT | os.O_TRUNC,
@@ -99,8 +107,11 @@ def _remote(path: bytes | None, write: bool, dirfd: int = AT_FDCWD) -> tuple[str
     rules declare not found raises FileNotFoundError, as for Python."""
     if not path:
         return None
-    if path[0] != _SLASH and (dirfd == AT_FDCWD or not files._fds):
-        return None  # relative to the working directory, which is this machine's
+    if path[0] != _SLASH:
+        if dirfd == AT_FDCWD or not files._fds:
+            return None  # relative to the working directory, which is this machine's
+    elif path in RESOLVER_FILES:
+        return None
     rules = files._rules[0] if files._rules else files.rules()
     if not rules.enabled:
         return None

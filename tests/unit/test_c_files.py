@@ -117,6 +117,19 @@ def test_remote_stat_is_written_in_this_machines_struct_stat(monkeypatch, tmp_pa
     assert (fields["mtime"], fields["mtime_nsec"]) == (1_700_000_001, 1)
 
 
+def test_resolver_configuration_read_from_c_stays_local(monkeypatch):
+    """c-ares reads resolv.conf, nsswitch.conf and hosts with fopen; Python reads the pod's resolv.conf, C the
+    laptop's, whose name servers the DNS layer answers with the pod's resolver."""
+    from mirror_py.shim import cfiles, file_rules, files
+
+    monkeypatch.setattr(files, "_rules", [file_rules.FileRules({"mode": "read"}, local_dirs=())])
+    monkeypatch.setattr(files, "_call", lambda *a, **k: pytest.fail("a round trip for resolver configuration"))
+    assert files.rules().decide("/etc/resolv.conf") == file_rules.REMOTE  # for Python
+    for path in (b"/etc/resolv.conf", b"/etc/nsswitch.conf", b"/etc/hosts"):
+        assert cfiles.fopen(lambda *a: 99, path, b"r") == 99
+        assert cfiles.stat(lambda *a: 0, path, None) == 0
+
+
 def test_a_path_the_rules_declare_missing_fails_with_enoent(monkeypatch):
     from mirror_py.shim import cfiles, file_rules, files
 
