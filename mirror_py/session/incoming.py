@@ -43,8 +43,43 @@ class MirrorSink(TcpRelay):
     """A mirrored connection: the client's bytes reach the app; the app's replies are read and dropped (the
     target's own app has already answered the client)."""
 
+    #: The client's end of the connection (FIN or reset) reaches the app once the app has been quiet this long,
+    #: at most END_WAIT_MAX seconds after it came. The copy trails the client: a client that closes right after
+    #: its answer (the target's app answered it already) would otherwise end the app's connection while its
+    #: request is still being read, and the app would drop the request (grpc: "Socket closed") unserved.
+    END_QUIET = 0.5
+    END_WAIT_MAX = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ends: list[Any] = []  # the client's end, held back
+        self._quiet_since = 0.0
+
+    def on_channel_eof(self) -> None:
+        self._hold_end(super().on_channel_eof)
+
+    def on_channel_close(self, errno: str | None) -> None:
+        self._hold_end(lambda: TcpRelay.on_channel_close(self, errno))
+
+    def _hold_end(self, end: Any) -> None:
+        self._ends.append(end)
+        if len(self._ends) == 1:
+            loop = asyncio.get_running_loop()
+            self._quiet_since = max(self._quiet_since, loop.time())
+            self._check_end(loop.time() + self.END_WAIT_MAX)
+
+    def _check_end(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now < deadline and now - self._quiet_since < self.END_QUIET:
+            loop.call_later(0.1, self._check_end, deadline)
+            return
+        ends, self._ends = self._ends, []
+        for end in ends:
+            end()
+
     def data_received(self, data: bytes) -> None:
-        pass
+        self._quiet_since = asyncio.get_running_loop().time()
 
 
 class AppListener:
