@@ -5,7 +5,8 @@
 #   system-packages.sh test      that plus what the test suite needs
 #   system-packages.sh PKG...    the named packages
 # and, for the tests, unpacks (never installs) the Debian packages of clients they use as judges into
-# tests/.tools/PKG (gitignored), so that no system-wide kubectl is replaced or needed.
+# tests/.tools/PKG (gitignored), so that no system-wide kubectl is replaced or needed, and Debian's arm64
+# packages of an interpreter and a C library into tests/.tools/arm64-sysroot (run there under qemu-user).
 # On a system without dpkg it only says what it would need. Needs root to install.
 set -euo pipefail
 
@@ -13,16 +14,20 @@ set -euo pipefail
 # cluster DNS, ps in pods, Redis.
 RUN=(iproute2 util-linux mount iptables dnsmasq-base procps redis-server)
 # The tests also use openssl, a PostgreSQL server (the service example), and the clients port-forward is tested
-# with (psql, redis-cli).
-TEST=("${RUN[@]}" openssl postgresql postgresql-client redis-tools)
+# with (psql, redis-cli), and qemu-user to run the arm64 sysroot below.
+TEST=("${RUN[@]}" openssl postgresql postgresql-client redis-tools qemu-user-static)
 # Judges for the tests: kubectl 1.20 (kubernetes-client), which speaks only SPDY/3.1 for exec.
 UNPACK=(kubernetes-client)
+# The C-level layer writes aarch64 machine code that only an aarch64 process can show working: Debian's arm64
+# interpreter and libcurl (with their dependencies), run under qemu-user by tests/arm64.py.
+ARM64=(python3-minimal libpython3-stdlib libcurl4)
 TOOLS="${MIRROR_PY_TOOLS:-$(cd "$(dirname "$0")/.." && pwd)/tests/.tools}"
 
 unpack=()
+arm64=0
 case "${1:-}" in
   run) want=("${RUN[@]}") ;;
-  test) want=("${TEST[@]}"); unpack=("${UNPACK[@]}") ;;
+  test) want=("${TEST[@]}"); unpack=("${UNPACK[@]}"); arm64=1 ;;
   "") echo "usage: $0 run|test|PKG..." >&2; exit 2 ;;
   *) want=("$@") ;;
 esac
@@ -64,3 +69,27 @@ for pkg in "${unpack[@]}"; do
   rm -rf "$work"
   touch "$TOOLS/$pkg/.unpacked"
 done
+
+# The arm64 sysroot: apt resolves the dependencies with a state of its own (an empty package database, its own
+# lists and cache), so this machine's dpkg architectures and package lists are left as they were.
+root="$TOOLS/arm64-sysroot"
+if [ "$arm64" -eq 1 ] && [ ! -e "$root/.unpacked" ]; then
+  echo "system-packages: unpacking arm64 ${ARM64[*]} into $root" >&2
+  state="$(mktemp -d)"
+  mkdir -p "$state/lists/partial" "$state/cache/archives/partial"
+  : > "$state/status"
+  apt=(apt-get -qq -o APT::Architecture=arm64 -o APT::Architectures::=arm64 -o "Dir::State=$state"
+       -o "Dir::State::Lists=$state/lists" -o "Dir::State::status=$state/status" -o "Dir::Cache=$state/cache"
+       -o Debug::NoLocking=1 -o APT::Sandbox::User=root)  # root downloads into this private state
+  "${apt[@]}" update
+  "${apt[@]}" install -y --download-only --no-install-recommends "${ARM64[@]}" >/dev/null
+  rm -rf "$root"
+  mkdir -p "$root"
+  for deb in "$state"/cache/archives/*.deb; do
+    dpkg -x "$deb" "$root"
+  done
+  rm -rf "$state"
+  # Byte-code compiled once, as installing the packages would, so that each test run under qemu does not.
+  qemu-aarch64-static -L "$root" "$root/usr/bin/python3" -m compileall -q -j0 "$root"/usr/lib/python3.* >/dev/null
+  touch "$root/.unpacked"
+fi
