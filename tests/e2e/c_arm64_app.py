@@ -45,6 +45,25 @@ def fetch_scenario(url: str) -> dict:
     return out
 
 
+def uninstall_scenario(url: str) -> dict:
+    """What ``MirrorSession.close()`` does in the app: every slot written back as it was, and C calls libc."""
+    import ctypes
+
+    import mirror_py.shim
+    from mirror_py.shim import got
+    from tests import ccurl
+
+    lib = ccurl.load()
+    before = ccurl.fetch(lib, url)
+    olds = {slot: old for slot, old, _, name, _ in got._state.patched if "libcurl" in name}
+    mirror_py.shim.uninstall()
+    restored = all(ctypes.c_uint64.from_address(slot).value == old for slot, old in olds.items())
+    entered.clear()
+    after = ccurl.fetch(lib, url)
+    return {"before": before["code"], "slots": len(olds), "restored": restored,
+            "left": len(got.patched_slots()), "after": {"code": after["code"], "hooked": len(entered)}}
+
+
 def c_fork_scenario(url: str) -> dict:
     """fork() called from C: the child's gate is closed by the at-fork closer (machine code) and its lookups
     never enter Python; an os.fork() child stays interposed."""

@@ -2,7 +2,7 @@
 (tests/arm64.py), interposed by ``mirror-py exec`` against the sandbox pod like any Python process. libcurl,
 loaded with ctypes, fetches from the HTTP server on the pod's loopback by a name only the pod's /etc/hosts
 knows, so an answer proves both its lookup and its connect went through the pod. The aarch64 at-fork closer
-and the gate's off switch at exit are shown in the machine code itself."""
+and the gate's off switch at exit are shown in the machine code itself; uninstalling writes the slots back."""
 
 from __future__ import annotations
 
@@ -63,3 +63,11 @@ def test_the_gate_is_closed_at_exit_on_aarch64(pod):
     after = lines[-1]
     # After the layer's exit handler, curl's lookup reached libc straight from the gate.
     assert (after["code"], after["hooked"]) == (6, 0), after
+
+
+def test_uninstall_on_aarch64_writes_every_slot_back(pod):
+    out = run(pod, "uninstall").json
+    assert out["before"] == 0 and out["slots"] >= 3
+    assert out["restored"] and out["left"] == 0
+    # libcurl calls libc again: this machine's resolver, which does not know the pod's name.
+    assert out["after"] == {"code": 6, "hooked": 0}
