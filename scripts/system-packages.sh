@@ -89,7 +89,15 @@ if [ "$arm64" -eq 1 ] && [ ! -e "$root/.unpacked" ]; then
     dpkg -x "$deb" "$root"
   done
   rm -rf "$state"
-  # Byte-code compiled once, as installing the packages would, so that each test run under qemu does not.
-  qemu-aarch64-static -L "$root" "$root/usr/bin/python3" -m compileall -q -j0 "$root"/usr/lib/python3.* >/dev/null
+  # A merged-/usr release (Debian 13) ships its files under usr/ only and leaves /lib, /bin and /sbin to its
+  # base system: the loader's path (/lib/ld-linux-aarch64.so.1) must resolve in the sysroot too.
+  for dir in lib bin sbin; do
+    [ -e "$root/$dir" ] || ln -s "usr/$dir" "$root/$dir"
+  done
+  # Byte-code compiled once, as installing the packages would, so that each test run under qemu does not
+  # (serially: Python 3.13's parallel compileall starts workers by exec, which needs binfmt_misc). A cheap
+  # pointer-authentication algorithm, as tests/arm64.py runs it: Debian 13's binaries sign every return address.
+  qemu-aarch64-static -cpu max,pauth-impdef=on -L "$root" "$root/usr/bin/python3" -m compileall -q \
+    "$root"/usr/lib/python3.* >/dev/null
   touch "$root/.unpacked"
 fi

@@ -12,11 +12,13 @@ A missing piece is a failure that says how to get it, never a skip: CI installs 
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SYSROOT = ROOT / "tests" / ".tools" / "arm64-sysroot"
+# Where scripts/system-packages.sh unpacked it (MIRROR_PY_TOOLS moves both).
+SYSROOT = Path(os.environ.get("MIRROR_PY_TOOLS") or ROOT / "tests" / ".tools") / "arm64-sysroot"
 QEMU = "qemu-aarch64-static"
 SETUP = "run `bash scripts/system-packages.sh test` (as root) to install it"
 
@@ -34,4 +36,6 @@ def python_argv() -> list[str]:
     if not (SYSROOT / ".unpacked").exists() or not python.exists():
         raise Missing(f"no arm64 sysroot with python3 in {SYSROOT}; {SETUP}")
     # The interpreter by its path inside the sysroot: its prefix, and so its standard library, is the sysroot's.
-    return [qemu, "-L", str(SYSROOT), str(python)]
+    # Pointer authentication with a cheap algorithm instead of the architected one (still checked): Debian 13's
+    # binaries sign every return address, which is several times slower to emulate otherwise.
+    return [qemu, "-cpu", "max,pauth-impdef=on", "-L", str(SYSROOT), str(python)]
