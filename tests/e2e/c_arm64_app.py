@@ -1,7 +1,7 @@
 """What tests/e2e/test_c_layer_aarch64.py runs through mirror-py with the arm64 interpreter under qemu-user:
 libcurl, loaded with ctypes, fetching a URL by a name only the pod knows.
 
-``python3 c_arm64_app.py SCENARIO URL`` prints one JSON line. Every scenario counts the names the C-level
+``python3 c_arm64_app.py SCENARIO URL`` prints its result as a JSON line. Every scenario counts the names the C-level
 ``getaddrinfo`` hook handed to mirror-py's resolver (``hooked``): zero means C never entered Python.
 """
 
