@@ -83,9 +83,14 @@ if [ "$arm64" -eq 1 ] && [ ! -e "$root/.unpacked" ]; then
        -o Debug::NoLocking=1 -o APT::Sandbox::User=root)  # root downloads into this private state
   "${apt[@]}" update
   "${apt[@]}" install -y --download-only --no-install-recommends "${ARM64[@]}" >/dev/null
+  debs=("$state"/cache/archives/*.deb)
+  if [ ! -e "${debs[0]}" ]; then
+    echo "system-packages: apt downloaded no arm64 packages (do this machine's apt sources serve arm64?)" >&2
+    exit 1
+  fi
   rm -rf "$root"
   mkdir -p "$root"
-  for deb in "$state"/cache/archives/*.deb; do
+  for deb in "${debs[@]}"; do
     dpkg -x "$deb" "$root"
   done
   rm -rf "$state"
