@@ -11,12 +11,14 @@ import ctypes
 from typing import Any
 
 CURLOPT_TIMEOUT = 13
+CURLOPT_FILETIME = 69
 CURLOPT_NOSIGNAL = 99
 CURLOPT_URL = 10002
 CURLOPT_ERRORBUFFER = 10010
 CURLOPT_WRITEFUNCTION = 20011
 CURLINFO_RESPONSE_CODE = 0x200002
 CURLINFO_OS_ERRNO = 0x200019  # the errno of a failed connect
+CURLINFO_FILETIME = 0x20000E  # a file:// URL's st_mtime, from fstat
 CURL_GLOBAL_DEFAULT = 3
 _WRITE = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_void_p)
 
@@ -33,8 +35,9 @@ def load(name: str = "libcurl.so.4") -> Any:
 
 
 def fetch(lib: Any, url: str, timeout: int = 20) -> dict[str, Any]:
-    """One GET: curl's result code, the HTTP status, the body, curl's own error text (empty on success) and the
-    errno its failed connect saw."""
+    """One GET: curl's result code, the HTTP status, the body, curl's own error text (empty on success), the
+    errno its failed connect saw, and the modification time it read (a ``file://`` URL's ``fstat``; -1 when
+    unknown)."""
     body = bytearray()
 
     def write(data: int, size: int, count: int, _user: int) -> int:
@@ -50,12 +53,14 @@ def fetch(lib: Any, url: str, timeout: int = 20) -> dict[str, Any]:
     lib.curl_easy_setopt(handle, ctypes.c_int(CURLOPT_ERRORBUFFER), error)
     lib.curl_easy_setopt(handle, ctypes.c_int(CURLOPT_TIMEOUT), ctypes.c_long(timeout))
     lib.curl_easy_setopt(handle, ctypes.c_int(CURLOPT_NOSIGNAL), ctypes.c_long(1))
+    lib.curl_easy_setopt(handle, ctypes.c_int(CURLOPT_FILETIME), ctypes.c_long(1))
     code = lib.curl_easy_perform(handle)
     status = ctypes.c_long(0)
-    os_errno = ctypes.c_long(0)
+    os_errno, filetime = ctypes.c_long(0), ctypes.c_long(-1)
     lib.curl_easy_getinfo(handle, ctypes.c_int(CURLINFO_RESPONSE_CODE), ctypes.byref(status))
     lib.curl_easy_getinfo(handle, ctypes.c_int(CURLINFO_OS_ERRNO), ctypes.byref(os_errno))
+    lib.curl_easy_getinfo(handle, ctypes.c_int(CURLINFO_FILETIME), ctypes.byref(filetime))
     lib.curl_easy_cleanup(handle)
     message = error.value.decode(errors="replace") or (lib.curl_easy_strerror(code) or b"").decode()
     return {"code": code, "status": status.value, "body": body.decode(errors="replace"),
-            "error": message if code else "", "errno": os_errno.value}
+            "error": message if code else "", "errno": os_errno.value, "filetime": filetime.value}

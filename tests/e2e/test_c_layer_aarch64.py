@@ -1,7 +1,8 @@
 """The C-level layer on aarch64 through a real session: Debian's arm64 interpreter and libcurl under qemu-user
 (tests/arm64.py), interposed by ``mirror-py exec`` against the sandbox pod like any Python process. libcurl,
 loaded with ctypes, fetches from the HTTP server on the pod's loopback by a name only the pod's /etc/hosts
-knows, so an answer proves both its lookup and its connect went through the pod. The aarch64 at-fork closer
+knows, so an answer proves both its lookup and its connect went through the pod, and reads a pod file (open and
+fstat from C). The aarch64 at-fork closer
 and the gate's off switch at exit are shown in the machine code itself; uninstalling writes the slots back."""
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ APP = str(Path(__file__).with_name("c_arm64_app.py"))
 URL = f"http://api.pod.internal:{HTTP_LOOPBACK_PORT}/arm64"
 
 
-def run(pod: Pod, scenario: str) -> Result:
+def run(pod: Pod, scenario: str, url: str = URL) -> Result:
     try:
         argv = arm64.python_argv()
     except arm64.Missing as exc:
         pytest.fail(str(exc))
-    res = run_mirror(f"pid/{pod.pid}", [*argv, APP, scenario, URL])
+    res = run_mirror(f"pid/{pod.pid}", [*argv, APP, scenario, url])
     assert res.code == 0, f"exit {res.code}:\n{res.stdout}\n{res.stderr}"
     assert "not interposed" not in res.stderr, res.stderr
     return res
@@ -42,6 +43,16 @@ def test_libcurl_on_aarch64_fetches_from_the_pods_loopback_by_a_pod_only_name(po
     body = json.loads(out["body"])
     assert (body["pod"], body["server"], body["path"]) == ("api", "loopback", "/arm64")  # the pod's own server
     assert out["hooked"] >= 1  # curl's getaddrinfo asked mirror-py's resolver
+
+
+def test_libcurl_on_aarch64_reads_a_pod_file_and_its_fstat(pod):
+    """A file:// URL: libcurl's open and fstat from C get the pod's file (this machine has none at that path), and
+    the fstat written in aarch64's ``struct stat`` layout gives curl the file's time."""
+    path = "/etc/config/app.yaml"
+    out = run(pod, "fetch", f"file://{path}").json
+    assert (out["code"], out["body"]) == (0, "name: api\n"), out["error"]
+    assert out["filetime"] == int(Path(f"/proc/{pod.pid}/root{path}").stat().st_mtime)
+    assert not Path(path).exists()
 
 
 def test_a_child_forked_from_c_on_aarch64_never_enters_python(pod):

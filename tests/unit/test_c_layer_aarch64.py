@@ -127,3 +127,25 @@ def test_libcurl_calls_through_the_gate_into_python_and_back_to_libc(server):
     assert (out["closed"]["code"], out["closed"]["body"]) == (0, "hello from the host")
     assert out["closed_entered"] == 0
     assert out["restored"] and out["left"] == 0
+
+
+def test_a_targets_stat_is_written_in_aarch64s_struct_stat():
+    """The stat family from C (cfiles.py) writes the target's stat into the caller's buffer: on aarch64 it must be
+    byte for byte what the machine's own libc writes there for the same file, in 128 bytes, not x86_64's 144."""
+    out = run("""
+    import os
+    from mirror_py.shim import cfiles
+    path = sys.argv[1].encode()
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(b"\\xab" * 256, 256)
+    rc = libc.stat(ctypes.c_char_p(path), buf)
+    st = os.stat(path)
+    ours = cfiles.pack_stat([st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, st.st_size,
+                             st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns, st.st_blksize, st.st_blocks,
+                             st.st_rdev])
+    written = len(buf.raw.rstrip(b"\\xab"))
+    print(json.dumps({"rc": rc, "libc": buf.raw[:written].hex(), "ours": ours.hex()}))
+    """, str(ROOT / "setup.cfg"))
+    assert out["rc"] == 0
+    assert len(out["ours"]) // 2 == 128
+    assert out["ours"] == out["libc"].ljust(len(out["ours"]), "0")  # the tail libc wrote may end in zeros
