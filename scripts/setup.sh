@@ -16,13 +16,29 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
        "or newer: run with PYTHON=/path/to/python3.X (README: Python versions)" >&2
   exit 1
 fi
+debian_python() {
+  command -v dpkg-query >/dev/null &&
+    dpkg -S "$("$PY" -c 'import os, sys; print(os.path.realpath(sys.executable))')" >/dev/null 2>&1
+}
+pyver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then
   # Debian splits venv's pip bootstrap into python3.X-venv.
-  exe=$("$PY" -c 'import os, sys; print(os.path.realpath(sys.executable))')
-  if command -v dpkg-query >/dev/null && dpkg -S "$exe" >/dev/null 2>&1; then
-    bash scripts/system-packages.sh "python$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv"
+  if debian_python; then
+    bash scripts/system-packages.sh "python$pyver-venv"
   else
     echo "setup: $PY cannot create virtual environments (no ensurepip)" >&2
+    exit 1
+  fi
+fi
+# The test extras build mysqlclient from its sdist (no Linux wheel): a compiler, libmariadb's headers and the
+# interpreter's own headers (Debian ships them apart, in python3.X-dev).
+bash scripts/system-packages.sh build
+if ! "$PY" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_path("include") + "/Python.h"))'
+then
+  if debian_python; then
+    bash scripts/system-packages.sh "python$pyver-dev"
+  else
+    echo "setup: $PY has no C headers (Python.h), which building mysqlclient needs" >&2
     exit 1
   fi
 fi

@@ -3,6 +3,7 @@
 # alone and needs no network):
 #   system-packages.sh run       what the quickstart and the examples need (the sandbox cluster)
 #   system-packages.sh test      that plus what the test suite needs
+#   system-packages.sh build     what scripts/setup.sh needs to build the test extras that have no wheel
 #   system-packages.sh PKG...    the named packages
 # and, for the tests, unpacks (never installs) the Debian packages of clients they use as judges into
 # tests/.tools/PKG (gitignored), so that no system-wide kubectl is replaced or needed, and Debian's arm64
@@ -13,9 +14,14 @@ set -euo pipefail
 # The sandbox cluster: namespaces (nsenter, unshare, setpriv), the pods' own files (mount), veth/bridge/NAT,
 # cluster DNS, ps in pods, Redis.
 RUN=(iproute2 util-linux mount iptables dnsmasq-base procps redis-server)
-# The tests also use openssl, a PostgreSQL server (the service example), and the clients port-forward is tested
-# with (psql, redis-cli), and qemu-user to run the arm64 sysroot below.
-TEST=("${RUN[@]}" openssl postgresql postgresql-client redis-tools qemu-user-static)
+# The tests also use openssl, a PostgreSQL server (the service example), the clients port-forward is tested
+# with (psql, redis-cli), qemu-user to run the arm64 sysroot below, and a MariaDB server (mariadbd and
+# mariadb-install-db, whose my_print_defaults is in the client package; examples/service/mariadb.yaml) without
+# the service scripts of mariadb-server, which would start one on this machine.
+TEST=("${RUN[@]}" openssl postgresql postgresql-client redis-tools qemu-user-static mariadb-server-core
+      mariadb-client-core)
+# mysqlclient has no Linux wheel: pip builds it against Debian's libmariadb, found with pkg-config.
+BUILD=(gcc libc6-dev pkgconf libmariadb-dev)
 # Judges for the tests: kubectl 1.20 (kubernetes-client), which speaks only SPDY/3.1 for exec.
 UNPACK=(kubernetes-client)
 # The C-level layer writes aarch64 machine code that only an aarch64 process can show working: Debian's arm64
@@ -28,7 +34,8 @@ arm64=0
 case "${1:-}" in
   run) want=("${RUN[@]}") ;;
   test) want=("${TEST[@]}"); unpack=("${UNPACK[@]}"); arm64=1 ;;
-  "") echo "usage: $0 run|test|PKG..." >&2; exit 2 ;;
+  build) want=("${BUILD[@]}") ;;
+  "") echo "usage: $0 run|test|build|PKG..." >&2; exit 2 ;;
   *) want=("$@") ;;
 esac
 

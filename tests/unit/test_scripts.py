@@ -55,7 +55,16 @@ def test_only_the_missing_packages_are_installed(tmp_path):
     assert res.returncode == 0, res.stderr
     assert calls.read_text().splitlines() == [
         "update -qq", "install -y -qq --no-install-recommends dnsmasq-base redis-server openssl postgresql "
-        "postgresql-client redis-tools qemu-user-static"]
+        "postgresql-client redis-tools qemu-user-static mariadb-server-core mariadb-client-core"]
+
+
+def test_build_prerequisites_of_the_test_extras(tmp_path):
+    """setup.sh asks for these before pip builds mysqlclient, which has no Linux wheel, against libmariadb."""
+    env, calls = _fake_tools(tmp_path, {"gcc"})
+    res = _run(["bash", str(SYSTEM_PACKAGES), "build"], env)
+    assert res.returncode == 0, res.stderr
+    assert calls.read_text().splitlines() == [
+        "update -qq", "install -y -qq --no-install-recommends libc6-dev pkgconf libmariadb-dev"]
 
 
 def test_the_judges_are_unpacked_not_installed(tmp_path):
@@ -63,7 +72,8 @@ def test_the_judges_are_unpacked_not_installed(tmp_path):
     into the tests' own directory, never installed over whatever kubectl the machine has."""
     env, calls = _fake_tools(tmp_path, {"iproute2", "util-linux", "mount", "iptables", "procps", "dnsmasq-base",
                                         "redis-server", "openssl", "postgresql", "postgresql-client",
-                                        "redis-tools", "qemu-user-static"}, unpacked=False)
+                                        "redis-tools", "qemu-user-static", "mariadb-server-core",
+                                        "mariadb-client-core"}, unpacked=False)
     res = _run(["bash", str(SYSTEM_PACKAGES), "test"], env)
     assert res.returncode == 0, res.stderr
     lines = calls.read_text().splitlines()
@@ -77,7 +87,8 @@ def test_the_arm64_sysroot_is_unpacked_with_apts_own_state_and_byte_compiled(tmp
     their dependencies in a state of its own, so this machine's dpkg architectures and lists stay as they are."""
     env, calls = _fake_tools(tmp_path, {"iproute2", "util-linux", "mount", "iptables", "procps", "dnsmasq-base",
                                         "redis-server", "openssl", "postgresql", "postgresql-client",
-                                        "redis-tools", "qemu-user-static"}, sysroot=False)
+                                        "redis-tools", "qemu-user-static", "mariadb-server-core",
+                                        "mariadb-client-core"}, sysroot=False)
     res = _run(["bash", str(SYSTEM_PACKAGES), "test"], env)
     assert res.returncode == 0, res.stderr
     root = tmp_path / "tools" / "arm64-sysroot"
@@ -99,7 +110,8 @@ def test_the_arm64_sysroot_is_unpacked_with_apts_own_state_and_byte_compiled(tmp
 def test_no_arm64_packages_from_apt_is_said_in_one_line(tmp_path):
     env, calls = _fake_tools(tmp_path, {"iproute2", "util-linux", "mount", "iptables", "procps", "dnsmasq-base",
                                         "redis-server", "openssl", "postgresql", "postgresql-client",
-                                        "redis-tools", "qemu-user-static"}, sysroot=False)
+                                        "redis-tools", "qemu-user-static", "mariadb-server-core",
+                                        "mariadb-client-core"}, sysroot=False)
     (tmp_path / "bin" / "apt-get").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')  # downloads nothing
     res = _run(["bash", str(SYSTEM_PACKAGES), "test"], env)
     assert res.returncode == 1
