@@ -17,7 +17,7 @@ C_NETWORKING = {
     "psycopg": "it talks to PostgreSQL through libpq; asyncpg or pg8000 go through mirror-py",
     "grpc": "grpcio's C core opens its own connections; grpclib goes through mirror-py",
     "uvloop": "it does sockets and DNS in C; the default asyncio event loop goes through mirror-py",
-    "MySQLdb": "mysqlclient uses libmysqlclient; PyMySQL or aiomysql go through mirror-py",
+    "MySQLdb": "mysqlclient uses libmariadb or libmysqlclient; PyMySQL or aiomysql go through mirror-py",
     "pycares": "c-ares resolves names in C; the standard resolver (aiohttp's default) goes through mirror-py",
     "aiodns": "it resolves names with c-ares in C; the standard resolver goes through mirror-py",
     "confluent_kafka": "librdkafka opens its own connections; aiokafka or kafka-python go through mirror-py",
