@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -44,9 +45,11 @@ def _searched(manifest: Path = MANIFEST) -> list[str]:
     return match.group(1).split()
 
 
-def server() -> Path:
-    """The ``mariadbd`` the manifest starts, like ``/usr/sbin/mariadbd``."""
-    proc = subprocess.run(["sh", "-c", _function() + 'mariadb_bin "$@"', "sh", *_searched()],
+def server(dirs: Sequence[str | Path] | None = None) -> Path:
+    """The ``mariadbd`` the manifest starts, like ``/usr/sbin/mariadbd`` (searched in ``dirs``, default where
+    the manifest looks)."""
+    searched = _searched() if dirs is None else [str(d) for d in dirs]
+    proc = subprocess.run(["sh", "-c", _function() + 'mariadb_bin "$@"', "sh", *searched],
                           capture_output=True, text=True, timeout=30)
     if proc.returncode != 0:
         raise NoMariaDB(proc.stderr.strip() or f"mariadb_bin exited {proc.returncode}")
