@@ -126,6 +126,18 @@ def _record(record: Record, asked: str) -> bytes:
     return owner + struct.pack(">HHIH", record.rtype, record.rclass, record.ttl, len(record.rdata)) + record.rdata
 
 
+def _fitting(records: list[Record], asked: str, room: int) -> tuple[list[bytes], int]:
+    """The records, encoded, that fit ``room`` bytes in order, and the bytes they take."""
+    out, used = [], 0
+    for record in records:
+        rr = _record(record, asked)
+        if used + len(rr) > room:
+            break
+        out.append(rr)
+        used += len(rr)
+    return out, used
+
+
 def build_reply(query: Query, rcode: int, answers: list[Record], authority: list[Record] = ()) -> bytes:
     """A response to ``query``: its id, question and recursion-desired bit, recursion available; as many
     records as fit the asker's size."""
@@ -133,22 +145,11 @@ def build_reply(query: Query, rcode: int, answers: list[Record], authority: list
     question = query.raw_name + struct.pack(">HH", query.qtype, query.qclass)
     opt = b"\0" + struct.pack(">HHIH", OPT, _OUR_EDNS_SIZE, 0, 0) if query.edns else b""
     room = query.udp_size - 12 - len(question) - len(opt)
-    encoded, used = [], 0
-    for record in answers:
-        rr = _record(record, query.name)
-        if used + len(rr) > room:
-            break
-        encoded.append(rr)
-        used += len(rr)
+    encoded, used = _fitting(answers, query.name, room)
     truncated = len(encoded) < len(answers) and not encoded
-    auth = []
+    auth: list[bytes] = []
     if len(encoded) == len(answers):  # the negative-answer SOA, when there is room for it
-        for record in authority:
-            rr = _record(record, query.name)
-            if used + len(rr) > room:
-                break
-            auth.append(rr)
-            used += len(rr)
+        auth, _ = _fitting(authority, query.name, room - used)
     if truncated:
         flags |= 0x0200
     header = struct.pack(">HHHHHH", query.ident, flags, 1, len(encoded), len(auth), 1 if opt else 0)

@@ -16,6 +16,7 @@ import pytest
 from tests.sandbox import mariadb
 
 from .conftest import MIRROR_PY, ROOT, Result, sandbox_cluster
+from .test_c_extensions import ok, pod_ip
 
 APP = str(Path(__file__).with_name("c_mysql_app.py"))
 SANDBOX = ROOT / "examples" / "k8s" / "sandbox.yaml"
@@ -40,15 +41,6 @@ def run(cluster, scenario: str, layer: bool = True, target: str = "deploy/api") 
                            sys.executable, APP, scenario], capture_output=True, text=True, env=env,
                           cwd=str(ROOT), timeout=120)
     return Result(proc.returncode, proc.stdout, proc.stderr)
-
-
-def ok(result: Result) -> dict:
-    assert result.code == 0, f"exit {result.code}:\n{result.stdout}\n{result.stderr}"
-    return result.json
-
-
-def pod_ip(cluster, name: str) -> str:
-    return cluster.runtime(cluster.pod_names("staging", name)[0], "staging").ip
 
 
 def test_query_and_transactions_by_service_name_come_from_the_pod(cluster):
