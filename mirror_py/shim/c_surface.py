@@ -83,11 +83,17 @@ C_FILE_SURFACE: tuple[CHook, ...] = (
 )
 C_SURFACE += C_FILE_SURFACE
 
-#: Standard-library extension modules whose libraries open files by name from C (libsqlite3; OpenSSL loading
-#: ``cafile``): importing one activates the layer when files are the target's (``fs.mode`` not local), as a
-#: foreign extension module does. Their own objects stay unrouted; the libraries they load are not the
-#: interpreter's.
-FILE_MODULES: tuple[str, ...] = ("_sqlite3", "_ssl")
+#: Standard-library calls that hand a file name to a library that opens it from C (libsqlite3; OpenSSL loading a
+#: ``cafile``): (module, class or None, function). When files are the target's (``fs.mode`` not local) and such a
+#: call names a file the target serves, the layer is activated first, as a foreign extension module's import
+#: does. Not their import: every asyncio or requests app imports ssl, and would pay a scan it does not need.
+FILE_ENTRY_POINTS: tuple[tuple[str, str | None, str], ...] = (
+    ("ssl", "SSLContext", "load_verify_locations"),
+    ("ssl", "SSLContext", "load_cert_chain"),
+    ("ssl", "SSLContext", "load_dh_params"),
+    ("sqlite3", None, "connect"),
+    ("sqlite3.dbapi2", None, "connect"),
+)
 
 #: Relocation types whose slot holds a function's address, per machine: an ordinary PLT call, a GOT entry of a
 #: ``-fno-plt`` build or of a function whose address is taken, and a plain 64-bit pointer (tables of functions;

@@ -15,12 +15,22 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 ENV_VAR = "MIRROR_PY_INTERPOSE_C_EXTENSIONS"
 _FALSE = ("0", "false", "no", "off")
 _TRUE = ("1", "true", "yes", "on")
 _state = {"armed": False, "failed": False}
 _hook: list[object] = []
+_entry_hooks: dict[str, list[object]] = {}  # module -> its post-import hook (FILE_ENTRY_POINTS)
+_wrapped: list[tuple[Any, str, Any]] = []  # (class or module, name, what it held itself) of each entry point
+_MISSING = object()
+
+
+def _entry_points() -> tuple:
+    from .c_surface import FILE_ENTRY_POINTS
+
+    return FILE_ENTRY_POINTS
 
 
 def supported() -> bool:
@@ -73,23 +83,77 @@ def files_routed() -> bool:
     return str(settings.get().fs.get("mode", "read")) != "local"
 
 
-def opens_files(name: object) -> bool:
-    """A standard-library module whose library opens files by name from C (libsqlite3, OpenSSL), while files
-    are the target's: its C opens must follow the file rules too, so it activates the layer."""
-    from .c_surface import FILE_MODULES
+def _paths(args: tuple, kwargs: dict) -> list[str]:
+    """The arguments of a call that may be file names (an ``sqlite3`` ``file:`` URI gives its path)."""
+    out = []
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "surrogateescape")
+        if not isinstance(value, str) or not value or "\n" in value or len(value) > 4096:
+            continue  # not a name: a number, a context, PEM text given as cadata
+        if value.startswith("file:"):
+            value = value[5:].split("?", 1)[0].split("#", 1)[0]
+            if value.startswith("//"):
+                value = "/" + value[2:].partition("/")[2]
+        out.append(value)
+    return out
 
-    return name in FILE_MODULES and files_routed()
+
+def names_a_target_file(args: tuple, kwargs: dict) -> bool:
+    """Does the call name a file that the target serves (or that its rules declare missing)?"""
+    from . import files
+
+    for path in _paths(args, kwargs):
+        try:
+            if files._remote_path(path, False) is not None:
+                return True
+        except OSError:
+            return True  # declared missing by the rules: the C call must see it as missing
+    return False
+
+
+def _entry(fn: Any) -> Any:
+    def entry(*args, **kwargs):
+        if not _state["failed"] and files_routed() and names_a_target_file(args, kwargs):
+            activate()
+        return fn(*args, **kwargs)
+
+    entry.__wrapped__ = fn  # type: ignore[attr-defined]
+    return entry
+
+
+def _wrap_entry_points(module_name: str) -> None:
+    from .c_surface import FILE_ENTRY_POINTS
+
+    module = sys.modules.get(module_name)
+    for name, owner, function in FILE_ENTRY_POINTS:
+        target = getattr(module, owner, None) if owner else module
+        if name != module_name or target is None or not hasattr(target, function):
+            continue
+        own = vars(target).get(function, _MISSING)
+        setattr(target, function, _entry(getattr(target, function)))
+        _wrapped.append((target, function, own))
+
+
+def _unwrap_entry_points() -> None:
+    while _wrapped:
+        target, function, own = _wrapped.pop()
+        if own is _MISSING:
+            delattr(target, function)
+        else:
+            setattr(target, function, own)
 
 
 def make_create_dynamic(orig: object) -> object:
-    """Activates the layer after the first import of an extension module from outside the standard library,
-    or of one whose library opens files from C."""
+    """Activates the layer after the first import of an extension module from outside the standard library."""
 
     def create_dynamic(spec, *args):
         module = orig(spec, *args)
         if _state["failed"]:
             return module
-        if foreign(getattr(spec, "origin", None)) or opens_files(getattr(spec, "name", None)):
+        if foreign(getattr(spec, "origin", None)):
             activate()
         return module
 
@@ -107,9 +171,12 @@ def arm() -> None:
     from . import on_import
 
     on_import("ctypes", activate, _hook)  # ctypes can load any library: the layer is active once it is imported
-    for name, module in list(sys.modules.items()):  # extension modules imported before the shim
+    for module_name in dict.fromkeys(entry[0] for entry in _entry_points()):
+        hooks = _entry_hooks.setdefault(module_name, [])
+        on_import(module_name, lambda m=module_name: _wrap_entry_points(m), hooks)
+    for module in list(sys.modules.values()):  # extension modules imported before the shim
         file = getattr(module, "__file__", None)
-        if isinstance(file, str) and file.endswith(".so") and (foreign(file) or opens_files(name)):
+        if isinstance(file, str) and file.endswith(".so") and foreign(file):
             activate()
             break
 
@@ -150,6 +217,9 @@ def uninstall() -> None:
     from . import remove_hooks
 
     remove_hooks(_hook)
+    for hooks in _entry_hooks.values():
+        remove_hooks(hooks)
+    _unwrap_entry_points()
     _state["armed"] = False
     _state["failed"] = False
     got = sys.modules.get(__package__ + ".got")

@@ -5,6 +5,7 @@ decision made in Python reaches C. No session: decisions are made local by the s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -92,3 +93,39 @@ def test_gate_closed_sends_c_straight_to_libc():
     """)
     assert out["entered"] == 0
     assert "Connection refused" in out["error"]
+
+
+ENTRY_POINTS_APP = """
+import json, sys, ssl
+from mirror_py.shim import clayer
+
+def active():
+    got = sys.modules.get("mirror_py.shim.got")
+    return bool(got and got.is_active())
+
+out = {"after import ssl": active()}
+context = ssl.create_default_context()
+for label, cafile in (("local cafile", sys.argv[1]), ("pod cafile", "/run/secrets/pod-ca.crt")):
+    try:
+        context.load_verify_locations(cafile=cafile)
+    except Exception:
+        pass  # neither file exists: only whether the layer was activated first matters here
+    out[label] = active()
+clayer.uninstall()
+out["wrapper left after uninstall"] = "load_verify_locations" in vars(ssl.SSLContext)
+print(json.dumps(out))
+"""
+
+
+def test_importing_ssl_costs_no_scan_and_a_pod_cafile_activates_the_layer_first(tmp_path):
+    """Every asyncio or requests app imports ssl: that alone must not activate the layer (a ctypes import and a
+    scan of every object). A call that hands OpenSSL a file the target serves does, before OpenSSL opens it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIRROR_PY_")}
+    env.update(PYTHONPATH=str(ROOT / "sitecustomize_shim"), MIRROR_PY_SESSION=str(tmp_path / "none.sock"),
+               MIRROR_PY_SHIM_LIB=str(ROOT), MIRROR_PY_SHIM_SETTINGS=json.dumps({"fs": {"mode": "read"}}),
+               MIRROR_PY_INTERPOSE_C_EXTENSIONS="1")
+    proc = subprocess.run([sys.executable, "-c", ENTRY_POINTS_APP, str(tmp_path / "local-ca.pem")],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == {
+        "after import ssl": False, "local cafile": False, "pod cafile": True, "wrapper left after uninstall": False}
